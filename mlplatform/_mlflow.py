@@ -1,0 +1,47 @@
+"""MLflow plumbing shared by training and the registry (imported lazily: MLflow is heavy)."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from mlplatform.config import PlatformConfig
+
+
+def client(config: "PlatformConfig") -> "MlflowClient":
+    """An ``MlflowClient`` bound to the config's tracking and registry URIs.
+
+    Also points the ``mlflow`` fluent API at the same URIs, since ``log_model`` and friends
+    use it.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    config.ensure_dirs()
+    mlflow.set_tracking_uri(config.mlflow_tracking_uri)
+    mlflow.set_registry_uri(config.mlflow_registry_uri)
+    return MlflowClient(config.mlflow_tracking_uri, config.mlflow_registry_uri)
+
+
+def ensure_experiment(config: "PlatformConfig", name: str | None = None) -> str:
+    """Return the id of experiment ``name`` (default ``config.experiment_name``), creating it
+    with its artifacts under ``config.mlflow_artifact_location`` if it does not exist."""
+    c = client(config)
+    name = name or config.experiment_name
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return c.create_experiment(name, artifact_location=f"{config.mlflow_artifact_location}/{name}")
+
+
+def git_commit() -> str | None:
+    """The current git commit of the working directory, or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None

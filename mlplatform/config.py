@@ -1,0 +1,188 @@
+"""Platform configuration: one validated object, loaded from defaults < YAML file < ``MLP_*`` env.
+
+Example:
+    >>> from mlplatform.config import PlatformConfig
+    >>> cfg = PlatformConfig.load()            # embedded defaults under ./.mlplatform
+    >>> cfg.mlflow_tracking_uri.startswith("sqlite:///")
+    True
+
+Loading does no I/O beyond reading the YAML file: directories are created by the steps that
+write into them (:meth:`PlatformConfig.ensure_dirs`), never at import or load time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mlplatform.errors import ConfigError
+
+ENV_PREFIX = "MLP_"
+#: Environment variable naming a YAML config file (used when ``load`` gets no path).
+CONFIG_PATH_ENV = "MLP_CONFIG"
+
+
+class PlatformConfig(BaseModel):
+    """Where things live: Ray, MLflow tracking and registry, and the local storage root.
+
+    Every field can be set in a YAML file or with an ``MLP_<FIELD>`` environment variable
+    (for example ``MLP_STORAGE_ROOT=/data/mlp``). Unset MLflow URIs derive from ``storage_root``.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, frozen=True)
+
+    storage_root: Path = Field(
+        default=Path("./.mlplatform"),
+        description="Root folder of local state: raw data, features, MLflow DB and artifacts. "
+        "Relative paths resolve against the working directory of the process that loads it.",
+    )
+    ray_address: Optional[str] = Field(
+        default=None,
+        description="Ray cluster to connect to (e.g. 'ray://head:10001' or 'auto'). None starts "
+        "or joins a local Ray; Ray's own RAY_ADDRESS variable is honoured in that case.",
+    )
+    mlflow_tracking_uri: Optional[str] = Field(
+        default=None,
+        description="MLflow tracking URI. Default: sqlite:///<storage_root>/mlflow.db. "
+        "On a cluster use the head node's MLflow server, e.g. http://head:5000.",
+    )
+    mlflow_registry_uri: Optional[str] = Field(
+        default=None, description="MLflow model registry URI. Default: the tracking URI."
+    )
+    mlflow_artifact_location: Optional[str] = Field(
+        default=None,
+        description="Artifact root for experiments this platform creates. "
+        "Default: <storage_root>/mlartifacts (a file URI).",
+    )
+    experiment_name: str = Field(
+        default="fraud", min_length=1, description="MLflow experiment that runs are logged to."
+    )
+    model_name: str = Field(
+        default="fraud", min_length=1, description="Registered model name used by the demo."
+    )
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> "PlatformConfig":
+        root = Path(os.path.expanduser(str(self.storage_root))).absolute()
+        object.__setattr__(self, "storage_root", root)
+        if not self.mlflow_tracking_uri:
+            object.__setattr__(self, "mlflow_tracking_uri", f"sqlite:///{root / 'mlflow.db'}")
+        if not self.mlflow_registry_uri:
+            object.__setattr__(self, "mlflow_registry_uri", self.mlflow_tracking_uri)
+        if not self.mlflow_artifact_location:
+            object.__setattr__(self, "mlflow_artifact_location", (root / "mlartifacts").as_uri())
+        return self
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> "PlatformConfig":
+        """Build the config from defaults < YAML file < ``MLP_*`` environment < ``overrides``.
+
+        Args:
+            path: YAML file to read. If None, ``$MLP_CONFIG`` is used when set.
+            overrides: Explicit values (e.g. from CLI flags or Serve ``args``); highest priority.
+            env: Environment to read ``MLP_*`` variables from (default ``os.environ``).
+
+        Returns:
+            A validated, frozen ``PlatformConfig`` with absolute ``storage_root``.
+
+        Raises:
+            ConfigError: The file is missing or not a mapping, a key is unknown, or a value has
+                the wrong type. The message names the key, the source and the allowed keys.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        path = path or env.get(CONFIG_PATH_ENV) or None
+        if path is not None:
+            for key, value in _read_yaml(Path(path)).items():
+                values[key], sources[key] = value, f"config file {path}"
+        for key, value in _read_env(env).items():
+            values[key], sources[key] = value, f"environment variable {ENV_PREFIX}{key.upper()}"
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                values[key], sources[key] = value, "override"
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc, sources)) from None
+
+    def ensure_dirs(self) -> Path:
+        """Create ``storage_root`` (and the artifact folder when it is local); return the root."""
+        self.storage_root.mkdir(parents=True, exist_ok=True)
+        if self.mlflow_artifact_location and self.mlflow_artifact_location.startswith("file:"):
+            from urllib.parse import urlparse
+            from urllib.request import url2pathname
+
+            Path(url2pathname(urlparse(self.mlflow_artifact_location).path)).mkdir(
+                parents=True, exist_ok=True
+            )
+        return self.storage_root
+
+    def path(self, *parts: str) -> Path:
+        """A path under ``storage_root`` (not created)."""
+        return self.storage_root.joinpath(*parts)
+
+    def to_display_dict(self) -> dict[str, str]:
+        """Field values as strings, for ``mlp config show``."""
+        return {k: ("" if v is None else str(v)) for k, v in self.model_dump().items()}
+
+
+def allowed_keys() -> list[str]:
+    """Names of every config key, in declaration order."""
+    return list(PlatformConfig.model_fields)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file or unset "
+                          f"{CONFIG_PATH_ENV}.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of keys to values, got "
+                          f"{type(data).__name__}. Allowed keys: {', '.join(allowed_keys())}.")
+    return data
+
+
+def _read_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    fields = set(allowed_keys())
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_PATH_ENV:
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        if key not in fields:
+            raise ConfigError(
+                f"unknown environment variable {name}: mlplatform reads {CONFIG_PATH_ENV} and "
+                f"{', '.join(ENV_PREFIX + k.upper() for k in allowed_keys())}. Unset or rename it."
+            )
+        out[key] = value if value != "" else None
+    return out
+
+
+def _explain(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        top = str(err["loc"][0]) if err["loc"] else ""
+        where = sources.get(top, "default")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{key}' (from {where}). "
+                         f"Allowed keys: {', '.join(allowed_keys())}.")
+        else:
+            desc = PlatformConfig.model_fields[top].description if top in PlatformConfig.model_fields else ""
+            lines.append(f"invalid value for '{key}' (from {where}): {err['msg']}"
+                         f"; got {err.get('input')!r}. {desc}".rstrip())
+    return "invalid platform configuration:\n  - " + "\n  - ".join(lines)

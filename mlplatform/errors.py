@@ -1,0 +1,24 @@
+"""The project's own exception types.
+
+Every message names the offending field, file or version and says how to fix it.
+"""
+
+
+class MLPlatformError(Exception):
+    """Base class of every error mlplatform raises on purpose."""
+
+
+class ConfigError(MLPlatformError, ValueError):
+    """A configuration file, argument or ``MLP_*`` variable is invalid."""
+
+
+class DataValidationError(MLPlatformError, ValueError):
+    """A dataset does not meet what the step that reads it requires."""
+
+
+class ModelNotFound(MLPlatformError, LookupError):
+    """A model name, version or alias does not exist in the registry."""
+
+
+class TrainingError(MLPlatformError, RuntimeError):
+    """Distributed training failed or produced no model."""

@@ -1,0 +1,112 @@
+"""Ray Serve deployments: ``Ingress`` (HTTP, validation, request ids) -> ``ModelServer``.
+
+Resource figures (CPUs, replicas, batching) come from the Serve YAML, not from decorators.
+Issue #6 adds FeatureLookup, the weighted Router, shadow traffic and the Explainer.
+"""
+
+
+import logging
+import uuid
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from mlplatform.serving.schemas import RequestRejected, instance_model, parse_body, validate_instances
+
+logger = logging.getLogger("ray.serve")
+api = FastAPI(title="mlplatform", description="Fraud scoring on Ray Serve, models from MLflow.")
+
+
+@serve.deployment
+class ModelServer:
+    """Serves one registered model version (``models:/<name>@<alias>`` resolved at start)."""
+
+    def __init__(self, model_ref: str, platform: dict[str, Any], max_batch_size: int = 32,
+                 batch_wait_timeout_s: float = 0.005):
+        from mlplatform.config import PlatformConfig
+        from mlplatform.registry import ModelRegistry, load_model
+
+        self._model = load_model(ModelRegistry(PlatformConfig(**platform)), model_ref)
+        self._columns = self._model.feature_names
+        self._schema = instance_model(self._model.inputs)
+        self._score_batch.set_max_batch_size(max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._ref = model_ref
+        logger.info("ModelServer loaded %s as %s", model_ref, self._model.version.uri)
+
+    def info(self) -> dict[str, Any]:
+        """What is loaded: name, version, reference and the input schema."""
+        mv = self._model.version
+        return {"model_ref": self._ref, "model_name": mv.name, "model_version": mv.version,
+                "run_id": mv.run_id, "inputs": self._model.inputs}
+
+    async def predict(self, instances: list[Any], single: bool) -> dict[str, Any]:
+        """Validate ``instances`` and score them.
+
+        A bad request is an answer, not a failure: it comes back as ``{"rejected": {...}}``
+        so Serve neither logs a traceback nor counts a replica error for a client's mistake.
+        """
+        try:
+            rows = validate_instances(self._schema, instances, single, self._columns)
+        except RequestRejected as exc:
+            return {"rejected": exc.to_dict()}
+        scores = await self._score_batch(np.asarray(rows, dtype=np.float64))
+        mv = self._model.version
+        return {"scores": scores, "model_name": mv.name, "model_version": mv.version}
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _score_batch(self, matrices: list[np.ndarray]) -> list[list[float]]:
+        # One XGBoost call for every request that arrived within the batch window.
+        import xgboost
+
+        sizes = [len(m) for m in matrices]
+        scores = self._model.booster.predict(
+            xgboost.DMatrix(np.vstack(matrices), feature_names=self._columns))
+        out, start = [], 0
+        for n in sizes:
+            out.append([float(s) for s in scores[start:start + n]])
+            start += n
+        return out
+
+
+@serve.deployment
+@serve.ingress(api)
+class Ingress:
+    """HTTP entry point: ``POST /predict``, ``GET /healthz``, ``GET /models``."""
+
+    def __init__(self, model_server, max_items: int = 256, max_body_bytes: int = 1_048_576):
+        self._server = model_server
+        self._max_items, self._max_body_bytes = max_items, max_body_bytes
+
+    @api.post("/predict")
+    async def predict(self, request: Request) -> JSONResponse:
+        """Score one transaction (a JSON object of features) or ``{"instances": [...]}``."""
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        headers = {"x-request-id": request_id}
+        try:
+            instances, single = parse_body(await request.body(), self._max_items,
+                                           self._max_body_bytes)
+            result = await self._server.predict.remote(instances, single)
+            if "rejected" in result:
+                raise RequestRejected.from_dict(result["rejected"])
+        except RequestRejected as exc:
+            return JSONResponse(exc.body(request_id), status_code=exc.status, headers=headers)
+        meta = {"model_name": result["model_name"], "model_version": result["model_version"],
+                "request_id": request_id}
+        if single:
+            return JSONResponse({"score": result["scores"][0], **meta}, headers=headers)
+        return JSONResponse({"predictions": [{"score": s} for s in result["scores"]], **meta},
+                            headers=headers)
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        info = await self._server.info.remote()
+        return {"status": "ok", "model_name": info["model_name"],
+                "model_version": info["model_version"]}
+
+    @api.get("/models")
+    async def models(self) -> dict[str, Any]:
+        return {"models": [await self._server.info.remote()]}

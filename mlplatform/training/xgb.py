@@ -1,0 +1,220 @@
+"""Distributed XGBoost training with Ray Train, tracked in MLflow.
+
+Ray Train's ``XGBoostTrainer`` runs the boosting loop on ``scaling.num_workers`` workers, each
+reading its shard of a Ray Data dataset; XGBoost's collective all-reduces histograms and
+evaluation metrics, so early stopping sees metrics over the whole validation set. Rank 0 puts
+the booster (UBJ, never pickle) and the per-round history in the final checkpoint; the driver
+then logs one MLflow run with params, per-round and final metrics, and the model + signature.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from mlplatform.config import PlatformConfig
+from mlplatform.errors import DataValidationError, TrainingError
+from mlplatform.training.config import TrainConfig
+
+MODEL_FILE = "model.ubj"
+HISTORY_FILE = "evals_result.json"
+#: Final metric names logged to MLflow, from XGBoost's eval metric names.
+FINAL_METRICS = {"aucpr": "val_auc_pr", "auc": "val_auc_roc", "logloss": "val_logloss"}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a training run ended up."""
+
+    run_id: str
+    model_uri: str
+    metrics: dict[str, float]
+    checkpoint_path: Optional[str]
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def train_xgboost(config: TrainConfig, platform: Optional[PlatformConfig] = None) -> TrainResult:
+    """Train an XGBoost classifier on Ray Train and log it to MLflow.
+
+    Args:
+        config: What to train and how (data, split, params, scaling).
+        platform: Where MLflow and storage live (default: ``PlatformConfig.load()``).
+
+    Returns:
+        The MLflow run id, the logged model's URI, final validation metrics and the checkpoint.
+
+    Raises:
+        DataValidationError: The features are missing, lack a column, or a split is empty or
+            single-class. Nothing is logged to MLflow in that case.
+        TrainingError: Ray Train finished without a checkpoint.
+    """
+    import mlflow
+    import ray.train
+    from mlflow.models import infer_signature
+    from ray.train.xgboost import XGBoostTrainer
+
+    from mlplatform import _mlflow
+
+    platform = platform or PlatformConfig.load()
+    features_path = Path(config.features_path or platform.path("features", "transactions"))
+    train_ds, valid_ds, split = _time_split(features_path, config)
+
+    scaling = config.scaling
+    params = dict(config.params)
+    if scaling.use_gpu:
+        params["device"] = "cuda"
+    trainer = XGBoostTrainer(
+        _train_loop,
+        train_loop_config={
+            "params": params, "label": config.label, "features": config.feature_columns,
+            "num_boost_round": config.num_boost_round,
+            "early_stopping_rounds": config.early_stopping_rounds,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+            resources_per_worker=dict(scaling.resources_per_worker)),
+        run_config=ray.train.RunConfig(
+            name=config.run_name or "xgboost", storage_path=str(platform.path("ray_results"))),
+        datasets={"train": train_ds, "validation": valid_ds},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise TrainingError(f"Ray Train finished without a checkpoint (error: {result.error}); "
+                            "see the worker logs above.")
+
+    with result.checkpoint.as_directory() as ckpt:
+        booster = _load_booster(Path(ckpt) / MODEL_FILE)
+        history = json.loads((Path(ckpt) / HISTORY_FILE).read_text())
+
+    experiment_id = _mlflow.ensure_experiment(platform)
+    sample = valid_ds.limit(5).to_pandas()[config.feature_columns]
+    import xgboost
+
+    sample_scores = booster.predict(xgboost.DMatrix(sample))
+    signature = infer_signature(sample, pd.Series(sample_scores, name="score"))
+    run_params = {
+        **{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()},
+        "num_boost_round": config.num_boost_round,
+        "early_stopping_rounds": config.early_stopping_rounds,
+        "num_workers": scaling.num_workers, "use_gpu": scaling.use_gpu,
+        "best_iteration": history["best_iteration"],
+        **split,
+    }
+    metrics = {FINAL_METRICS[k]: v for k, v in history["best"].items() if k in FINAL_METRICS}
+    tags = {"features_path": str(features_path), "mlplatform.trainer": "xgboost", **config.tags}
+    commit = _mlflow.git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+
+    with mlflow.start_run(experiment_id=experiment_id, run_name=config.run_name) as run:
+        mlflow.log_params(run_params)
+        mlflow.set_tags(tags)
+        for split_name, per_metric in history["evals_result"].items():
+            for metric, values in per_metric.items():
+                for step, value in enumerate(values):
+                    mlflow.log_metric(f"{split_name}_{metric}", float(value), step=step)
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict(history, "training/evals_result.json")
+        mlflow.log_dict({"feature_columns": config.feature_columns, "label": config.label},
+                        "training/features.json")
+        info = mlflow.xgboost.log_model(
+            booster, name="model", signature=signature, input_example=sample.head(2),
+            model_format="ubj")
+    return TrainResult(run_id=run.info.run_id, model_uri=info.model_uri, metrics=metrics,
+                       checkpoint_path=result.checkpoint.path, params=run_params)
+
+
+def _train_loop(cfg: dict) -> None:
+    """Runs on every Ray Train worker (inside XGBoost's collective context)."""
+    import ray.train
+    import xgboost
+
+    feats, label = cfg["features"], cfg["label"]
+    train = ray.train.get_dataset_shard("train").materialize().to_pandas()
+    valid = ray.train.get_dataset_shard("validation").materialize().to_pandas()
+    dtrain = xgboost.DMatrix(train[feats], label=train[label])
+    dvalid = xgboost.DMatrix(valid[feats], label=valid[label])
+    evals_result: dict = {}
+    booster = xgboost.train(
+        cfg["params"], dtrain, num_boost_round=cfg["num_boost_round"],
+        evals=[(dtrain, "train"), (dvalid, "validation")], evals_result=evals_result,
+        early_stopping_rounds=cfg["early_stopping_rounds"] or None, verbose_eval=False)
+    best = booster.best_iteration if cfg["early_stopping_rounds"] else booster.num_boosted_rounds() - 1
+    booster = booster[: best + 1]  # keep the trees up to the best round: serve what was validated
+    final = {m: float(v[best]) for m, v in evals_result["validation"].items()}
+    history = {"best_iteration": int(best), "best": final,
+               "evals_result": {s: {m: [float(x) for x in v] for m, v in ms.items()}
+                                for s, ms in evals_result.items()}}
+    metrics = {f"validation_{m}": v for m, v in final.items()}
+    if ray.train.get_context().get_world_rank() == 0:
+        with tempfile.TemporaryDirectory() as tmp:
+            booster.save_model(os.path.join(tmp, MODEL_FILE))
+            Path(tmp, HISTORY_FILE).write_text(json.dumps(history))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    else:
+        ray.train.report(metrics, checkpoint=None)
+
+
+def _load_booster(path: Path):
+    import xgboost
+
+    booster = xgboost.Booster()
+    booster.load_model(str(path))
+    return booster
+
+
+def _time_split(features_path: Path, config: TrainConfig):
+    """Split by time: rows before the cutoff train, rows at/after it validate.
+
+    Returns the two Ray Datasets and the split boundaries (logged as params).
+    """
+    import ray.data
+
+    if not features_path.exists():
+        raise DataValidationError(
+            f"features {features_path} do not exist; build them first "
+            "(mlplatform.features.build_features or `mlp demo`).")
+    schema = pq.ParquetDataset(str(features_path)).schema
+    needed = [*config.feature_columns, config.label, config.timestamp_column]
+    missing = [c for c in needed if c not in schema.names]
+    if missing:
+        raise DataValidationError(
+            f"features {features_path} lack column(s) {missing} named in the training config; "
+            f"available: {schema.names}.")
+    ds = ray.data.read_parquet(str(features_path), columns=needed)
+    ts_min = _utc(ds.min(config.timestamp_column))
+    ts_max = _utc(ds.max(config.timestamp_column))
+    cutoff = ts_min + (ts_max - ts_min) * (1.0 - config.validation_fraction)
+    cols = [*config.feature_columns, config.label]
+
+    def side(before: bool):
+        def keep(batch: pd.DataFrame) -> pd.DataFrame:
+            ts = pd.to_datetime(batch[config.timestamp_column], utc=True)
+            mask = ts < cutoff if before else ts >= cutoff
+            return batch.loc[mask, cols]
+        return ds.map_batches(keep, batch_format="pandas").materialize()
+
+    train_ds, valid_ds = side(True), side(False)
+    for name, part in (("train", train_ds), ("validation", valid_ds)):
+        counts = part.groupby(config.label).count().to_pandas()
+        if len(counts) < 2:
+            raise DataValidationError(
+                f"the {name} split of {features_path} (cutoff {cutoff}) has "
+                f"{int(counts['count()'].sum()) if len(counts) else 0} rows and label values "
+                f"{counts[config.label].tolist()}; it needs both classes. Use more data or "
+                "change validation_fraction.")
+    split = {"split_cutoff": str(cutoff), "split_min": str(ts_min), "split_max": str(ts_max),
+             "train_rows": train_ds.count(), "validation_rows": valid_ds.count()}
+    return train_ds, valid_ds, split
+
+
+def _utc(value) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
