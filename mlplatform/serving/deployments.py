@@ -20,6 +20,19 @@ logger = logging.getLogger("ray.serve")
 api = FastAPI(title="mlplatform", description="Fraud scoring on Ray Serve, models from MLflow.")
 
 
+# Defined above the deployments: Serve pickles a deployment class when it is decorated,
+# so module-level helpers its methods call must already exist then.
+def _request_id(request: Request) -> str:
+    """Serve's id for this request: the caller's X-Request-ID if sent, else one Serve generated.
+
+    Serve also returns it as the ``x-request-id`` response header, so body and header agree.
+    """
+    from ray.serve.context import _get_serve_request_context
+
+    return (_get_serve_request_context().request_id or request.headers.get("x-request-id")
+            or uuid.uuid4().hex)
+
+
 @serve.deployment
 class ModelServer:
     """Serves one registered model version (``models:/<name>@<alias>`` resolved at start)."""
@@ -84,8 +97,7 @@ class Ingress:
     @api.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:
         """Score one transaction (a JSON object of features) or ``{"instances": [...]}``."""
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        headers = {"x-request-id": request_id}
+        request_id = _request_id(request)
         try:
             instances, single = parse_body(await request.body(), self._max_items,
                                            self._max_body_bytes)
@@ -93,13 +105,12 @@ class Ingress:
             if "rejected" in result:
                 raise RequestRejected.from_dict(result["rejected"])
         except RequestRejected as exc:
-            return JSONResponse(exc.body(request_id), status_code=exc.status, headers=headers)
+            return JSONResponse(exc.body(request_id), status_code=exc.status)
         meta = {"model_name": result["model_name"], "model_version": result["model_version"],
                 "request_id": request_id}
         if single:
-            return JSONResponse({"score": result["scores"][0], **meta}, headers=headers)
-        return JSONResponse({"predictions": [{"score": s} for s in result["scores"]], **meta},
-                            headers=headers)
+            return JSONResponse({"score": result["scores"][0], **meta})
+        return JSONResponse({"predictions": [{"score": s} for s in result["scores"]], **meta})
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
@@ -110,3 +121,4 @@ class Ingress:
     @api.get("/models")
     async def models(self) -> dict[str, Any]:
         return {"models": [await self._server.info.remote()]}
+

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -98,7 +99,10 @@ def train_xgboost(config: TrainConfig, platform: Optional[PlatformConfig] = None
     import xgboost
 
     sample_scores = booster.predict(xgboost.DMatrix(sample))
-    signature = infer_signature(sample, pd.Series(sample_scores, name="score"))
+    with warnings.catch_warnings():
+        # Integer features (hour, codes, counts) are integers on purpose and never missing.
+        warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
+        signature = infer_signature(sample, pd.Series(sample_scores, name="score"))
     run_params = {
         **{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()},
         "num_boost_round": config.num_boost_round,
@@ -188,9 +192,12 @@ def _time_split(features_path: Path, config: TrainConfig):
         raise DataValidationError(
             f"features {features_path} lack column(s) {missing} named in the training config; "
             f"available: {schema.names}.")
-    ds = ray.data.read_parquet(str(features_path), columns=needed)
-    ts_min = _utc(ds.min(config.timestamp_column))
-    ts_max = _utc(ds.max(config.timestamp_column))
+    from ray.data.aggregate import Count, Max, Min, Sum
+
+    ds = ray.data.read_parquet(str(features_path), columns=needed).materialize()
+    bounds = ds.aggregate(Min(config.timestamp_column), Max(config.timestamp_column))
+    ts_min = _utc(bounds[f"min({config.timestamp_column})"])
+    ts_max = _utc(bounds[f"max({config.timestamp_column})"])
     cutoff = ts_min + (ts_max - ts_min) * (1.0 - config.validation_fraction)
     cols = [*config.feature_columns, config.label]
 
@@ -202,16 +209,20 @@ def _time_split(features_path: Path, config: TrainConfig):
         return ds.map_batches(keep, batch_format="pandas").materialize()
 
     train_ds, valid_ds = side(True), side(False)
+    rows = {}
     for name, part in (("train", train_ds), ("validation", valid_ds)):
-        counts = part.groupby(config.label).count().to_pandas()
-        if len(counts) < 2:
+        # Train's split coordinator re-prints progress bars per worker; the driver showed them.
+        part.context.enable_progress_bars = False
+        stats = part.aggregate(Count(), Sum(config.label)) if part.count() else {}
+        total, positives = int(stats.get("count()", 0)), int(stats.get(f"sum({config.label})") or 0)
+        if not 0 < positives < total:
             raise DataValidationError(
-                f"the {name} split of {features_path} (cutoff {cutoff}) has "
-                f"{int(counts['count()'].sum()) if len(counts) else 0} rows and label values "
-                f"{counts[config.label].tolist()}; it needs both classes. Use more data or "
-                "change validation_fraction.")
+                f"the {name} split of {features_path} (cutoff {cutoff}) has {total} rows of which "
+                f"{positives} are positive; it needs both classes. Use more data or change "
+                "validation_fraction.")
+        rows[f"{name}_rows"] = total
     split = {"split_cutoff": str(cutoff), "split_min": str(ts_min), "split_max": str(ts_max),
-             "train_rows": train_ds.count(), "validation_rows": valid_ds.count()}
+             **rows}
     return train_ds, valid_ds, split
 
 

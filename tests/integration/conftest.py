@@ -1,0 +1,79 @@
+"""One real Ray cluster for the whole integration run, started as users start one.
+
+``ray start --head --block`` runs in a child process with ``MLP_STORAGE_ROOT`` pointing at the
+session's storage folder, so every Ray worker (Serve replicas, Train workers, job drivers)
+resolves the same MLflow DB, exactly as ``MLP_*`` variables set on cluster nodes would.
+Terminating the ``--block`` process stops only this cluster's processes.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port, wait_for
+
+BIN = Path(sys.executable).parent
+N_ROWS = 20_000
+
+
+@pytest.fixture(scope="session")
+def storage_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mlp-storage")
+
+
+@pytest.fixture(scope="session")
+def platform(storage_root):
+    from mlplatform.config import PlatformConfig
+
+    return PlatformConfig(storage_root=storage_root)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(storage_root, tmp_path_factory):
+    """Start a head node (8 logical CPUs) and connect this process to it."""
+    import ray
+
+    gcs_port, dash_port = free_port(), free_port()
+    env = {**os.environ, "MLP_STORAGE_ROOT": str(storage_root), "RAY_AUTH_MODE": "token",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    log_path = tmp_path_factory.mktemp("ray-head") / "head.log"
+    log = open(log_path, "w")
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=8",
+         "--include-dashboard=true", f"--dashboard-port={dash_port}", "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"127.0.0.1:{gcs_port}"
+    try:
+        wait_for(lambda: _started(head, log_path), 120, "the Ray head node", ignore=())
+        ray.init(address=address, log_to_driver=False)
+        yield {"address": address, "dashboard": f"http://127.0.0.1:{dash_port}", "env": env}
+    finally:
+        ray.shutdown()
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)
+            try:
+                head.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(head.pid, signal.SIGKILL)
+        log.close()
+
+
+def _started(head: subprocess.Popen, log_path: Path) -> bool:
+    if head.poll() is not None:
+        raise RuntimeError(f"`ray start --head` exited with {head.returncode}:\n"
+                           + log_path.read_text()[-3000:])
+    return "Ray runtime started" in log_path.read_text()
+
+
+@pytest.fixture(scope="session")
+def spine(ray_cluster, platform):
+    """Run the whole spine once (small data) and share the result."""
+    from mlplatform.pipelines import run_spine
+    from mlplatform.training import TrainConfig
+
+    return run_spine(platform, n_rows=N_ROWS, seed=11,
+                     train_config=TrainConfig(num_boost_round=150, early_stopping_rounds=15))
