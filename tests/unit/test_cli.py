@@ -1,0 +1,30 @@
+from typer.testing import CliRunner
+
+from mlplatform.cli import app
+
+runner = CliRunner()
+
+
+def test_version_lists_libraries():
+    out = runner.invoke(app, ["version"])
+    assert out.exit_code == 0
+    assert out.stdout.startswith("mlplatform ")
+    assert "ray 2." in out.stdout and "mlflow" in out.stdout
+
+
+def test_config_show_reflects_env_and_file(tmp_path, monkeypatch):
+    f = tmp_path / "c.yaml"
+    f.write_text("experiment_name: from-file\n")
+    monkeypatch.setenv("MLP_STORAGE_ROOT", str(tmp_path / "root"))
+    out = runner.invoke(app, ["config", "show", "--config", str(f)])
+    assert out.exit_code == 0, out.output
+    assert "from-file" in out.stdout
+    assert f"sqlite:///{tmp_path / 'root' / 'mlflow.db'}" in out.stdout
+
+
+def test_bad_config_exits_2_with_message(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("nope: 1\n")
+    out = runner.invoke(app, ["config", "show", "--config", str(f)])
+    assert out.exit_code == 2
+    assert "unknown key 'nope'" in out.output and "storage_root" in out.output
