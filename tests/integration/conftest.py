@@ -38,8 +38,11 @@ def ray_cluster(storage_root, tmp_path_factory):
     import ray
 
     gcs_port, dash_port = free_port(), free_port()
+    # Job drivers run `python` from the head's PATH: make it this virtualenv's, as it is for a
+    # user who started Ray from an activated venv.
     env = {**os.environ, "MLP_STORAGE_ROOT": str(storage_root), "RAY_AUTH_MODE": "token",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     log_path = tmp_path_factory.mktemp("ray-head") / "head.log"
     log = open(log_path, "w")
     head = subprocess.Popen(
