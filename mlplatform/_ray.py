@@ -12,7 +12,7 @@ MIN_LOCAL_CPUS = 8
 
 
 def init_ray(config: PlatformConfig, **kwargs) -> None:
-    """``ray.init`` for ``config.ray_address`` (or ``$RAY_ADDRESS``, or a new local Ray).
+    """``ray.init`` for ``config.ray_address``, else ``$RAY_ADDRESS``, else a new local Ray.
 
     A new local Ray gets at least :data:`MIN_LOCAL_CPUS` logical CPUs unless ``num_cpus`` is
     passed. Does nothing if Ray is already initialised in this process.
@@ -23,6 +23,9 @@ def init_ray(config: PlatformConfig, **kwargs) -> None:
         return
     address = config.ray_address or os.environ.get("RAY_ADDRESS")
     if address is None:
+        # "local": always a new in-process Ray. A bare ray.init() would instead join whatever
+        # /tmp/ray/ray_current_cluster names, even a cluster that has since stopped.
+        address = "local"
         kwargs.setdefault("num_cpus", max(MIN_LOCAL_CPUS, os.cpu_count() or 1))
     kwargs.setdefault("log_to_driver", True)
     ray.init(address=address, **kwargs)
