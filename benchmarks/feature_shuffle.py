@@ -35,7 +35,7 @@ def main() -> None:
     from mlplatform.datasets import make_transactions, save_transactions
     from mlplatform.features import build_features
 
-    ray.init(num_cpus=8, log_to_driver=False)
+    ray.init(address="local", num_cpus=8, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     work = Path(tempfile.mkdtemp(prefix="bench-shuffle-"))
     raw = save_transactions(make_transactions(args.rows, seed=0), work / "raw")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
@@ -24,8 +23,8 @@ class DataSection(BaseModel):
 
 class RegisterSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Optional[str] = Field(None, description="Registered model (default: config.model_name).")
-    alias: Optional[str] = "champion"
+    name: str | None = Field(None, description="Registered model (default: config.model_name).")
+    alias: str | None = "champion"
 
 
 class JobConfig(BaseModel):
@@ -35,7 +34,7 @@ class JobConfig(BaseModel):
     register: RegisterSection = Field(default_factory=RegisterSection)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path, help="job YAML (jobs/configs/*.yaml)")
     parser.add_argument("--platform-config", type=Path, default=None,

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from mlplatform.config import PlatformConfig
 
 
-def client(config: "PlatformConfig") -> "MlflowClient":
+def client(config: PlatformConfig) -> MlflowClient:
     """An ``MlflowClient`` bound to the config's tracking and registry URIs.
 
     Also points the ``mlflow`` fluent API at the same URIs, since ``log_model`` and friends
@@ -26,7 +26,7 @@ def client(config: "PlatformConfig") -> "MlflowClient":
     return MlflowClient(config.mlflow_tracking_uri, config.mlflow_registry_uri)
 
 
-def ensure_experiment(config: "PlatformConfig", name: str | None = None) -> str:
+def ensure_experiment(config: PlatformConfig, name: str | None = None) -> str:
     """Return the id of experiment ``name`` (default ``config.experiment_name``), creating it
     with its artifacts under ``config.mlflow_artifact_location`` if it does not exist."""
     c = client(config)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,7 +14,7 @@ app.add_typer(config_app, name="config")
 ConfigOpt = typer.Option(None, "--config", "-c", help="PlatformConfig YAML (default: $MLP_CONFIG).")
 
 
-def _load(config: Optional[Path]):
+def _load(config: Path | None):
     from mlplatform.config import PlatformConfig
     from mlplatform.errors import ConfigError
 
@@ -43,7 +42,7 @@ def version() -> None:
 
 
 @config_app.command("show")
-def config_show(config: Optional[Path] = ConfigOpt) -> None:
+def config_show(config: Path | None = ConfigOpt) -> None:
     """Print the effective configuration (defaults < YAML < MLP_* environment)."""
     cfg = _load(config)
     width = max(len(k) for k in cfg.to_display_dict())
@@ -55,9 +54,9 @@ def config_show(config: Optional[Path] = ConfigOpt) -> None:
 def demo(
     rows: int = typer.Option(100_000, min=1_000, help="Transactions to generate."),
     seed: int = typer.Option(0, help="Data seed."),
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
     keep_running: bool = typer.Option(False, help="Keep the endpoint up until Ctrl-C."),
-    port: Optional[int] = typer.Option(None, help="HTTP port (default: serve_configs/fraud.yaml)."),
+    port: int | None = typer.Option(None, help="HTTP port (default: serve_configs/fraud.yaml)."),
 ) -> None:
     """Run the whole lifecycle end to end on embedded defaults and print a summary."""
     from mlplatform.demo import run_demo
@@ -69,7 +68,7 @@ def demo(
 def generate(
     rows: int = typer.Option(100_000, min=1, help="Transactions to generate."),
     seed: int = typer.Option(0, help="Data seed."),
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
 ) -> None:
     """Generate transactions as Parquet under <storage_root>/raw/transactions."""
     from mlplatform.pipelines import generate_data
@@ -78,7 +77,7 @@ def generate(
 
 
 @app.command()
-def features(config: Optional[Path] = ConfigOpt) -> None:
+def features(config: Path | None = ConfigOpt) -> None:
     """Build features from the raw transactions with Ray Data."""
     from mlplatform._ray import init_ray
     from mlplatform.pipelines import build_spine_features

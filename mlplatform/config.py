@@ -13,8 +13,9 @@ write into them (:meth:`PlatformConfig.ensure_dirs`), never at import or load ti
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -40,20 +41,20 @@ class PlatformConfig(BaseModel):
         description="Root folder of local state: raw data, features, MLflow DB and artifacts. "
         "Relative paths resolve against the working directory of the process that loads it.",
     )
-    ray_address: Optional[str] = Field(
+    ray_address: str | None = Field(
         default=None,
         description="Ray cluster to connect to (e.g. 'ray://head:10001' or 'auto'). None starts "
         "or joins a local Ray; Ray's own RAY_ADDRESS variable is honoured in that case.",
     )
-    mlflow_tracking_uri: Optional[str] = Field(
+    mlflow_tracking_uri: str | None = Field(
         default=None,
         description="MLflow tracking URI. Default: sqlite:///<storage_root>/mlflow.db. "
         "On a cluster use the head node's MLflow server, e.g. http://head:5000.",
     )
-    mlflow_registry_uri: Optional[str] = Field(
+    mlflow_registry_uri: str | None = Field(
         default=None, description="MLflow model registry URI. Default: the tracking URI."
     )
-    mlflow_artifact_location: Optional[str] = Field(
+    mlflow_artifact_location: str | None = Field(
         default=None,
         description="Artifact root for experiments this platform creates. "
         "Default: <storage_root>/mlartifacts (a file URI).",
@@ -66,7 +67,7 @@ class PlatformConfig(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _derive_defaults(self) -> "PlatformConfig":
+    def _derive_defaults(self) -> PlatformConfig:
         root = Path(os.path.expanduser(str(self.storage_root))).absolute()
         object.__setattr__(self, "storage_root", root)
         if not self.mlflow_tracking_uri:
@@ -84,7 +85,7 @@ class PlatformConfig(BaseModel):
         path: str | os.PathLike[str] | None = None,
         overrides: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
-    ) -> "PlatformConfig":
+    ) -> PlatformConfig:
         """Build the config from defaults < YAML file < ``MLP_*`` environment < ``overrides``.
 
         Args:

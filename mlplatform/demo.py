@@ -10,7 +10,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from mlplatform.config import PlatformConfig
 
@@ -51,8 +51,8 @@ def to_instances(frame) -> list[dict[str, Any]]:
     return json.loads(frame.to_json(orient="records"))
 
 
-def run_demo(config: Optional[PlatformConfig] = None, n_rows: int = 100_000, seed: int = 0,
-             keep_running: bool = False, http_port: Optional[int] = None) -> dict[str, Any]:
+def run_demo(config: PlatformConfig | None = None, n_rows: int = 100_000, seed: int = 0,
+             keep_running: bool = False, http_port: int | None = None) -> dict[str, Any]:
     """Run the demo end to end and print a summary; return the summary as a dict."""
     import requests
     from ray import serve
@@ -79,10 +79,11 @@ def run_demo(config: Optional[PlatformConfig] = None, n_rows: int = 100_000, see
     url = deploy(args_overrides={"model": f"{mv.name}@champion",
                                  "platform": config.model_dump(mode="json")},
                  http_port=http_port)
+    step(f"Sending real HTTP requests to {url}/predict")
     rows, instances = sample_instances(spine.features_path, seed=seed)
     predictions = []
     with requests.Session() as http:
-        for (_, row), instance in zip(rows.iterrows(), instances):
+        for (_, row), instance in zip(rows.iterrows(), instances, strict=True):
             resp = http.post(f"{url}/predict", json=instance, timeout=30)
             resp.raise_for_status()
             body = resp.json()

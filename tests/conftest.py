@@ -3,7 +3,7 @@
 import os
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable
 
 # Ray reads RAY_AUTH_MODE once, when it is imported: clients of the token-auth test cluster must
 # have it set before any test module imports ray (the Makefile exports it too).

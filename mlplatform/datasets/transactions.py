@@ -15,8 +15,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -68,12 +68,12 @@ _DIURNAL = np.array([1, 0.6, 0.4, 0.3, 0.3, 0.5, 1.5, 3, 4, 5, 5.5, 6,
 
 def make_transactions(
     n_rows: int,
-    n_users: Optional[int] = None,
-    n_merchants: Optional[int] = None,
+    n_users: int | None = None,
+    n_merchants: int | None = None,
     start: str | pd.Timestamp = "2026-01-01",
     days: int = 60,
     seed: int = 0,
-    drift: Optional[Mapping[str, float]] = None,
+    drift: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """Generate ``n_rows`` card transactions sorted by time.
 

@@ -6,9 +6,9 @@ The demo, the ``mlp`` CLI, ``jobs/train.py`` and the tests all call these.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from mlplatform.config import PlatformConfig
 from mlplatform.registry import ModelRegistry, ModelVersion
@@ -48,8 +48,8 @@ def build_spine_features(config: PlatformConfig) -> Path:
     return build_features(config.path(*RAW_DIR), config.path(*FEATURES_DIR)).path
 
 
-def register_model(config: PlatformConfig, result: TrainResult, name: Optional[str] = None,
-                   alias: Optional[str] = "champion") -> ModelVersion:
+def register_model(config: PlatformConfig, result: TrainResult, name: str | None = None,
+                   alias: str | None = "champion") -> ModelVersion:
     """Register a training result's model, tag it with its metrics, and set ``alias``."""
     tags = {**{f"metric.{k}": f"{v:.6f}" for k, v in result.metrics.items()},
             "run_id": result.run_id}
@@ -62,9 +62,9 @@ def run_spine(
     config: PlatformConfig,
     n_rows: int = 100_000,
     seed: int = 0,
-    train_config: Optional[TrainConfig] = None,
-    alias: Optional[str] = "champion",
-    on_step: Optional[Callable[[str], None]] = None,
+    train_config: TrainConfig | None = None,
+    alias: str | None = "champion",
+    on_step: Callable[[str], None] | None = None,
 ) -> SpineResult:
     """Generate data, build features, train with Ray Train, register and alias the model.
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -32,7 +31,7 @@ class LoadedModel:
     def feature_names(self) -> list[str]:
         return [c["name"] for c in self.inputs]
 
-    def predict(self, frame) -> "Any":
+    def predict(self, frame) -> Any:
         """Fraud probability for each row of ``frame`` (a DataFrame with the input columns)."""
         import xgboost
 
@@ -60,7 +59,7 @@ def load_model(registry: ModelRegistry, ref: str) -> LoadedModel:
         flavor = (mlmodel.get("flavors") or {}).get("xgboost")
         if not flavor:
             raise ModelNotFound(f"{mv.uri} is not an XGBoost model (flavors: "
-                                f"{list((mlmodel.get('flavors') or {}))}); serving loads XGBoost only.")
+                                f"{list(mlmodel.get('flavors') or {})}); serving loads XGBoost only.")
         fmt = flavor.get("model_format", "xgb")
         if fmt not in _SAFE_FORMATS:
             raise ModelNotFound(f"{mv.uri} stores its booster as '{fmt}'; only {sorted(_SAFE_FORMATS)} "

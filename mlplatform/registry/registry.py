@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from mlplatform.config import PlatformConfig
 from mlplatform.errors import ModelNotFound
@@ -25,7 +26,7 @@ class ModelVersion:
     name: str
     version: str
     source: str
-    run_id: Optional[str]
+    run_id: str | None
     aliases: tuple[str, ...]
     tags: Mapping[str, str]
 
@@ -35,7 +36,7 @@ class ModelVersion:
         return f"models:/{self.name}/{self.version}"
 
 
-def parse_model_ref(ref: str) -> tuple[str, Optional[str], Optional[str]]:
+def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
     """Split ``"fraud@champion"`` / ``"fraud/3"`` / ``"fraud"`` into (name, alias, version).
 
     A bare name means alias ``champion``.
@@ -63,7 +64,7 @@ class ModelRegistry:
         '1'
     """
 
-    def __init__(self, config: Optional[PlatformConfig] = None):
+    def __init__(self, config: PlatformConfig | None = None):
         from mlplatform import _mlflow
 
         self.config = config or PlatformConfig.load()
@@ -73,9 +74,9 @@ class ModelRegistry:
         self,
         model_uri: str,
         name: str,
-        description: Optional[str] = None,
-        tags: Optional[Mapping[str, Any]] = None,
-        alias: Optional[str] = None,
+        description: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        alias: str | None = None,
     ) -> ModelVersion:
         """Register a logged model (``models:/m-...`` or ``runs:/<id>/model``) as a new version.
 
@@ -140,7 +141,7 @@ class ModelRegistry:
             artifact_uri=mv.uri, dst_path=str(dst), tracking_uri=self.config.mlflow_tracking_uri)
         return mv, Path(path)
 
-    def _not_found_message(self, name: str, alias: Optional[str], version: Optional[str]) -> str:
+    def _not_found_message(self, name: str, alias: str | None, version: str | None) -> str:
         from mlflow.exceptions import MlflowException
 
         try:

@@ -12,8 +12,9 @@ Example Serve YAML (``serve_configs/fraud.yaml``)::
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError
@@ -31,7 +32,7 @@ class AppArgs(BaseModel):
 
     model: str = Field(default="fraud@champion",
                        description="Registered model to serve: 'name@alias' or 'name/version'.")
-    platform_config: Optional[str] = Field(
+    platform_config: str | None = Field(
         default=None, description="PlatformConfig YAML file (else $MLP_CONFIG / MLP_* / defaults).")
     platform: dict[str, Any] = Field(
         default_factory=dict, description="PlatformConfig overrides, e.g. {storage_root: /data}.")
@@ -71,8 +72,8 @@ def build_app(args: Mapping[str, Any] | None = None):
 
 def deploy(
     config_path: str | Path = DEFAULT_SERVE_CONFIG,
-    args_overrides: Optional[Mapping[str, Any]] = None,
-    http_port: Optional[int] = None,
+    args_overrides: Mapping[str, Any] | None = None,
+    http_port: int | None = None,
     timeout_s: float = 300.0,
 ) -> str:
     """Deploy a Serve YAML on the connected Ray cluster, as ``serve deploy`` would, and wait.

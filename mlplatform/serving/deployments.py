@@ -14,7 +14,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from mlplatform.serving.schemas import RequestRejected, instance_model, parse_body, validate_instances
+from mlplatform.serving.schemas import (
+    RequestRejected,
+    instance_model,
+    parse_body,
+    validate_instances,
+)
 
 logger = logging.getLogger("ray.serve")
 api = FastAPI(title="mlplatform", description="Fraud scoring on Ray Serve, models from MLflow.")

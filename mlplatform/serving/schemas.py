@@ -58,7 +58,7 @@ class RequestRejected(Exception):
                 "errors": [e.to_dict() for e in self.errors]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RequestRejected":
+    def from_dict(cls, data: dict[str, Any]) -> RequestRejected:
         return cls(data["status"], data["message"], [FieldError(**e) for e in data["errors"]])
 
     def body(self, request_id: str) -> dict[str, Any]:

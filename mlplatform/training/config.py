@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError,
-                      confloat)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    confloat,
+)
 
 from mlplatform.errors import ConfigError
 from mlplatform.features.transforms import FEATURE_COLUMNS, LABEL_COLUMN
@@ -42,7 +49,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    features_path: Optional[Path] = Field(
+    features_path: Path | None = Field(
         default=None, description="Parquet folder of features. Default: "
         "<storage_root>/features/transactions (what the feature pipeline writes).")
     label: str = Field(default=LABEL_COLUMN, description="Binary label column (0/1).")
@@ -60,11 +67,11 @@ class TrainConfig(BaseModel):
         default=20, description="Stop after this many rounds without validation improvement "
         "(0 disables early stopping).")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
-    run_name: Optional[str] = Field(default=None, description="MLflow run name.")
+    run_name: str | None = Field(default=None, description="MLflow run name.")
     tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow run tags.")
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
         """Load from a YAML file; errors name the key and the file."""
         path = Path(path)
         if not path.is_file():

@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -37,11 +37,11 @@ class TrainResult:
     run_id: str
     model_uri: str
     metrics: dict[str, float]
-    checkpoint_path: Optional[str]
+    checkpoint_path: str | None
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def train_xgboost(config: TrainConfig, platform: Optional[PlatformConfig] = None) -> TrainResult:
+def train_xgboost(config: TrainConfig, platform: PlatformConfig | None = None) -> TrainResult:
     """Train an XGBoost classifier on Ray Train and log it to MLflow.
 
     Args:

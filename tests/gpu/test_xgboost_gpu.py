@@ -12,12 +12,12 @@ def test_train_xgboost_on_gpu_matches_cpu_quality(tmp_path):
     from mlplatform.features import build_features
     from mlplatform.training import ScalingSpec, TrainConfig, train_xgboost
 
-    ray.init(num_cpus=8, ignore_reinit_error=True)
+    ray.init(address="local", num_cpus=8, ignore_reinit_error=True)
     try:
         platform = PlatformConfig(storage_root=tmp_path)
         raw = save_transactions(make_transactions(20_000, seed=2), tmp_path / "raw")
         feats = build_features(raw, tmp_path / "features").path
-        base = dict(features_path=feats, num_boost_round=100, early_stopping_rounds=10)
+        base = {"features_path": feats, "num_boost_round": 100, "early_stopping_rounds": 10}
         gpu = train_xgboost(TrainConfig(**base, scaling=ScalingSpec(
             num_workers=1, use_gpu=True, resources_per_worker={"CPU": 1, "GPU": 1})), platform)
         cpu = train_xgboost(TrainConfig(**base, scaling=ScalingSpec(num_workers=1)), platform)

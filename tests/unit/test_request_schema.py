@@ -2,8 +2,12 @@ import json
 
 import pytest
 
-from mlplatform.serving.schemas import (RequestRejected, instance_model, parse_body,
-                                        validate_instances)
+from mlplatform.serving.schemas import (
+    RequestRejected,
+    instance_model,
+    parse_body,
+    validate_instances,
+)
 
 INPUTS = [{"name": "amount", "type": "double"}, {"name": "hour_of_day", "type": "long"}]
 COLS = ["amount", "hour_of_day"]
