@@ -31,5 +31,5 @@ def wait_for(condition: Callable[[], object], timeout_s: float, what: str, inter
                 return value
         except ignore as exc:  # the condition may fail until the thing is up
             last_exc = exc
-        time.sleep(interval_s)  # poll interval of a wait-for-condition loop
+        time.sleep(interval_s)  # allowed: the poll interval of this wait-for-condition helper
     raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}; last error: {last_exc!r}")
