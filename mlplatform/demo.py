@@ -109,6 +109,8 @@ def run_demo(config: PlatformConfig | None = None, n_rows: int = 100_000, seed: 
         "metrics": spine.train.metrics,
         "champion": f"{mv.name} version {mv.version}",
         "endpoint": f"{url}/predict",
+        "predictions": [p.__dict__ for p in predictions],
+        "bad_request_status": bad.status_code,
         "timings_s": {**{k: round(v, 1) for k, v in spine.timings_s.items()},
                       "total": round(time.perf_counter() - started, 1)},
     }

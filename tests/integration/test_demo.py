@@ -1,0 +1,26 @@
+"""`mlp demo` end to end on the shared cluster: every step, real HTTP, summary, clean shutdown."""
+
+import pytest
+import requests
+
+
+def test_demo_runs_end_to_end_and_shuts_serve_down(ray_cluster, tmp_path, capsys):
+    from mlplatform.config import PlatformConfig
+    from mlplatform.demo import run_demo
+
+    cfg = PlatformConfig(storage_root=tmp_path / "demo", experiment_name="demo-test")
+    summary = run_demo(cfg, n_rows=10_000, seed=3)
+
+    assert summary["champion"] == "fraud version 1"
+    assert summary["mlflow_tracking_uri"] == f"sqlite:///{tmp_path / 'demo' / 'mlflow.db'}"
+    assert (tmp_path / "demo" / "mlflow.db").is_file()
+    preds = summary["predictions"]
+    assert len(preds) == 6 and {p["is_fraud"] for p in preds} == {0, 1}
+    assert all(0.0 <= p["score"] <= 1.0 and p["model_version"] == "1" for p in preds)
+    assert summary["bad_request_status"] == 422
+    out = capsys.readouterr().out
+    for expected in ("[6/6]", "Live predictions", "MLflow database", "Champion", "MLflow UI",
+                     "Ray dashboard", "Serve shut down cleanly"):
+        assert expected in out
+    with pytest.raises(requests.ConnectionError):
+        requests.get("http://127.0.0.1:8000/healthz", timeout=5)
