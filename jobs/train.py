@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlplatform._ray import init_ray
     from mlplatform.config import PlatformConfig
+    from mlplatform.datasets import RAW_DIR
     from mlplatform.errors import MLPlatformError
     from mlplatform.pipelines import build_spine_features, generate_data, register_model
-    from mlplatform.pipelines.spine import RAW_DIR
     from mlplatform.training import TrainConfig, train_xgboost
 
     try:

@@ -48,6 +48,9 @@ COUNTRIES: dict[str, tuple[float, float]] = {
     "BR": (0.03, 0.12), "MX": (0.02, 0.10), "IN": (0.0, 0.10), "NG": (0.0, 0.14),
     "RU": (0.0, 0.10), "CN": (0.0, 0.08),
 }
+#: Where the platform keeps raw transactions, under ``storage_root``.
+RAW_DIR = ("raw", "transactions")
+
 DEVICE_TYPES = ["mobile_ios", "mobile_android", "desktop", "tablet"]
 _DEVICE_P = np.array([0.40, 0.35, 0.20, 0.05])
 

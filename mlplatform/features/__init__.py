@@ -1,6 +1,6 @@
 """Feature definitions and pipelines (Ray Data). Issue #3 grows this into the feature store."""
 
-from mlplatform.features.pipeline import FeatureBuildResult, build_features
+from mlplatform.features.pipeline import FEATURES_DIR, FeatureBuildResult, build_features
 from mlplatform.features.transforms import (
     FEATURE_COLUMNS,
     KEY_COLUMNS,
@@ -11,6 +11,7 @@ from mlplatform.features.transforms import (
 )
 
 __all__ = [
+    "FEATURES_DIR",
     "FEATURE_COLUMNS",
     "KEY_COLUMNS",
     "LABEL_COLUMN",

@@ -18,6 +18,8 @@ from mlplatform.errors import DataValidationError
 from mlplatform.features.transforms import FEATURE_COLUMNS, user_bucket, user_history_features
 
 _BUCKET = "_user_bucket"
+#: Where the platform keeps transaction features, under ``storage_root``.
+FEATURES_DIR = ("features", "transactions")
 
 
 @dataclass(frozen=True)

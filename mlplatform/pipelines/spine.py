@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlplatform.config import PlatformConfig
+from mlplatform.datasets import RAW_DIR
+from mlplatform.features import FEATURES_DIR
 from mlplatform.registry import ModelRegistry, ModelVersion
 from mlplatform.training import TrainConfig, TrainResult, train_xgboost
-
-RAW_DIR = ("raw", "transactions")
-FEATURES_DIR = ("features", "transactions")
 
 
 @dataclass(frozen=True)

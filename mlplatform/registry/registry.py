@@ -122,15 +122,19 @@ class ModelRegistry:
                 mv = self._client.get_model_version(name, version)
         except MlflowException:
             raise ModelNotFound(self._not_found_message(name, alias, version)) from None
-        return ModelVersion(name=mv.name, version=str(mv.version), source=mv.source,
-                            run_id=mv.run_id, aliases=tuple(mv.aliases or ()),
-                            tags=dict(mv.tags or {}))
+        return _to_version(mv)
 
     def list_versions(self, name: str) -> list[ModelVersion]:
         """All versions of ``name``, newest first."""
         found = self._client.search_model_versions(f"name = '{name}'")
-        return sorted((self.resolve(f"{name}/{mv.version}") for mv in found),
-                      key=lambda v: int(v.version), reverse=True)
+        if not found:
+            return []
+        # Search results carry no aliases; the registered model has them all (alias -> version).
+        by_version: dict[str, list[str]] = {}
+        for alias, version in (self._client.get_registered_model(name).aliases or {}).items():
+            by_version.setdefault(str(version), []).append(alias)
+        versions = (_to_version(mv, by_version.get(str(mv.version), ())) for mv in found)
+        return sorted(versions, key=lambda v: int(v.version), reverse=True)
 
     def download(self, ref: str, dst: str | Path) -> tuple[ModelVersion, Path]:
         """Download the artifacts of ``ref`` into ``dst``; return the version and the folder."""
@@ -156,3 +160,10 @@ class ModelRegistry:
                     f"{sorted(rm.aliases) if rm.aliases else 'none'}.")
         versions = sorted(int(v.version) for v in self._client.search_model_versions(f"name = '{name}'"))
         return f"model '{name}' has no version {version}; versions: {versions}."
+
+
+def _to_version(mv, aliases=None) -> ModelVersion:
+    """An MLflow ``ModelVersion`` entity as the platform's frozen ``ModelVersion``."""
+    return ModelVersion(name=mv.name, version=str(mv.version), source=mv.source, run_id=mv.run_id,
+                        aliases=tuple(sorted(aliases if aliases is not None else (mv.aliases or ()))),
+                        tags=dict(mv.tags or {}))

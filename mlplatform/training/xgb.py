@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from mlplatform.config import PlatformConfig
 from mlplatform.errors import DataValidationError, TrainingError
+from mlplatform.features.pipeline import FEATURES_DIR
 from mlplatform.training.config import TrainConfig
 
 MODEL_FILE = "model.ubj"
@@ -64,7 +65,7 @@ def train_xgboost(config: TrainConfig, platform: PlatformConfig | None = None) -
     from mlplatform import _mlflow
 
     platform = platform or PlatformConfig.load()
-    features_path = Path(config.features_path or platform.path("features", "transactions"))
+    features_path = Path(config.features_path or platform.path(*FEATURES_DIR))
     train_ds, valid_ds, split = _time_split(features_path, config)
 
     scaling = config.scaling
@@ -120,10 +121,7 @@ def train_xgboost(config: TrainConfig, platform: PlatformConfig | None = None) -
     with mlflow.start_run(experiment_id=experiment_id, run_name=config.run_name) as run:
         mlflow.log_params(run_params)
         mlflow.set_tags(tags)
-        for split_name, per_metric in history["evals_result"].items():
-            for metric, values in per_metric.items():
-                for step, value in enumerate(values):
-                    mlflow.log_metric(f"{split_name}_{metric}", float(value), step=step)
+        _log_history(run.info.run_id, history["evals_result"])
         mlflow.log_metrics(metrics)
         mlflow.log_dict(history, "training/evals_result.json")
         mlflow.log_dict({"feature_columns": config.feature_columns, "label": config.label},
@@ -164,6 +162,23 @@ def _train_loop(cfg: dict) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     else:
         ray.train.report(metrics, checkpoint=None)
+
+
+def _log_history(run_id: str, evals_result: dict) -> None:
+    """Log every round's metrics with their step, in batches (one write per 1000, not per value)."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"{split}_{name}", float(value), now, step)
+               for split, per_metric in evals_result.items()
+               for name, values in per_metric.items()
+               for step, value in enumerate(values)]
+    client = MlflowClient()
+    for start in range(0, len(metrics), 1000):  # MLflow's log_batch limit
+        client.log_batch(run_id, metrics=metrics[start:start + 1000])
 
 
 def _load_booster(path: Path):
@@ -213,8 +228,8 @@ def _time_split(features_path: Path, config: TrainConfig):
     for name, part in (("train", train_ds), ("validation", valid_ds)):
         # Train's split coordinator re-prints progress bars per worker; the driver showed them.
         part.context.enable_progress_bars = False
-        stats = part.aggregate(Count(), Sum(config.label)) if part.count() else {}
-        total, positives = int(stats.get("count()", 0)), int(stats.get(f"sum({config.label})") or 0)
+        stats = part.aggregate(Count(), Sum(config.label))
+        total, positives = int(stats["count()"]), int(stats[f"sum({config.label})"] or 0)
         if not 0 < positives < total:
             raise DataValidationError(
                 f"the {name} split of {features_path} (cutoff {cutoff}) has {total} rows of which "
