@@ -14,7 +14,7 @@ PYTEST_ARGS    ?=
 
 export RAY_AUTH_MODE ?= token
 
-.PHONY: install demo test test-unit test-integration lint clean
+.PHONY: install demo test test-unit test-integration lint clean redis
 
 install: $(STAMP)
 
@@ -30,14 +30,24 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/mlp demo
 
-test: install
+test: install redis
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: install
+test-integration: install redis
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+# The online-store tests start a real redis-server. Best effort: without it they are skipped.
+redis:
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  echo "installing Debian's redis-server (used by the online-store tests)"; \
+	  ( $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q redis-server ) \
+	    || echo "WARNING: could not install redis-server; the Redis online-store tests will be" \
+	            "skipped. Install it by hand (e.g. 'apt-get install redis-server') to run them."; \
+	fi
 
 lint: install
 	$(BIN)/ruff check mlplatform tests jobs benchmarks

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -64,6 +64,20 @@ class PlatformConfig(BaseModel):
     )
     model_name: str = Field(
         default="fraud", min_length=1, description="Registered model name used by the demo."
+    )
+    feature_repo: Path | None = Field(
+        default=None,
+        description="Feature definitions YAML (entities + feature views). Default: the fraud "
+        "definitions in jobs/configs/features/fraud.yaml of this project.",
+    )
+    online_store: Literal["sqlite", "redis"] = Field(
+        default="sqlite",
+        description="Online feature store: 'sqlite' (embedded file <storage_root>/online.db) or "
+        "'redis' (a shared server; use it on clusters).",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis server of the online store when online_store is 'redis'.",
     )
 
     @model_validator(mode="after")

@@ -25,25 +25,28 @@ class DemoPrediction:
     request_id: str
 
 
-def sample_instances(features_path: Path, n_fraud: int = 3, n_legit: int = 3,
+def sample_instances(raw_path: Path, since, n_fraud: int = 3, n_legit: int = 3,
                      seed: int = 0) -> tuple[Any, list[dict[str, Any]]]:
-    """Pick transactions from the latest (validation) period: some fraud, some legitimate.
+    """Pick raw transactions at/after ``since`` (not yet in the online store) to replay live.
 
     Returns:
-        The picked rows (a DataFrame with ids and labels) and their JSON-ready feature dicts.
+        The picked rows (with labels) and their JSON-ready request bodies (raw fields only:
+        the endpoint looks the features up online).
     """
     import pandas as pd
 
-    from mlplatform.features import FEATURE_COLUMNS, LABEL_COLUMN
+    from mlplatform.features import LABEL_COLUMN, REQUEST_COLUMNS
 
-    df = pd.read_parquet(features_path)
-    recent = df[df["event_timestamp"] >= df["event_timestamp"].quantile(0.8)]
+    df = pd.read_parquet(raw_path)
+    recent = df[df["event_timestamp"] >= pd.Timestamp(since)]
     picked = pd.concat([
         recent[recent[LABEL_COLUMN] == 1].sample(min(n_fraud, int(recent[LABEL_COLUMN].sum())),
                                                  random_state=seed),
         recent[recent[LABEL_COLUMN] == 0].sample(n_legit, random_state=seed),
     ])
-    return picked, to_instances(picked[FEATURE_COLUMNS])
+    body = picked[REQUEST_COLUMNS].copy()
+    body["event_timestamp"] = body["event_timestamp"].map(lambda t: t.isoformat())
+    return picked, to_instances(body)
 
 
 def to_instances(frame) -> list[dict[str, Any]]:
@@ -72,7 +75,9 @@ def run_demo(config: PlatformConfig | None = None, n_rows: int = 100_000, seed: 
         console.rule(f"[bold cyan][{next(steps)}/6] {label}")
 
     init_ray(config)
-    spine = run_spine(config, n_rows=n_rows, seed=seed, on_step=step)
+    # The last day is replayed as live traffic: the online store holds everything before it.
+    live_from = "2026-03-01"
+    spine = run_spine(config, n_rows=n_rows, seed=seed, on_step=step, online_until=live_from)
     mv = spine.model_version
 
     step(f"Serving models:/{mv.name}@champion with Ray Serve (serve_configs/fraud.yaml)")
@@ -80,7 +85,7 @@ def run_demo(config: PlatformConfig | None = None, n_rows: int = 100_000, seed: 
                                  "platform": config.model_dump(mode="json")},
                  http_port=http_port)
     step(f"Sending real HTTP requests to {url}/predict")
-    rows, instances = sample_instances(spine.features_path, seed=seed)
+    rows, instances = sample_instances(spine.raw_path, live_from, seed=seed)
     predictions = []
     with requests.Session() as http:
         for (_, row), instance in zip(rows.iterrows(), instances, strict=True):

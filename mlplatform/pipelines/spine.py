@@ -1,4 +1,8 @@
-"""The end-to-end spine as plain functions: data -> features -> train -> register.
+"""The end-to-end spine as plain functions: data -> feature store -> train -> register.
+
+Features come from the feature store: the views are built offline with Ray Data (the source is
+gated by its data contract first), materialized to the online store for serving, and the
+training set is a point-in-time join of the labelled events.
 
 The demo, the ``mlp`` CLI, ``jobs/train.py`` and the tests all call these.
 """
@@ -12,7 +16,6 @@ from pathlib import Path
 
 from mlplatform.config import PlatformConfig
 from mlplatform.datasets import RAW_DIR
-from mlplatform.features import FEATURES_DIR
 from mlplatform.registry import ModelRegistry, ModelVersion
 from mlplatform.training import TrainConfig, TrainResult, train_xgboost
 
@@ -22,7 +25,8 @@ class SpineResult:
     """Everything one spine run produced."""
 
     raw_path: Path
-    features_path: Path
+    features_path: Path          # the training set (model inputs + label)
+    feature_versions: dict[str, str]
     train: TrainResult
     model_version: ModelVersion
     timings_s: dict[str, float]
@@ -40,17 +44,35 @@ def generate_data(config: PlatformConfig, n_rows: int, seed: int = 0, **kwargs) 
     return save_transactions(df, config.path(*RAW_DIR))
 
 
-def build_spine_features(config: PlatformConfig) -> Path:
-    """Run the Ray Data feature pipeline on the raw data of ``config``; return the output."""
-    from mlplatform.features import build_features
+def build_spine_features(config: PlatformConfig, online_until=None):
+    """Build every feature view, materialize it online, and write the training set.
 
-    return build_features(config.path(*RAW_DIR), config.path(*FEATURES_DIR)).path
+    Args:
+        config: Platform config.
+        online_until: Materialize rows before this time only (default: all), e.g. to replay
+            the later transactions as live traffic, as the demo does.
+
+    Returns:
+        The :class:`~mlplatform.features.TrainingSet` (path, rows, feature versions).
+
+    Raises:
+        DataValidationError: The raw data fails its contract (nothing is built or logged).
+    """
+    from mlplatform.features import FeatureStore, build_training_set
+
+    store = FeatureStore(config)
+    store.build()
+    store.materialize_incremental(end=online_until)
+    return build_training_set(store)
 
 
 def register_model(config: PlatformConfig, result: TrainResult, name: str | None = None,
-                   alias: str | None = "champion") -> ModelVersion:
-    """Register a training result's model, tag it with its metrics, and set ``alias``."""
+                   alias: str | None = "champion",
+                   feature_versions: dict[str, str] | None = None) -> ModelVersion:
+    """Register a training result's model, tag it with its metrics and feature versions, and
+    set ``alias``."""
     tags = {**{f"metric.{k}": f"{v:.6f}" for k, v in result.metrics.items()},
+            **{f"feature_version.{k}": v for k, v in (feature_versions or {}).items()},
             "run_id": result.run_id}
     return ModelRegistry(config).register(
         result.model_uri, name or config.model_name,
@@ -64,6 +86,7 @@ def run_spine(
     train_config: TrainConfig | None = None,
     alias: str | None = "champion",
     on_step: Callable[[str], None] | None = None,
+    online_until=None,
 ) -> SpineResult:
     """Generate data, build features, train with Ray Train, register and alias the model.
 
@@ -74,6 +97,7 @@ def run_spine(
         train_config: Training settings (default ``TrainConfig()`` on the spine's features).
         alias: Alias to point at the new version (None: register only).
         on_step: Called with a human-readable label before each step (progress display).
+        online_until: Materialize the online store up to this time only (default: all).
     """
     step = on_step or (lambda _label: None)
     timings: dict[str, float] = {}
@@ -87,12 +111,14 @@ def run_spine(
 
     raw = timed("generate", f"Generating {n_rows:,} transactions (seed {seed})",
                 lambda: generate_data(config, n_rows, seed))
-    feats = timed("features", "Building features with Ray Data", lambda: build_spine_features(config))
+    tset = timed("features", "Building the feature store with Ray Data (offline, online, "
+                 "training set)", lambda: build_spine_features(config, online_until))
     tc = train_config or TrainConfig()
     if tc.features_path is None:
-        tc = tc.model_copy(update={"features_path": feats})
+        tc = tc.model_copy(update={"features_path": tset.path})
     result = timed("train", f"Training XGBoost on Ray Train ({tc.scaling.num_workers} workers)",
                    lambda: train_xgboost(tc, config))
     mv = timed("register", f"Registering '{config.model_name}' and setting @{alias}",
-               lambda: register_model(config, result, alias=alias))
-    return SpineResult(raw, feats, result, mv, timings)
+               lambda: register_model(config, result, alias=alias,
+                                          feature_versions=tset.feature_versions))
+    return SpineResult(raw, tset.path, tset.feature_versions, result, mv, timings)

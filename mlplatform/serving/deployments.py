@@ -1,7 +1,10 @@
-"""Ray Serve deployments: ``Ingress`` (HTTP, validation, request ids) -> ``ModelServer``.
+"""Ray Serve deployments: ``Ingress`` (HTTP, request ids) -> ``ModelServer``.
 
-Resource figures (CPUs, replicas, batching) come from the Serve YAML, not from decorators.
-Issue #6 adds FeatureLookup, the weighted Router, shadow traffic and the Explainer.
+A request carries a raw transaction. ``ModelServer`` validates it, looks up the entities'
+features in the online store (by ``user_id``, ``merchant_id`` and their combinations with the
+country/device), derives the model inputs with the same ``model_inputs`` the training set used,
+and scores with ``@serve.batch``. Resource figures come from the Serve YAML, not decorators.
+Issue #6 splits the lookup into a FeatureLookup deployment and adds the weighted Router.
 """
 
 
@@ -16,8 +19,8 @@ from ray import serve
 
 from mlplatform.serving.schemas import (
     RequestRejected,
-    instance_model,
     parse_body,
+    transaction_model,
     validate_instances,
 )
 
@@ -38,6 +41,31 @@ def _request_id(request: Request) -> str:
             or uuid.uuid4().hex)
 
 
+def _features_for(store, records: list[dict[str, Any]]) -> tuple[np.ndarray, list[bool]]:
+    """Online lookup + on-demand transformation: the model's input matrix for ``records``.
+
+    Unknown users (nothing in the online store, or older than the view's TTL) are scored with
+    default features and flagged.
+    """
+    from datetime import datetime, timezone
+
+    import pandas as pd
+
+    from mlplatform.features import VIEW_FEATURES, model_inputs
+
+    now = datetime.now(timezone.utc)
+    for r in records:
+        r["event_timestamp"] = r["event_timestamp"] or now
+    times = [r["event_timestamp"] for r in records]
+    looked_up = store.get_online_features(records, VIEW_FEATURES, as_of=times)
+    frame = pd.DataFrame(records)
+    for name in VIEW_FEATURES:
+        frame[name] = pd.to_numeric(pd.Series(looked_up[name], dtype=object), errors="coerce")
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    unknown = [v is None for v in looked_up["user_last_event_at"]]
+    return model_inputs(frame).to_numpy(dtype=np.float64), unknown
+
+
 @serve.deployment
 class ModelServer:
     """Serves one registered model version (``models:/<name>@<alias>`` resolved at start)."""
@@ -45,35 +73,47 @@ class ModelServer:
     def __init__(self, model_ref: str, platform: dict[str, Any], max_batch_size: int = 32,
                  batch_wait_timeout_s: float = 0.005):
         from mlplatform.config import PlatformConfig
+        from mlplatform.features import FEATURE_COLUMNS, FeatureStore
         from mlplatform.registry import ModelRegistry, load_model
 
-        self._model = load_model(ModelRegistry(PlatformConfig(**platform)), model_ref)
+        config = PlatformConfig(**platform)
+        self._model = load_model(ModelRegistry(config), model_ref)
         self._columns = self._model.feature_names
-        self._schema = instance_model(self._model.inputs)
+        if self._columns != FEATURE_COLUMNS:
+            raise ValueError(f"model {model_ref} takes inputs {self._columns}, but the platform's "
+                             f"model_inputs() produces {FEATURE_COLUMNS}; retrain it on a "
+                             "training set from mlplatform.features.build_training_set")
+        self._store = FeatureStore(config)
+        self._schema = transaction_model()
         self._score_batch.set_max_batch_size(max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._ref = model_ref
         logger.info("ModelServer loaded %s as %s", model_ref, self._model.version.uri)
 
     def info(self) -> dict[str, Any]:
-        """What is loaded: name, version, reference and the input schema."""
+        """What is loaded: name, version, reference and the request schema."""
         mv = self._model.version
         return {"model_ref": self._ref, "model_name": mv.name, "model_version": mv.version,
-                "run_id": mv.run_id, "inputs": self._model.inputs}
+                "run_id": mv.run_id, "inputs": self._model.inputs,
+                "request_fields": list(self._schema.model_fields)}
 
     async def predict(self, instances: list[Any], single: bool) -> dict[str, Any]:
-        """Validate ``instances`` and score them.
+        """Validate raw transactions, look up their features online, and score them.
 
         A bad request is an answer, not a failure: it comes back as ``{"rejected": {...}}``
         so Serve neither logs a traceback nor counts a replica error for a client's mistake.
         """
         try:
-            rows = validate_instances(self._schema, instances, single, self._columns)
+            records = validate_instances(self._schema, instances, single)
         except RequestRejected as exc:
             return {"rejected": exc.to_dict()}
-        scores = await self._score_batch(np.asarray(rows, dtype=np.float64))
+        matrix, unknown_user = _features_for(self._store, records)
+        scores = await self._score_batch(matrix)
         mv = self._model.version
-        return {"scores": scores, "model_name": mv.name, "model_version": mv.version}
+        return {"predictions": [
+                    {"transaction_id": r["transaction_id"], "score": s, "unknown_user": u}
+                    for r, s, u in zip(records, scores, unknown_user, strict=True)],
+                "model_name": mv.name, "model_version": mv.version}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _score_batch(self, matrices: list[np.ndarray]) -> list[list[float]]:
@@ -101,7 +141,7 @@ class Ingress:
 
     @api.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:
-        """Score one transaction (a JSON object of features) or ``{"instances": [...]}``."""
+        """Score one raw transaction (a JSON object) or ``{"instances": [...]}``."""
         request_id = _request_id(request)
         try:
             instances, single = parse_body(await request.body(), self._max_items,
@@ -114,8 +154,8 @@ class Ingress:
         meta = {"model_name": result["model_name"], "model_version": result["model_version"],
                 "request_id": request_id}
         if single:
-            return JSONResponse({"score": result["scores"][0], **meta})
-        return JSONResponse({"predictions": [{"score": s} for s in result["scores"]], **meta})
+            return JSONResponse({**result["predictions"][0], **meta})
+        return JSONResponse({"predictions": result["predictions"], **meta})
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""Request validation built from the model's MLflow signature.
+"""Request validation: a raw transaction per instance (pydantic, strict types).
 
-A request body is either one transaction's features (a JSON object) or
+A request body is either one transaction (a JSON object) or
 ``{"instances": [ {...}, ... ]}``. Every problem is reported (not just the first), each naming
 its field, e.g. ``instances[3].amount``; such requests get a 4xx JSON answer, never a 500.
 """
@@ -22,17 +22,6 @@ def _json_number(value: Any) -> Any:
 
 
 _Number = BeforeValidator(_json_number)
-#: MLflow column type -> pydantic type. Integers accept 3.0 (many clients send that) but not 3.5.
-_TYPES: dict[str, Any] = {
-    "double": Annotated[float, _Number],
-    "float": Annotated[float, _Number],
-    "long": Annotated[int, _Number],
-    "integer": Annotated[int, _Number],
-    "boolean": Annotated[bool, Strict()],
-    "string": Annotated[str, Strict()],
-}
-
-
 @dataclass(frozen=True)
 class FieldError:
     """One problem with a request, named by its field path."""
@@ -67,15 +56,36 @@ class RequestRejected(Exception):
                 "request_id": request_id}
 
 
-def instance_model(inputs: list[dict[str, str]]) -> type[BaseModel]:
-    """A pydantic model of one instance from signature inputs ``[{"name", "type"}]``."""
-    fields = {}
-    for col in inputs:
-        if col["type"] not in _TYPES:
-            raise ValueError(f"signature column {col['name']!r} has unsupported type {col['type']!r}")
-        fields[col["name"]] = (_TYPES[col["type"]], ...)
-    return create_model("Instance", __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
-                        **fields)
+def transaction_model() -> type[BaseModel]:
+    """The pydantic model of one scoring request: a raw transaction, label-free.
+
+    Features are not sent: the Serve app looks them up online by ``user_id`` / ``merchant_id``
+    and derives the rest from these fields, exactly as the training set did.
+    Categories must be known to the model's vocabularies (a typo is a 422, not a silent -1).
+    """
+    from datetime import datetime
+    from typing import Literal
+
+    from pydantic import Field
+
+    from mlplatform.features.transforms import VOCABULARIES
+
+    def vocab(name: str):
+        return Literal[tuple(VOCABULARIES[name])]  # type: ignore[valid-type]
+
+    _Id = Annotated[str, Strict(), Field(min_length=1, max_length=128)]
+    return create_model(
+        "Transaction", __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
+        transaction_id=(_Id | None, None),
+        user_id=(_Id, ...),
+        merchant_id=(_Id, ...),
+        event_timestamp=(datetime | None, Field(
+            default=None, description="ISO 8601 time of the transaction (default: now, UTC)")),
+        amount=(Annotated[float, _Number, Field(ge=0.0)], ...),
+        merchant_category=(vocab("merchant_category"), ...),
+        country=(vocab("country"), ...),
+        device_type=(vocab("device_type"), ...),
+    )
 
 
 def parse_body(raw: bytes, max_items: int, max_body_bytes: int) -> tuple[list[Any], bool]:
@@ -117,9 +127,9 @@ def parse_body(raw: bytes, max_items: int, max_body_bytes: int) -> tuple[list[An
     return instances, False
 
 
-def validate_instances(model: type[BaseModel], instances: list[Any], single: bool,
-                       columns: list[str]) -> list[list[Any]]:
-    """Validate every instance; return rows ordered as ``columns``.
+def validate_instances(model: type[BaseModel], instances: list[Any],
+                       single: bool) -> list[dict[str, Any]]:
+    """Validate every instance; return them as plain dicts (fields of ``model``).
 
     Raises:
         RequestRejected: 422 listing every invalid field of every instance.
@@ -137,7 +147,7 @@ def validate_instances(model: type[BaseModel], instances: list[Any], single: boo
                 loc = ".".join(str(p) for p in e["loc"])
                 errors.append(FieldError(f"{prefix}{loc}", e["msg"], e["type"]))
             continue
-        rows.append([getattr(obj, c) for c in columns])
+        rows.append(obj.model_dump())
     if errors:
         names = sorted({e.field for e in errors})
         raise RequestRejected(422, f"invalid field(s): {', '.join(names[:10])}"

@@ -50,8 +50,8 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     features_path: Path | None = Field(
-        default=None, description="Parquet folder of features. Default: "
-        "<storage_root>/features/transactions (what the feature pipeline writes).")
+        default=None, description="Parquet folder of the training set. Default: "
+        "<storage_root>/training_sets/fraud (what build_training_set writes).")
     label: str = Field(default=LABEL_COLUMN, description="Binary label column (0/1).")
     feature_columns: list[str] = Field(default_factory=lambda: list(FEATURE_COLUMNS),
                                        min_length=1, description="Model inputs, in order.")

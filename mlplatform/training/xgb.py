@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from mlplatform.config import PlatformConfig
 from mlplatform.errors import DataValidationError, TrainingError
-from mlplatform.features.pipeline import FEATURES_DIR
+from mlplatform.features.training_set import TRAINING_SET_DIR, read_training_set_manifest
 from mlplatform.training.config import TrainConfig
 
 MODEL_FILE = "model.ubj"
@@ -65,7 +65,7 @@ def train_xgboost(config: TrainConfig, platform: PlatformConfig | None = None) -
     from mlplatform import _mlflow
 
     platform = platform or PlatformConfig.load()
-    features_path = Path(config.features_path or platform.path(*FEATURES_DIR))
+    features_path = Path(config.features_path or platform.path(*TRAINING_SET_DIR))
     train_ds, valid_ds, split = _time_split(features_path, config)
 
     scaling = config.scaling
@@ -113,7 +113,11 @@ def train_xgboost(config: TrainConfig, platform: PlatformConfig | None = None) -
         **split,
     }
     metrics = {FINAL_METRICS[k]: v for k, v in history["best"].items() if k in FINAL_METRICS}
-    tags = {"features_path": str(features_path), "mlplatform.trainer": "xgboost", **config.tags}
+    lineage = read_training_set_manifest(features_path)
+    tags = {"features_path": str(features_path), "mlplatform.trainer": "xgboost",
+            **{f"feature_version.{v}": ver
+               for v, ver in lineage.get("feature_versions", {}).items()},
+            **config.tags}
     commit = _mlflow.git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -198,8 +202,8 @@ def _time_split(features_path: Path, config: TrainConfig):
 
     if not features_path.exists():
         raise DataValidationError(
-            f"features {features_path} do not exist; build them first "
-            "(mlplatform.features.build_features or `mlp demo`).")
+            f"training set {features_path} does not exist; build it first "
+            "(mlplatform.features.build_training_set, `mlp features training-set` or `mlp demo`).")
     schema = pq.ParquetDataset(str(features_path)).schema
     needed = [*config.feature_columns, config.label, config.timestamp_column]
     missing = [c for c in needed if c not in schema.names]

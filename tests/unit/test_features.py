@@ -1,79 +1,137 @@
+"""Feature definitions (YAML), and the on-demand model-input transformation."""
+
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from mlplatform.datasets import make_transactions
-from mlplatform.features import FEATURE_COLUMNS, KEY_COLUMNS, encode, user_history_features
-from mlplatform.features.transforms import user_bucket
+from mlplatform.errors import ConfigError
+from mlplatform.features import (
+    DEFAULT_REPO,
+    FEATURE_COLUMNS,
+    VIEW_FEATURES,
+    encode,
+    load_repo,
+    model_inputs,
+)
+from mlplatform.features.definitions import parse_duration
+from mlplatform.features.pipeline import bucket_of
+
+RAW = yaml.safe_load(DEFAULT_REPO.read_text())
 
 
-def _tx(rows):
-    df = pd.DataFrame(rows, columns=["transaction_id", "user_id", "merchant_id", "event_timestamp",
-                                     "amount", "merchant_category", "country", "device_type",
-                                     "is_fraud"])
-    df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
-    return df
+def test_shipped_definitions_load_and_cover_the_model():
+    repo = load_repo()
+    assert {v.name for v in repo.feature_views} == {
+        "user_activity", "merchant_risk", "user_country_history", "user_device_history"}
+    assert repo.join_keys("user_country_history") == ["user_id", "country"]
+    owners = repo.resolve(VIEW_FEATURES)
+    assert sum(len(v) for v in owners.values()) == len(VIEW_FEATURES)
+    assert repo.view("user_activity").ttl == pd.Timedelta(days=7)
+    assert repo.view("merchant_risk").features[0].label_delay == pd.Timedelta(days=1)
 
 
-HISTORY = _tx([
-    ("t1", "u1", "m1", "2026-01-01 10:00", 10.0, "grocery", "US", "mobile_ios", 0),
-    ("t2", "u1", "m1", "2026-01-01 12:00", 12.0, "grocery", "US", "mobile_ios", 0),
-    ("t3", "u1", "m2", "2026-01-02 12:00", 11.0, "gas", "US", "mobile_ios", 0),
-    ("t4", "u1", "m3", "2026-01-03 03:00", 900.0, "crypto", "NG", "desktop", 1),
-    ("t5", "u2", "m1", "2026-01-01 09:00", 50.0, "grocery", "GB", "desktop", 0),
+@pytest.mark.parametrize("mutate,message", [
+    (lambda d: d["feature_views"][0].update(entities=["nobody"]), "unknown entit"),
+    (lambda d: d["feature_views"][0].update(source="nowhere"), "unknown source"),
+    (lambda d: d["feature_views"][0]["features"].append(
+        dict(d["feature_views"][0]["features"][0])), "duplicate feature name"),
+    (lambda d: d["feature_views"][1]["features"].append(
+        {"name": "user_txn_count_1h", "agg": "count", "window": "1h"}), "defined in views"),
+    (lambda d: d["feature_views"][0]["features"][0].update(agg="median"), "unknown agg"),
+    (lambda d: d["feature_views"][0]["features"][0].pop("window"), "needs a positive `window`"),
+    (lambda d: d["feature_views"][0]["features"][3].pop("column"), "needs `column`"),
+    (lambda d: d["feature_views"][0].update(ttl="7 days"), "bad duration"),
+    (lambda d: d["feature_views"][0].update(transformation="magic"), "unknown transformation"),
+    (lambda d: d["feature_views"][0].update(colour="red"), "colour"),
 ])
+def test_bad_definitions_are_rejected_with_the_reason(mutate, message):
+    data = copy.deepcopy(RAW)
+    mutate(data)
+    with pytest.raises(ConfigError, match=message):
+        load_repo(data)
 
 
-def test_output_columns_and_first_transaction_defaults():
-    out = user_history_features(HISTORY)
-    assert list(out.columns) == KEY_COLUMNS + FEATURE_COLUMNS + ["is_fraud"]
-    first = out[out.transaction_id == "t1"].iloc[0]
-    assert first.user_txn_count == 0 and first.amount_z_user == 0.0
-    assert first.amount_ratio_user == 1.0 and first.hours_since_prev == 720.0
-    assert first.country_share_user == 0.0 and first.device_share_user == 0.0
+def test_missing_file_names_the_setting(tmp_path):
+    with pytest.raises(ConfigError, match="MLP_FEATURE_REPO"):
+        load_repo(tmp_path / "nope.yaml")
 
 
-def test_history_features_use_only_earlier_rows():
-    out = user_history_features(HISTORY).set_index("transaction_id")
-    assert out.loc["t2", "hours_since_prev"] == pytest.approx(2.0)
-    assert out.loc["t4", "user_txn_count"] == 3
-    assert out.loc["t4", "country_share_user"] == 0.0       # NG never seen before
-    assert out.loc["t4", "device_share_user"] == 0.0
-    assert out.loc["t3", "country_share_user"] == 1.0
-    assert out.loc["t4", "amount_z_user"] > 5                 # 900 vs ~11 usual
-    assert out.loc["t4", "is_night"] == 1 and out.loc["t4", "hour_of_day"] == 3
-    assert out.loc["t5", "user_txn_count"] == 0               # u2 has its own history
+def test_resolve_references():
+    repo = load_repo()
+    assert repo.resolve(["merchant_risk:merchant_txn_count_24h", "user_txn_count_1h"]) == {
+        "merchant_risk": ["merchant_txn_count_24h"], "user_activity": ["user_txn_count_1h"]}
+    assert repo.resolve(["user_device_history"]) == {
+        "user_device_history": ["user_device_txn_count_30d"]}
+    with pytest.raises(KeyError, match="no feature 'nope'"):
+        repo.resolve(["merchant_risk:nope"])
+    with pytest.raises(KeyError, match="unknown feature reference"):
+        repo.resolve(["nope"])
 
 
-def test_no_leakage_from_the_future():
-    """Adding later transactions must not change any earlier row's features."""
-    df = make_transactions(3_000, seed=4)
-    cutoff = df["event_timestamp"].quantile(0.6)
-    early = user_history_features(df[df.event_timestamp <= cutoff]).set_index("transaction_id")
-    full = user_history_features(df).set_index("transaction_id").loc[early.index]
-    pd.testing.assert_frame_equal(early[FEATURE_COLUMNS], full[FEATURE_COLUMNS])
+def test_definition_hash_changes_only_with_the_definition():
+    a = load_repo()
+    data = copy.deepcopy(RAW)
+    data["feature_views"][0]["description"] = "reworded"
+    data["feature_views"][1]["ttl"] = "31d"
+    b = load_repo(data)
+    assert a.definition_hash("user_activity") != b.definition_hash("user_activity")
+    assert a.definition_hash("merchant_risk") != b.definition_hash("merchant_risk")
+    assert a.definition_hash("user_device_history") == b.definition_hash("user_device_history")
 
 
-def test_batch_of_many_users_equals_one_user_at_a_time():
-    df = make_transactions(2_000, seed=8)
-    together = user_history_features(df).set_index("transaction_id").sort_index()
-    apart = pd.concat(user_history_features(g) for _, g in df.groupby("user_id"))
-    apart = apart.set_index("transaction_id").sort_index()
-    pd.testing.assert_frame_equal(together[FEATURE_COLUMNS], apart[FEATURE_COLUMNS])
+def test_durations():
+    assert parse_duration("90s").total_seconds() == 90
+    assert parse_duration("1.5h").total_seconds() == 5400
+    assert parse_duration("2w").days == 14
+    with pytest.raises(ValueError):
+        parse_duration("soon")
 
 
-def test_label_does_not_feed_features():
-    flipped = HISTORY.assign(is_fraud=1 - HISTORY["is_fraud"])
-    a, b = user_history_features(HISTORY), user_history_features(flipped)
-    pd.testing.assert_frame_equal(a[FEATURE_COLUMNS], b[FEATURE_COLUMNS])
+def _request(**over):
+    row = {"transaction_id": "t1", "user_id": "u1", "merchant_id": "m1",
+           "event_timestamp": pd.Timestamp("2026-01-05T03:30:00Z"), "amount": 120.0,
+           "merchant_category": "jewelry", "country": "NG", "device_type": "tablet",
+           **{f: np.nan for f in VIEW_FEATURES}}
+    row.update(over)
+    return pd.DataFrame([row])
+
+
+def test_model_inputs_for_an_unknown_user_are_defaults():
+    out = model_inputs(_request())
+    assert list(out.columns) == FEATURE_COLUMNS
+    r = out.iloc[0]
+    assert r["user_txn_count_24h"] == 0 and r["user_country_txn_count_30d"] == 0
+    assert r["hours_since_prev"] == 720.0 and np.isnan(r["amount_z_user_7d"])
+    assert r["hour_of_day"] == 3 and r["is_night"] == 1 and r["day_of_week"] == 0
+    assert r["country_code"] == encode("country", pd.Series(["NG"]))[0]
+
+
+def test_model_inputs_relate_the_amount_to_the_user():
+    last = pd.Timestamp("2026-01-05T01:30:00Z").timestamp()
+    out = model_inputs(_request(user_amount_mean_7d=20.0, user_amount_std_7d=10.0,
+                                user_last_event_at=last, user_txn_count_24h=3)).iloc[0]
+    assert out["amount_z_user_7d"] == pytest.approx(10.0)
+    assert out["amount_ratio_user_7d"] == pytest.approx(121.0 / 21.0)
+    assert out["hours_since_prev"] == pytest.approx(2.0)
+    assert out["user_txn_count_24h"] == 3
+
+
+def test_model_inputs_names_missing_columns():
+    with pytest.raises(KeyError, match="merchant_fraud_rate_30d"):
+        model_inputs(_request().drop(columns=["merchant_fraud_rate_30d"]))
 
 
 def test_encode_unknown_is_minus_one():
-    assert encode("country", pd.Series(["US", "ZZ"])).tolist() == [0, -1]
+    assert encode("device_type", pd.Series(["desktop", "smart_fridge"])).tolist() == [
+        encode("device_type", pd.Series(["desktop"]))[0], -1]
 
 
-def test_user_bucket_is_stable_and_in_range():
-    ids = pd.Series([f"u{i:06d}" for i in range(1000)])
-    b1, b2 = user_bucket(ids, 16), user_bucket(ids.copy(), 16)
-    assert np.array_equal(b1, b2) and b1.min() >= 0 and b1.max() < 16
-    assert len(np.unique(b1)) == 16
+def test_bucket_is_stable_and_in_range():
+    keys = pd.DataFrame({"user_id": [f"u{i}" for i in range(500)]})
+    b1, b2 = bucket_of(keys, 16), bucket_of(keys.copy(), 16)
+    assert (b1 == b2).all() and b1.min() >= 0 and b1.max() < 16 and len(set(b1)) == 16
+    both = pd.DataFrame({"user_id": ["u1", "u1"], "country": ["US", "FR"]})
+    assert bucket_of(both, 1000)[0] != bucket_of(both, 1000)[1]

@@ -4,44 +4,51 @@ import pytest
 
 from mlplatform.serving.schemas import (
     RequestRejected,
-    instance_model,
     parse_body,
+    transaction_model,
     validate_instances,
 )
 
-INPUTS = [{"name": "amount", "type": "double"}, {"name": "hour_of_day", "type": "long"}]
-COLS = ["amount", "hour_of_day"]
-MODEL = instance_model(INPUTS)
+MODEL = transaction_model()
+GOOD = {"user_id": "u1", "merchant_id": "m1", "amount": 12.5, "merchant_category": "grocery",
+        "country": "US", "device_type": "desktop"}
 
 
-def _validate(body: bytes):
-    instances, single = parse_body(body, max_items=3, max_body_bytes=200)
-    return validate_instances(MODEL, instances, single, COLS)
+def _validate(body: bytes | dict, max_items: int = 3, max_bytes: int = 400):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    instances, single = parse_body(raw, max_items=max_items, max_body_bytes=max_bytes)
+    return validate_instances(MODEL, instances, single)
 
 
 def test_single_and_batch():
-    assert _validate(b'{"amount": 12.5, "hour_of_day": 3}') == [[12.5, 3]]
-    assert _validate(b'{"instances": [{"amount": 1, "hour_of_day": 3.0}]}') == [[1.0, 3]]
+    (one,) = _validate({**GOOD, "event_timestamp": "2026-01-02T03:04:05Z", "transaction_id": "t"})
+    assert one["amount"] == 12.5 and one["event_timestamp"].year == 2026
+    assert one["transaction_id"] == "t"
+    two = _validate({"instances": [GOOD, {**GOOD, "amount": 3}]})
+    assert [r["amount"] for r in two] == [12.5, 3.0] and two[0]["event_timestamp"] is None
 
 
 @pytest.mark.parametrize("body,field,status", [
-    (b'{"amount": "12", "hour_of_day": 3}', "amount", 422),
-    (b'{"amount": 12.0}', "hour_of_day", 422),
-    (b'{"amount": 12.0, "hour_of_day": 3.5}', "hour_of_day", 422),
-    (b'{"amount": NaN, "hour_of_day": 3}', "body", 422),
-    (b'{"amount": 1e999, "hour_of_day": 3}', "amount", 422),
-    (b'{"amount": 1, "hour_of_day": 3, "extra": 1}', "extra", 422),
-    (b'{"instances": [{"amount": 1, "hour_of_day": 1}, {"amount": true, "hour_of_day": 1}]}',
-     "instances[1].amount", 422),
-    (b'{"instances": []}', "instances", 422),
-    (b'{"instances": [{}, {}, {}, {}]}', "instances", 422),
+    ({**GOOD, "amount": "12"}, "amount", 422),
+    ({k: v for k, v in GOOD.items() if k != "user_id"}, "user_id", 422),
+    ({**GOOD, "amount": -1}, "amount", 422),
+    ({**GOOD, "user_id": 7}, "user_id", 422),
+    ({**GOOD, "country": "Atlantis"}, "country", 422),
+    ({**GOOD, "device_type": "smart_fridge"}, "device_type", 422),
+    ({**GOOD, "event_timestamp": "yesterday"}, "event_timestamp", 422),
+    (b'{"amount": NaN}', "body", 422),
+    (json.dumps({**GOOD, "amount": 1}).replace("1}", "1e999}").encode(), "amount", 422),
+    ({**GOOD, "extra": 1}, "extra", 422),
+    ({"instances": [GOOD, {**GOOD, "amount": True}]}, "instances[1].amount", 422),
+    ({"instances": []}, "instances", 422),
+    ({"instances": [GOOD] * 4}, "instances", 422),
     (b'[1, 2]', "body", 422),
     (b'{not json', "body", 422),
-    (b'{"amount": 1.0, "hour_of_day": 1, "pad": "' + b"x" * 300 + b'"}', None, 413),
+    ({**GOOD, "merchant_id": "x" * 500}, None, 413),
 ])
 def test_rejections_name_the_field(body, field, status):
     with pytest.raises(RequestRejected) as exc:
-        _validate(body)
+        _validate(body, max_bytes=400 if status == 413 else 10_000)
     assert exc.value.status == status
     out = exc.value.body("rid")
     json.dumps(out)  # always serialisable
@@ -52,8 +59,9 @@ def test_rejections_name_the_field(body, field, status):
 
 def test_all_errors_are_reported_not_just_the_first():
     with pytest.raises(RequestRejected) as exc:
-        _validate(b'{"amount": "x"}')
-    assert {e.field for e in exc.value.errors} == {"amount", "hour_of_day"}
+        _validate({"amount": "x", "country": "Atlantis"})
+    assert {e.field for e in exc.value.errors} >= {
+        "amount", "country", "user_id", "merchant_id", "merchant_category", "device_type"}
 
 
 def test_roundtrip_as_plain_data():

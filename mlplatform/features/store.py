@@ -1,0 +1,372 @@
+"""``FeatureStore``: build views offline, join them point-in-time, serve them online.
+
+Example:
+    >>> from mlplatform.config import PlatformConfig
+    >>> from mlplatform.features import FeatureStore
+    >>> fs = FeatureStore(PlatformConfig.load())
+    >>> fs.build()                                               # doctest: +SKIP
+    >>> train = fs.get_historical_features(events, ["user_activity", "merchant_risk"])  # +SKIP
+    >>> fs.materialize_incremental(end="2026-03-01")             # doctest: +SKIP
+    >>> fs.get_online_features([{"user_id": "u000001"}], ["user_txn_count_24h"])  # +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mlplatform.config import PlatformConfig
+from mlplatform.errors import DataValidationError
+from mlplatform.features.definitions import FeatureRepo, FeatureView, load_repo
+from mlplatform.features.offline import (
+    DATE_COL,
+    OFFLINE_DIR,
+    FeatureStoreError,
+    Manifest,
+    OfflineStore,
+    arrow_schema_dict,
+    as_utc,
+    list_files,
+    source_snapshot,
+)
+from mlplatform.features.pipeline import (
+    compute_view,
+    latest_per_entity,
+    point_in_time_join,
+)
+
+_ROWS_PER_BUCKET = 200_000
+
+
+class FeatureStore:
+    """The feature store of one platform config: definitions, offline and online stores.
+
+    Args:
+        config: Platform config (storage root, online store choice, feature repo path).
+        repo: Feature definitions (a path, mapping or FeatureRepo); default
+            ``config.feature_repo`` or the shipped fraud definitions.
+        shuffle: Ray Data shuffle strategy for the group-bys (see ``pipeline.shuffle_strategy``).
+    """
+
+    def __init__(self, config: PlatformConfig, repo: Any = None,
+                 shuffle: str = "sort_shuffle_pull_based"):
+        self.config = config
+        self.repo: FeatureRepo = load_repo(repo if repo is not None else config.feature_repo)
+        self.offline = OfflineStore(config.path(*OFFLINE_DIR))
+        self._online = None
+        self._shuffle = shuffle
+
+    # ------------------------------------------------------------------ offline build --------
+    def build(self, view_names: Sequence[str] | None = None, start: Any = None, end: Any = None,
+              validate: bool = True, num_buckets: int = 64) -> dict[str, Manifest]:
+        """Compute views with Ray Data and write one new immutable offline version of each.
+
+        Args:
+            view_names: Views to build (default: all).
+            start, end: Only recompute rows with ``start <= time < end`` (dates at midnight UTC:
+                the store is partitioned by date). Other dates are carried over unchanged from
+                the current version; history before ``start`` still feeds the windows.
+            validate: Gate the source with its data contract first (if it declares one).
+            num_buckets: Hash groups of entities (the unit of parallel work).
+
+        Returns:
+            The new manifest of every built view.
+
+        Raises:
+            DataValidationError: The source is missing or fails its contract (nothing written).
+            FeatureStoreError: ``start``/``end`` not at midnight, or ``start >= end``.
+        """
+        import ray.data
+
+        views = [self.repo.view(v) for v in (view_names or [v.name for v in self.repo.feature_views])]
+        start, end = _day(start, "start"), _day(end, "end")
+        if start is not None and end is not None and start >= end:
+            raise FeatureStoreError(f"build range is empty: start {start} >= end {end}")
+        out = {}
+        for source_name in dict.fromkeys(v.source for v in views):
+            src = self.repo.source(source_name)
+            path = self.source_path(source_name)
+            if validate and src.contract:
+                self._gate(path, src.contract)
+            for view in (v for v in views if v.source == source_name):
+                t0 = time.perf_counter()
+                ds = ray.data.read_parquet(str(path), columns=self._source_columns(view, src))
+                rows = compute_view(ds, view, self.repo.join_keys(view), src.timestamp_field,
+                                    start, end, num_buckets, self._shuffle)
+                out[view.name] = self._write_version(view, rows, path, start, end,
+                                                     time.perf_counter() - t0)
+        return out
+
+    def source_path(self, source_name: str) -> Path:
+        """Where a source's Parquet lives (relative paths are under ``storage_root``).
+
+        Raises:
+            DataValidationError: Nothing is there.
+        """
+        p = Path(self.repo.source(source_name).path)
+        path = p if p.is_absolute() else self.config.path(*p.parts)
+        if not path.exists():
+            raise DataValidationError(
+                f"source {source_name!r} has no data at {path}; generate it (`mlp generate`) or "
+                "fix `sources[].path` in the feature definitions")
+        return path
+
+    def _source_columns(self, view: FeatureView, src) -> list[str]:
+        cols = [*self.repo.join_keys(view), src.timestamp_field]
+        cols += [f.column for f in view.features if f.column and f.column not in cols]
+        return list(dict.fromkeys(cols))
+
+    def _gate(self, path: Path, contract: str) -> None:
+        from mlplatform.features.validation import gate
+
+        cpath = Path(contract)
+        if not cpath.is_absolute() and self.repo.base_dir is not None:
+            cpath = self.repo.base_dir / cpath
+        gate(path, cpath)
+
+    def _write_version(self, view: FeatureView, rows, source: Path, start, end,
+                       elapsed: float) -> Manifest:
+        import pyarrow.parquet as pq
+
+        version, tmp = self.offline.new_version_dir(view.name)
+        try:
+            rows.write_parquet(str(tmp), partition_cols=[DATE_COL])
+            carried = []
+            parent_version = self.offline.current_version(view.name)
+            if parent_version and (start is not None or end is not None):
+                parent = self.offline.manifest(view.name, parent_version)
+                carried = self.offline.carry_partitions(
+                    parent, tmp, lambda d: (start is not None and d < start.date())
+                    or (end is not None and d >= end.date()))
+            files = list_files(tmp)
+            num_rows = sum(pq.read_metadata(tmp / f).num_rows for f in files)
+            manifest = {
+                "view": view.name, "version": version, "num_rows": num_rows, "files": files,
+                "schema": arrow_schema_dict(tmp, files),
+                "join_keys": self.repo.join_keys(view), "timestamp_field": view.timestamp_field,
+                "features": view.feature_names, "definition_hash": self.repo.definition_hash(view.name),
+                "definition": view.model_dump(mode="json"),
+                "source": source_snapshot(source),
+                "range": {"start": start, "end": end}, "parent_version": parent_version,
+                "carried_files": len(carried),
+                "partitions": sorted({p.split("/")[0] for p in files}),
+                "created_at": pd.Timestamp.now(tz="UTC").isoformat(), "build_seconds": elapsed,
+            }
+            return self.offline.commit(view.name, version, tmp, manifest)
+        except BaseException:
+            self.offline.abort(tmp)
+            raise
+
+    def read_view(self, view: str, version: str | None = None):
+        """A view's offline rows (current or given version) as a Ray Dataset."""
+        import ray.data
+
+        m = self.offline.manifest(view, version)
+        if not m.files:
+            raise FeatureStoreError(f"feature view {view!r} version {m.version} has no rows")
+        return ray.data.read_parquet(m.files, partitioning=None)
+
+    # ------------------------------------------------------------ point-in-time join ---------
+    def get_historical_features(self, entity_df, features: Sequence[str] | None = None,
+                                timestamp_column: str = "event_timestamp",
+                                versions: Mapping[str, str] | None = None,
+                                num_buckets: int | None = None):
+        """Point-in-time correct features for every entity row, as a Ray Dataset.
+
+        For an entity row at time t, each feature comes from the latest row of its view for the
+        same entity with time <= t and > t - ttl; otherwise it is null. The join runs on Ray
+        Data, partitioned by the entity key, so inputs larger than one worker's memory work.
+
+        Args:
+            entity_df: pandas DataFrame, Ray Dataset or Parquet path with the join keys of the
+                requested views and ``timestamp_column``; every column is kept.
+            features: ``"view:feature"``, view names or feature names (default: all).
+            timestamp_column: The entity rows' "as of" time.
+            versions: Pin offline versions per view (default: each view's current version).
+            num_buckets: Hash groups per join (default: from the data size).
+
+        Returns:
+            A Ray Dataset: the entity rows plus one column per feature (``.to_pandas()`` for
+            small data). Row order is not preserved.
+        """
+        import pyarrow as pa
+        import ray.data
+
+        if isinstance(entity_df, pd.DataFrame):
+            step = 50_000  # blocks of this size: the join starts in parallel
+            ds = ray.data.from_arrow([
+                pa.Table.from_pandas(entity_df.iloc[i:i + step], preserve_index=False)
+                for i in range(0, max(len(entity_df), 1), step)])
+        elif isinstance(entity_df, (str, Path)):
+            ds = ray.data.read_parquet(str(entity_df))
+        else:
+            ds = entity_df
+        versions = dict(versions or {})
+        schema = None
+        for view_name, names in self.repo.resolve(list(features) if features else None).items():
+            view = self.repo.view(view_name)
+            m = self.offline.manifest(view_name, versions.get(view_name))
+            if m.num_rows == 0:
+                raise FeatureStoreError(f"feature view {view_name!r} version {m.version} is "
+                                        "empty; rebuild it over a range with data")
+            fds = ray.data.read_parquet(
+                m.files, partitioning=None,
+                columns=[*self.repo.join_keys(view), view.timestamp_field, *names])
+            buckets = num_buckets or max(8, min(512, m.num_rows // _ROWS_PER_BUCKET + 1))
+            ttl = None if view.ttl is None else int(view.ttl.total_seconds() * 1_000_000)
+            ds, schema = point_in_time_join(
+                ds, fds, self.repo.join_keys(view), names, view.timestamp_field,
+                timestamp_column, ttl, buckets, self._shuffle, entity_schema=schema)
+        return ds
+
+    def feature_versions(self, features: Sequence[str] | None = None) -> dict[str, str]:
+        """Current offline version of every view the features come from (for lineage)."""
+        return {v: self.offline.manifest(v).version
+                for v in self.repo.resolve(list(features) if features else None)}
+
+    # ------------------------------------------------------------------------ online ---------
+    @property
+    def online(self):
+        """The online store of the config (SQLite under storage_root, or Redis)."""
+        if self._online is None:
+            from mlplatform.features.online import open_online_store
+
+            self._online = open_online_store(self.config)
+        return self._online
+
+    def materialize(self, start: Any = None, end: Any = None,
+                    view_names: Sequence[str] | None = None) -> dict[str, int]:
+        """Write each view's latest row per entity with time in [start, end) to the online store.
+
+        Newer values already online are never overwritten by older ones. Records ``end`` (or the
+        latest row time) as the view's watermark. Returns entities written per view.
+        """
+        start, end = as_utc(start), as_utc(end)
+        written = {}
+        for view in [self.repo.view(v) for v in (view_names or [v.name for v in self.repo.feature_views])]:
+            written[view.name] = self._materialize_view(view, start, end)
+        return written
+
+    def materialize_incremental(self, end: Any = None,
+                                view_names: Sequence[str] | None = None) -> dict[str, int]:
+        """Materialize what is new since each view's watermark, up to ``end`` (default: all)."""
+        end = as_utc(end)
+        written = {}
+        for view in [self.repo.view(v) for v in (view_names or [v.name for v in self.repo.feature_views])]:
+            written[view.name] = self._materialize_view(view, self.online.get_watermark(view.name),
+                                                        end)
+        return written
+
+    def _materialize_view(self, view: FeatureView, start, end) -> int:
+        import pyarrow.dataset as pads
+
+        m = self.offline.manifest(view.name)
+        keys, ts = self.repo.join_keys(view), view.timestamp_field
+        files = [f for f, rel in zip(m.files, m.data["files"], strict=True) if _date_in(rel, start, end)]
+        if not files:
+            return 0
+        import ray.data
+
+        flt = None
+        if start is not None:
+            flt = pads.field(ts) >= start.to_pydatetime()
+        if end is not None:
+            e = pads.field(ts) < end.to_pydatetime()
+            flt = e if flt is None else flt & e
+        ds = ray.data.read_parquet(files, partitioning=None, columns=[*keys, ts, *view.feature_names],
+                                   filter=flt)
+        n, latest = 0, None
+        latest_rows = latest_per_entity(ds, keys, ts, max(8, min(512, m.num_rows // _ROWS_PER_BUCKET
+                                                                 + 1)), self._shuffle)
+        for batch in latest_rows.iter_batches(batch_size=10_000, batch_format="pandas"):
+            n += self.online.write(view.name, batch, keys, timestamp_column=ts)
+            bmax = pd.to_datetime(batch[ts], utc=True).max()
+            latest = bmax if latest is None or bmax > latest else latest
+        mark = end or latest
+        if mark is not None:
+            self.online.set_watermark(view.name, mark)
+        return n
+
+    def get_online_features(self, entity_rows: Sequence[Mapping[str, Any]],
+                            features: Sequence[str] | None = None,
+                            as_of: Any = None) -> dict[str, list[Any]]:
+        """Latest feature values per entity row, from the online store (one read per view).
+
+        Args:
+            entity_rows: Dicts holding the join keys of the requested views.
+            features: ``"view:feature"``, view names or feature names (default: all).
+            as_of: Time the rows are looked up at (e.g. the transaction time), one for all rows
+                or one per row: values older than the view's TTL relative to it come back as
+                None. None: no TTL check.
+
+        Returns:
+            ``{column: [value per entity row]}``: the join keys, then every feature (None when
+            the entity is unknown or its row expired).
+        """
+        rows = list(entity_rows)
+        if isinstance(as_of, (list, tuple, pd.Series)):
+            if len(as_of) != len(rows):
+                raise ValueError(f"as_of has {len(as_of)} times for {len(rows)} entity rows")
+            times = [as_utc(t) for t in as_of]
+        else:
+            times = [as_utc(as_of)] * len(rows)
+        out: dict[str, list[Any]] = {}
+        for view_name, names in self.repo.resolve(list(features) if features else None).items():
+            view = self.repo.view(view_name)
+            keys = self.repo.join_keys(view)
+            for k in keys:
+                if any(k not in r for r in rows):
+                    raise KeyError(f"entity rows need join key {k!r} for feature view {view_name!r}")
+                out.setdefault(k, [r[k] for r in rows])
+            found = self.online.read(view_name, keys, rows, names)
+            for name in names:
+                out[name] = [None if rec is None or _expired(rec, view, t) else rec.get(name)
+                             for rec, t in zip(found, times, strict=True)]
+        return out
+
+    def describe(self, view_name: str) -> dict[str, Any]:
+        """A view's definition, current offline version and online state (``mlp features show``)."""
+        view = self.repo.view(view_name)
+        info: dict[str, Any] = {
+            "name": view.name, "entities": view.entities, "join_keys": self.repo.join_keys(view),
+            "source": view.source, "ttl": str(view.ttl), "transformation": view.transformation,
+            "definition_hash": self.repo.definition_hash(view.name),
+            "features": [{"name": f.name, "agg": f.agg, "column": f.column,
+                          "window": None if f.window is None else str(f.window), "dtype": f.dtype}
+                         for f in view.features],
+            "offline_versions": self.offline.versions(view.name),
+        }
+        version = self.offline.current_version(view.name)
+        if version:
+            m = self.offline.manifest(view.name)
+            info["current_version"] = {k: m.data[k] for k in (
+                "version", "num_rows", "created_at", "range", "partitions", "definition_hash")}
+            info["current_version"]["stale_definition"] = (
+                m.definition_hash != info["definition_hash"])
+        return info
+
+
+def _expired(rec: Mapping[str, Any], view: FeatureView, as_of) -> bool:
+    if as_of is None or view.ttl is None:
+        return False
+    ts = rec.get("event_timestamp")
+    return ts is None or as_utc(ts) <= as_of - view.ttl
+
+
+def _date_in(rel: str, start, end) -> bool:
+    from mlplatform.features.offline import _partition_date
+
+    d = _partition_date(rel)
+    return d is None or ((start is None or d >= start.date()) and (end is None or d <= end.date()))
+
+
+def _day(value: Any, what: str) -> pd.Timestamp | None:
+    t = as_utc(value)
+    if t is not None and t != t.normalize():
+        raise FeatureStoreError(f"build {what} {value!r} must be a date (midnight UTC): the offline "
+                                f"store is partitioned by date; e.g. {t.normalize().date()}")
+    return t
