@@ -29,3 +29,21 @@ def init_ray(config: PlatformConfig, **kwargs) -> None:
         kwargs.setdefault("num_cpus", max(MIN_LOCAL_CPUS, os.cpu_count() or 1))
     kwargs.setdefault("log_to_driver", True)
     ray.init(address=address, **kwargs)
+
+
+def read_parquet(paths, **kwargs):
+    """``ray.data.read_parquet`` through Ray Data's V1 Parquet reader.
+
+    Ray 2.60's default (V2) reader starts a pool of 32 footer-reading actors for every read:
+    on a small machine that costs 5-15 s per read, even for a few kilobytes (measured: 60 small
+    files, 10.4 s with V2 vs 2.0 s with V1). V1 reads footers in a few tasks instead.
+    """
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    previous = ctx.use_datasource_v2
+    ctx.use_datasource_v2 = False
+    try:
+        return ray.data.read_parquet(paths, **kwargs)
+    finally:
+        ctx.use_datasource_v2 = previous

@@ -35,7 +35,11 @@ from mlplatform.features.transforms import (
     model_inputs,
 )
 from mlplatform.features.validation import (
+    CheckResult,
+    ColumnRule,
     Contract,
+    LabelRule,
+    RowCount,
     ValidationReport,
     gate,
     load_contract,
@@ -44,8 +48,9 @@ from mlplatform.features.validation import (
 
 __all__ = [
     "DEFAULT_REPO", "FEATURE_COLUMNS", "KEY_COLUMNS", "LABEL_COLUMN", "REQUEST_COLUMNS",
-    "TRAINING_SET_DIR", "VIEW_FEATURES", "VOCABULARIES", "Contract", "Entity", "Feature",
-    "FeatureRepo", "FeatureStore", "FeatureStoreError", "FeatureView", "Manifest", "OnlineStore",
+    "TRAINING_SET_DIR", "VIEW_FEATURES", "VOCABULARIES", "CheckResult", "ColumnRule", "Contract", "Entity", "Feature",
+    "FeatureRepo", "FeatureStore", "FeatureStoreError", "FeatureView", "LabelRule", "Manifest",
+    "OnlineStore", "RowCount",
     "RedisOnlineStore", "SQLiteOnlineStore", "Source", "TrainingSet", "ValidationReport",
     "build_training_set", "encode", "gate", "load_contract", "load_repo", "model_inputs",
     "open_online_store", "validate",

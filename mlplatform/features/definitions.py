@@ -56,12 +56,16 @@ _NEEDS_WINDOW = {"count", "sum", "mean", "std", "nunique", "label_rate"}
 
 
 def parse_duration(value: str | int | float | timedelta) -> timedelta:
-    """``"90s"``, ``"15m"``, ``"24h"``, ``"7d"``, ``"2w"`` (or seconds as a number) -> timedelta."""
+    """``"90s"``, ``"15m"``, ``"24h"``, ``"7d"``, ``"2w"``, ISO 8601 ``"P7D"`` or seconds -> timedelta."""
     if isinstance(value, timedelta):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return timedelta(seconds=float(value))
     m = _DURATION.match(str(value))
+    if not m and str(value).startswith(("P", "-P")):   # ISO 8601, as model_dump(mode="json") writes
+        from pydantic import TypeAdapter
+
+        return TypeAdapter(timedelta).validate_python(value)
     if not m:
         raise ValueError(f"bad duration {value!r}: use a number and a unit s/m/h/d/w, e.g. '24h'")
     return timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})

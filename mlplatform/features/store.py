@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from mlplatform._ray import read_parquet
 from mlplatform.config import PlatformConfig
 from mlplatform.errors import DataValidationError
 from mlplatform.features.definitions import FeatureRepo, FeatureView, load_repo
@@ -80,7 +81,6 @@ class FeatureStore:
             DataValidationError: The source is missing or fails its contract (nothing written).
             FeatureStoreError: ``start``/``end`` not at midnight, or ``start >= end``.
         """
-        import ray.data
 
         views = [self.repo.view(v) for v in (view_names or [v.name for v in self.repo.feature_views])]
         start, end = _day(start, "start"), _day(end, "end")
@@ -94,7 +94,7 @@ class FeatureStore:
                 self._gate(path, src.contract)
             for view in (v for v in views if v.source == source_name):
                 t0 = time.perf_counter()
-                ds = ray.data.read_parquet(str(path), columns=self._source_columns(view, src))
+                ds = read_parquet(str(path), columns=self._source_columns(view, src))
                 rows = compute_view(ds, view, self.repo.join_keys(view), src.timestamp_field,
                                     start, end, num_buckets, self._shuffle)
                 out[view.name] = self._write_version(view, rows, path, start, end,
@@ -163,12 +163,11 @@ class FeatureStore:
 
     def read_view(self, view: str, version: str | None = None):
         """A view's offline rows (current or given version) as a Ray Dataset."""
-        import ray.data
 
         m = self.offline.manifest(view, version)
         if not m.files:
             raise FeatureStoreError(f"feature view {view!r} version {m.version} has no rows")
-        return ray.data.read_parquet(m.files, partitioning=None)
+        return read_parquet(m.files, partitioning=None)
 
     # ------------------------------------------------------------ point-in-time join ---------
     def get_historical_features(self, entity_df, features: Sequence[str] | None = None,
@@ -202,7 +201,7 @@ class FeatureStore:
                 pa.Table.from_pandas(entity_df.iloc[i:i + step], preserve_index=False)
                 for i in range(0, max(len(entity_df), 1), step)])
         elif isinstance(entity_df, (str, Path)):
-            ds = ray.data.read_parquet(str(entity_df))
+            ds = read_parquet(str(entity_df))
         else:
             ds = entity_df
         versions = dict(versions or {})
@@ -213,7 +212,7 @@ class FeatureStore:
             if m.num_rows == 0:
                 raise FeatureStoreError(f"feature view {view_name!r} version {m.version} is "
                                         "empty; rebuild it over a range with data")
-            fds = ray.data.read_parquet(
+            fds = read_parquet(
                 m.files, partitioning=None,
                 columns=[*self.repo.join_keys(view), view.timestamp_field, *names])
             buckets = num_buckets or max(8, min(512, m.num_rows // _ROWS_PER_BUCKET + 1))
@@ -269,7 +268,6 @@ class FeatureStore:
         files = [f for f, rel in zip(m.files, m.data["files"], strict=True) if _date_in(rel, start, end)]
         if not files:
             return 0
-        import ray.data
 
         flt = None
         if start is not None:
@@ -277,8 +275,8 @@ class FeatureStore:
         if end is not None:
             e = pads.field(ts) < end.to_pydatetime()
             flt = e if flt is None else flt & e
-        ds = ray.data.read_parquet(files, partitioning=None, columns=[*keys, ts, *view.feature_names],
-                                   filter=flt)
+        ds = read_parquet(files, partitioning=None, columns=[*keys, ts, *view.feature_names],
+                          **({} if flt is None else {"filter": flt}))
         n, latest = 0, None
         latest_rows = latest_per_entity(ds, keys, ts, max(8, min(512, m.num_rows // _ROWS_PER_BUCKET
                                                                  + 1)), self._shuffle)

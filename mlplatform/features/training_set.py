@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from mlplatform._fs import atomic_dir
+from mlplatform._ray import read_parquet
 from mlplatform.features.transforms import (
     FEATURE_COLUMNS,
     KEY_COLUMNS,
@@ -59,7 +60,7 @@ def build_training_set(store, events: Any = None, out: str | Path | None = None)
     if events is None:
         events = store.source_path("transactions")
     if isinstance(events, (str, Path)):
-        events = ray.data.read_parquet(str(events), columns=[*REQUEST_COLUMNS, LABEL_COLUMN])
+        events = read_parquet(str(events), columns=[*REQUEST_COLUMNS, LABEL_COLUMN])
     elif isinstance(events, pd.DataFrame):
         events = ray.data.from_pandas(events[[*REQUEST_COLUMNS, LABEL_COLUMN]])
     versions = store.feature_versions(VIEW_FEATURES)

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mlplatform._ray import read_parquet
 from mlplatform.errors import ConfigError, DataValidationError
 
 TypeName = Literal["int", "float", "string", "timestamp", "bool"]
@@ -244,6 +245,9 @@ class ValidationReport:
 def validate(dataset: Any, contract: Contract | Mapping | str | Path) -> ValidationReport:
     """Check ``dataset`` against ``contract`` and return every result (passing ones too).
 
+    The input runs once (one ``map_batches``); ``unique`` columns add one shuffle each over
+    their values, which are kept in the object store meanwhile. Nothing else is materialized.
+
     Args:
         dataset: A ``ray.data.Dataset``, a pandas DataFrame, or a Parquet file/folder path.
         contract: A :class:`Contract` or anything :func:`load_contract` accepts.
@@ -283,8 +287,8 @@ def gate(dataset: Any, contract: Contract | Mapping | str | Path) -> ValidationR
     report = validate(dataset, contract)
     if not report.passed:
         raise DataValidationError(
-            f"dataset breaks contract '{report.contract}' ({len(report.failures)} failing "
-            f"check(s)). {report.summary()}\nFix the data, or the contract if the data is right.")
+            f"dataset breaks contract '{report.contract}' ({len(report.failures)} failing check(s)):\n"
+            f"{report.summary()}\nFix the data, or the contract if the data is right.")
     return report
 
 
@@ -299,7 +303,7 @@ def _as_dataset(dataset: Any):
         if "://" not in str(dataset) and not Path(dataset).exists():
             raise DataValidationError(f"dataset path {dataset} does not exist; pass a Parquet file "
                                       "or folder, a ray.data.Dataset or a pandas DataFrame.")
-        return ray.data.read_parquet(str(dataset))
+        return read_parquet(str(dataset))
     raise TypeError(f"dataset must be a ray.data.Dataset, a DataFrame or a Parquet path, "
                     f"got {type(dataset).__name__}")
 

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from mlplatform._ray import read_parquet
 from mlplatform.config import PlatformConfig
 from mlplatform.errors import DataValidationError, TrainingError
 from mlplatform.features.training_set import TRAINING_SET_DIR, read_training_set_manifest
@@ -198,7 +199,6 @@ def _time_split(features_path: Path, config: TrainConfig):
 
     Returns the two Ray Datasets and the split boundaries (logged as params).
     """
-    import ray.data
 
     if not features_path.exists():
         raise DataValidationError(
@@ -213,7 +213,7 @@ def _time_split(features_path: Path, config: TrainConfig):
             f"available: {schema.names}.")
     from ray.data.aggregate import Count, Max, Min, Sum
 
-    ds = ray.data.read_parquet(str(features_path), columns=needed).materialize()
+    ds = read_parquet(str(features_path), columns=needed).materialize()
     bounds = ds.aggregate(Min(config.timestamp_column), Max(config.timestamp_column))
     ts_min = _utc(bounds[f"min({config.timestamp_column})"])
     ts_max = _utc(bounds[f"max({config.timestamp_column})"])

@@ -139,6 +139,7 @@ def test_many_blocks_give_the_same_counts_as_one(ray_cluster, clean, contract):
     assert [(c.check, c.column, c.passed, c.failing_count) for c in many.checks] == \
         [(c.check, c.column, c.passed, c.failing_count) for c in one.checks]
     by_check = {(c.check, c.column): set(c.examples) for c in many.checks}
+    # Rows 30-32 and 1000-1002 land in different blocks: only a real shuffle pairs them up.
     assert by_check[("unique", "transaction_id")] == set(bad.loc[[30, 31, 32], "transaction_id"])
     assert by_check[("label", "is_fraud")] == {2, 7, -1}
 
