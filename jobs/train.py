@@ -1,4 +1,5 @@
-"""Ray job entrypoint: data (if missing) -> features -> Ray Train XGBoost -> MLflow -> registry.
+"""Ray job entrypoint: data (if missing) -> contract gate -> feature store -> training set ->
+Ray Train XGBoost -> MLflow -> registry.
 
     ray job submit --working-dir . -- python jobs/train.py --config jobs/configs/fraud_xgb.yaml
 
@@ -61,11 +62,15 @@ def main(argv: list[str] | None = None) -> int:
         if not raw.exists() or not any(raw.glob("*.parquet")):
             print(f"no raw data under {raw}: generating {job.data.generate_rows:,} transactions")
             generate_data(platform, job.data.generate_rows, job.data.seed)
-        features = build_spine_features(platform)
+        # Gates the raw data with its contract first: failing data makes no MLflow run.
+        tset = build_spine_features(platform)
+        print(f"training set: {tset.num_rows:,} rows at {tset.path} "
+              f"(feature versions {tset.feature_versions})")
         if train_cfg.features_path is None:
-            train_cfg = train_cfg.model_copy(update={"features_path": features})
+            train_cfg = train_cfg.model_copy(update={"features_path": tset.path})
         result = train_xgboost(train_cfg, platform)
-        mv = register_model(platform, result, name=job.register.name, alias=job.register.alias)
+        mv = register_model(platform, result, name=job.register.name, alias=job.register.alias,
+                            feature_versions=tset.feature_versions)
     except MLPlatformError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,9 @@ app = typer.Typer(help="mlplatform: the ML lifecycle on one Ray cluster.", no_ar
                   pretty_exceptions_show_locals=False)
 config_app = typer.Typer(help="Show and check the platform configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+features_app = typer.Typer(help="The feature store: build, materialize, validate, show.",
+                           no_args_is_help=True)
+app.add_typer(features_app, name="features")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="PlatformConfig YAML (default: $MLP_CONFIG).")
 
@@ -76,15 +79,118 @@ def generate(
     typer.echo(f"wrote {generate_data(_load(config), rows, seed)}")
 
 
-@app.command()
-def features(config: Path | None = ConfigOpt) -> None:
-    """Build features from the raw transactions with Ray Data."""
+def _store(config: Path | None, repo: Path | None):
     from mlplatform._ray import init_ray
-    from mlplatform.pipelines import build_spine_features
+    from mlplatform.errors import MLPlatformError
+    from mlplatform.features import FeatureStore
 
     cfg = _load(config)
+    try:
+        store = FeatureStore(cfg, repo=repo)
+    except MLPlatformError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
     init_ray(cfg)
-    typer.echo(f"wrote {build_spine_features(cfg)}")
+    return store
+
+
+RepoOpt = typer.Option(None, "--repo", help="Feature definitions YAML (default: "
+                       "PlatformConfig.feature_repo, else jobs/configs/features/fraud.yaml).")
+ViewsOpt = typer.Option(None, "--view", "-v", help="Feature view (repeatable; default: all).")
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg="red", err=True)
+    raise typer.Exit(1) from None
+
+
+@features_app.command("build")
+def features_build(
+    view: list[str] | None = ViewsOpt,
+    start: str | None = typer.Option(None, help="First date to recompute (YYYY-MM-DD)."),
+    end: str | None = typer.Option(None, help="Date to stop before (YYYY-MM-DD)."),
+    no_validate: bool = typer.Option(False, "--no-validate", help="Skip the source's contract."),
+    config: Path | None = ConfigOpt, repo: Path | None = RepoOpt,
+) -> None:
+    """Compute feature views with Ray Data into a new offline version."""
+    from mlplatform.errors import MLPlatformError
+
+    store = _store(config, repo)
+    try:
+        built = store.build(view or None, start=start, end=end, validate=not no_validate)
+    except MLPlatformError as exc:
+        _fail(exc)
+    for name, m in built.items():
+        typer.echo(f"{name}: version {m.version}, {m.num_rows:,} rows, "
+                   f"{len(m.data['partitions'])} date partitions -> {m.path}")
+
+
+@features_app.command("materialize")
+def features_materialize(
+    view: list[str] | None = ViewsOpt,
+    start: str | None = typer.Option(None, help="Only rows at/after this time (default: the "
+                                     "view's watermark, i.e. incremental)."),
+    end: str | None = typer.Option(None, help="Only rows before this time (default: all)."),
+    config: Path | None = ConfigOpt, repo: Path | None = RepoOpt,
+) -> None:
+    """Write the latest value per entity into the online store (incremental by default)."""
+    from mlplatform.errors import MLPlatformError
+
+    store = _store(config, repo)
+    try:
+        written = (store.materialize(start, end, view or None) if start
+                   else store.materialize_incremental(end, view or None))
+    except MLPlatformError as exc:
+        _fail(exc)
+    for name, n in written.items():
+        typer.echo(f"{name}: {n:,} entities written; watermark "
+                   f"{store.online.get_watermark(name)}")
+
+
+DataArg = typer.Argument(None, help="Parquet to check (default: the source).")
+ContractOpt = typer.Option(None, help="Contract YAML (default: the source's).")
+
+
+@features_app.command("validate")
+def features_validate(
+    path: Path | None = DataArg,
+    contract: Path | None = ContractOpt,
+    source: str = typer.Option("transactions", help="Source whose data/contract to use."),
+    config: Path | None = ConfigOpt, repo: Path | None = RepoOpt,
+) -> None:
+    """Check data against its contract on Ray Data; exit 1 listing every failed check."""
+    from mlplatform.errors import MLPlatformError
+    from mlplatform.features import validate
+
+    store = _store(config, repo)
+    try:
+        report = validate(path or store.source_path(source),
+                          contract or store.contract_path(source))
+    except MLPlatformError as exc:
+        _fail(exc)
+    typer.echo(report.summary())
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+@features_app.command("show")
+def features_show(
+    view: str = typer.Argument(..., help="Feature view name."),
+    config: Path | None = ConfigOpt, repo: Path | None = RepoOpt,
+) -> None:
+    """Print a view's definition, its offline versions and its online state."""
+    import json
+
+    from mlplatform.features import FeatureStore
+
+    store = FeatureStore(_load(config), repo=repo)
+    try:
+        info = store.describe(view)
+    except KeyError as exc:
+        _fail(exc)
+    info["online"] = {"entities": store.online.count(view),
+                      "watermark": str(store.online.get_watermark(view))}
+    typer.echo(json.dumps(info, indent=2, default=str))
 
 
 if __name__ == "__main__":

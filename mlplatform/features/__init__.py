@@ -48,7 +48,8 @@ from mlplatform.features.validation import (
 
 __all__ = [
     "DEFAULT_REPO", "FEATURE_COLUMNS", "KEY_COLUMNS", "LABEL_COLUMN", "REQUEST_COLUMNS",
-    "TRAINING_SET_DIR", "VIEW_FEATURES", "VOCABULARIES", "CheckResult", "ColumnRule", "Contract", "Entity", "Feature",
+    "TRAINING_SET_DIR", "VIEW_FEATURES", "VOCABULARIES", "CheckResult", "ColumnRule",
+    "Contract", "Entity", "Feature",
     "FeatureRepo", "FeatureStore", "FeatureStoreError", "FeatureView", "LabelRule", "Manifest",
     "OnlineStore", "RowCount",
     "RedisOnlineStore", "SQLiteOnlineStore", "Source", "TrainingSet", "ValidationReport",

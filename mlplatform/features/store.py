@@ -90,8 +90,8 @@ class FeatureStore:
         for source_name in dict.fromkeys(v.source for v in views):
             src = self.repo.source(source_name)
             path = self.source_path(source_name)
-            if validate and src.contract:
-                self._gate(path, src.contract)
+            if validate:
+                self.validate_source(source_name)
             for view in (v for v in views if v.source == source_name):
                 t0 = time.perf_counter()
                 ds = read_parquet(str(path), columns=self._source_columns(view, src))
@@ -120,13 +120,34 @@ class FeatureStore:
         cols += [f.column for f in view.features if f.column and f.column not in cols]
         return list(dict.fromkeys(cols))
 
-    def _gate(self, path: Path, contract: str) -> None:
-        from mlplatform.features.validation import gate
-
+    def contract_path(self, source_name: str) -> Path | None:
+        """The data contract of a source (relative paths: next to the definitions file)."""
+        contract = self.repo.source(source_name).contract
+        if contract is None:
+            return None
         cpath = Path(contract)
         if not cpath.is_absolute() and self.repo.base_dir is not None:
             cpath = self.repo.base_dir / cpath
-        gate(path, cpath)
+        return cpath
+
+    def validate_source(self, source_name: str = "transactions", raise_on_failure: bool = True):
+        """Check a source against its data contract on Ray Data (every rule, every failure).
+
+        Returns:
+            The :class:`~mlplatform.features.validation.ValidationReport`, or None when the
+            source declares no contract.
+
+        Raises:
+            DataValidationError: With ``raise_on_failure``, if any check fails; the message
+                lists every failing check with counts and examples.
+        """
+        from mlplatform.features.validation import gate, validate
+
+        cpath = self.contract_path(source_name)
+        if cpath is None:
+            return None
+        check = gate if raise_on_failure else validate
+        return check(self.source_path(source_name), cpath)
 
     def _write_version(self, view: FeatureView, rows, source: Path, start, end,
                        elapsed: float) -> Manifest:

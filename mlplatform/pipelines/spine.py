@@ -61,7 +61,8 @@ def build_spine_features(config: PlatformConfig, online_until=None):
     from mlplatform.features import FeatureStore, build_training_set
 
     store = FeatureStore(config)
-    store.build()
+    store.validate_source()               # the gate: bad data stops here, before any MLflow run
+    store.build(validate=False)
     store.materialize_incremental(end=online_until)
     return build_training_set(store)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import requests
 
 from mlplatform.demo import to_instances
-from mlplatform.features import FEATURE_COLUMNS
+from mlplatform.features import REQUEST_COLUMNS
 from tests.conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,9 +34,10 @@ def test_serve_run_cli_answers_http(spine, ray_cluster, tmp_path):
 
         wait_for(healthy, 180, "serve run to answer /healthz",
                  ignore=(requests.RequestException,))
-        feats = pd.read_parquet(spine.features_path).head(3)
+        raw = pd.read_parquet(spine.raw_path, columns=REQUEST_COLUMNS).tail(3)
+        raw["event_timestamp"] = raw["event_timestamp"].map(lambda t: t.isoformat())
         r = requests.post("http://127.0.0.1:8000/predict",
-                          json={"instances": to_instances(feats[FEATURE_COLUMNS])}, timeout=30)
+                          json={"instances": to_instances(raw)}, timeout=30)
         assert r.status_code == 200, r.text
         body = r.json()
         assert len(body["predictions"]) == 3

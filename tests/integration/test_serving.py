@@ -1,4 +1,9 @@
-"""The Serve app from serve_configs/fraud.yaml, deployed on the shared cluster, over real HTTP."""
+"""The Serve app from serve_configs/fraud.yaml, deployed on the shared cluster, over real HTTP.
+
+Requests carry raw transactions; the app looks features up in the online store. The served
+score must equal the score computed through the offline path (point-in-time join of the same
+transaction + the same model_inputs): one feature definition, offline and online.
+"""
 
 import numpy as np
 import pandas as pd
@@ -6,7 +11,7 @@ import pytest
 import requests
 
 from mlplatform.demo import to_instances
-from mlplatform.features import FEATURE_COLUMNS
+from mlplatform.features import FEATURE_COLUMNS, REQUEST_COLUMNS, VIEW_FEATURES, model_inputs
 from mlplatform.registry import ModelRegistry, load_model
 
 
@@ -23,41 +28,74 @@ def url(spine, platform):
 
 @pytest.fixture(scope="module")
 def sample(spine):
-    feats = pd.read_parquet(spine.features_path)
-    return pd.concat([feats[feats.is_fraud == 1].head(5), feats[feats.is_fraud == 0].head(15)])
+    """New transactions of known users, half an hour after the data ends (what arrives live)."""
+    raw = pd.read_parquet(spine.raw_path)
+    end = raw["event_timestamp"].max()
+    recent = raw[raw["event_timestamp"] > end - pd.Timedelta(days=2)].drop_duplicates("user_id")
+    rows = recent.head(20).copy()
+    rows["transaction_id"] = [f"live-{i}" for i in range(len(rows))]
+    rows["event_timestamp"] = end + pd.Timedelta(minutes=30)
+    rows["amount"] = np.r_[[5000.0] * 5, rows["amount"].iloc[5:]]    # some unusual amounts
+    return rows[REQUEST_COLUMNS].reset_index(drop=True)
 
 
-def test_served_scores_equal_direct_model_scores(url, sample, platform, spine):
-    direct = load_model(ModelRegistry(platform), "fraud@champion").predict(sample)
-    instances = to_instances(sample[FEATURE_COLUMNS])
+def _requests(frame):
+    body = frame.copy()
+    body["event_timestamp"] = body["event_timestamp"].map(lambda t: t.isoformat())
+    return to_instances(body)
+
+
+def _offline_scores(sample, platform):
+    """The same transactions through the offline path: point-in-time join + model_inputs."""
+    from mlplatform.features import FeatureStore
+
+    entity = sample.assign(as_of=sample["event_timestamp"] - pd.Timedelta(microseconds=1))
+    joined = FeatureStore(platform).get_historical_features(
+        entity, VIEW_FEATURES, timestamp_column="as_of").to_pandas()
+    joined = joined.set_index("transaction_id").loc[sample["transaction_id"]].reset_index()
+    inputs = model_inputs(joined)
+    return load_model(ModelRegistry(platform), "fraud@champion").predict(inputs)
+
+
+def test_served_scores_equal_offline_path_scores(url, sample, platform, spine):
+    expected = _offline_scores(sample, platform)
+    instances = _requests(sample)
     single = [requests.post(f"{url}/predict", json=i, timeout=30).json() for i in instances[:5]]
     batch = requests.post(f"{url}/predict", json={"instances": instances}, timeout=30)
-    assert batch.status_code == 200
+    assert batch.status_code == 200, batch.text
     body = batch.json()
-    np.testing.assert_allclose([p["score"] for p in body["predictions"]], direct, rtol=1e-6)
-    np.testing.assert_allclose([s["score"] for s in single], direct[:5], rtol=1e-6)
+    np.testing.assert_allclose([p["score"] for p in body["predictions"]], expected, rtol=1e-6)
+    np.testing.assert_allclose([s["score"] for s in single], expected[:5], rtol=1e-6)
+    assert [p["transaction_id"] for p in body["predictions"]] == list(sample["transaction_id"])
+    assert not any(p["unknown_user"] for p in body["predictions"])
     for answer in single + [body]:
         assert answer["model_version"] == spine.model_version.version
         assert answer["model_name"] == "fraud" and answer["request_id"]
-    # Fraud scores higher than legit on average: the served model is the trained one.
-    assert np.mean(direct[:5]) > np.mean(direct[5:])
+
+
+def test_unknown_user_is_served_with_defaults_and_flagged(url, sample):
+    inst = {**_requests(sample.head(1))[0], "user_id": "never-seen"}
+    r = requests.post(f"{url}/predict", json=inst, timeout=30)
+    assert r.status_code == 200 and r.json()["unknown_user"] is True
+    assert 0.0 <= r.json()["score"] <= 1.0
 
 
 def test_request_id_is_echoed(url, sample):
-    inst = to_instances(sample[FEATURE_COLUMNS].head(1))[0]
+    inst = _requests(sample.head(1))[0]
     r = requests.post(f"{url}/predict", json=inst, headers={"X-Request-ID": "abc-123"}, timeout=30)
     assert r.json()["request_id"] == "abc-123" and r.headers["x-request-id"] == "abc-123"
 
 
 @pytest.mark.parametrize("mutate,field", [
     (lambda i: {**i, "amount": "a lot"}, "amount"),
-    (lambda i: {k: v for k, v in i.items() if k != "hour_of_day"}, "hour_of_day"),
-    (lambda i: {**i, "user_txn_count": 2.5}, "user_txn_count"),
+    (lambda i: {k: v for k, v in i.items() if k != "user_id"}, "user_id"),
+    (lambda i: {**i, "country": "Atlantis"}, "country"),
+    (lambda i: {**i, "amount": -3}, "amount"),
     (lambda i: {**i, "colour": "red"}, "colour"),
     (lambda i: {"instances": [i, {**i, "amount": None}]}, "instances[1].amount"),
 ])
 def test_bad_body_gets_422_naming_the_field(url, sample, mutate, field):
-    inst = to_instances(sample[FEATURE_COLUMNS].head(1))[0]
+    inst = _requests(sample.head(1))[0]
     r = requests.post(f"{url}/predict", json=mutate(inst), timeout=30)
     assert r.status_code == 422, r.text
     body = r.json()
@@ -84,6 +122,7 @@ def test_healthz_and_models(url, spine):
     m = requests.get(f"{url}/models", timeout=30).json()["models"][0]
     assert m["model_ref"] == "fraud@champion"
     assert [c["name"] for c in m["inputs"]] == FEATURE_COLUMNS
+    assert m["request_fields"] == REQUEST_COLUMNS
 
 
 def test_deploy_of_missing_model_fails_clearly(spine, platform):
@@ -95,6 +134,6 @@ def test_deploy_of_missing_model_fails_clearly(spine, platform):
 
 
 def test_generated_request_id_matches_header(url, sample):
-    inst = to_instances(sample[FEATURE_COLUMNS].head(1))[0]
+    inst = _requests(sample.head(1))[0]
     r = requests.post(f"{url}/predict", json=inst, timeout=30)
     assert r.json()["request_id"] and r.json()["request_id"] == r.headers["x-request-id"]

@@ -1,4 +1,5 @@
-"""The spine end to end on the shared cluster: data -> features -> Ray Train -> MLflow -> registry."""
+"""The spine end to end on the shared cluster: data -> contract gate -> feature store (offline,
+online, point-in-time training set) -> Ray Train -> MLflow -> registry."""
 
 import json
 from pathlib import Path
@@ -12,15 +13,32 @@ from mlplatform.registry import ModelRegistry, load_model
 from tests.integration.conftest import N_ROWS
 
 
-def test_raw_and_features_written(spine):
+def test_raw_and_training_set_written(spine, platform):
+    from mlplatform.features import FeatureStore
+
     assert pq.ParquetDataset(str(spine.raw_path)).read().num_rows == N_ROWS
     feats = pd.read_parquet(spine.features_path)
     assert len(feats) == N_ROWS
     assert set(FEATURE_COLUMNS) <= set(feats.columns)
     assert feats["transaction_id"].is_unique
-    # Features discriminate: fraud is far more unusual for its user than legit spending.
-    by_label = feats.groupby("is_fraud")["amount_z_user"].mean()
+    # Point-in-time features discriminate: fraud is far more unusual for its user.
+    by_label = feats.groupby("is_fraud")["amount_z_user_7d"].median()
     assert by_label[1] > by_label[0] + 0.5
+    # Every feature version used is recorded, and it is the current offline version.
+    store = FeatureStore(platform)
+    assert spine.feature_versions == {v: store.offline.current_version(v)
+                                      for v in spine.feature_versions}
+    assert set(spine.feature_versions) == {v.name for v in store.repo.feature_views}
+
+
+def test_training_set_never_sees_its_own_transaction(spine):
+    """The as-of time is just before each event: no row counts itself or its label."""
+    raw = pd.read_parquet(spine.raw_path)
+    feats = pd.read_parquet(spine.features_path).set_index("transaction_id")
+    # A user's first transaction has no history at all, whatever its own amount.
+    first = raw.sort_values("event_timestamp").drop_duplicates("user_id")["transaction_id"]
+    assert (feats.loc[first, "user_txn_count_7d"] == 0).all()
+    assert (feats.loc[first, "hours_since_prev"] == 720.0).all()
 
 
 def test_mlflow_run_has_params_metrics_and_safe_model(spine, platform):
@@ -58,7 +76,7 @@ def test_champion_alias_points_to_new_version(spine, platform):
 
 
 def test_rejected_dataset_creates_no_run_and_no_model(spine, platform, tmp_path):
-    """A features table missing a column is refused before anything is logged."""
+    """A training set missing a column is refused before anything is logged."""
     from mlflow import MlflowClient
 
     from mlplatform.errors import DataValidationError
@@ -66,29 +84,45 @@ def test_rejected_dataset_creates_no_run_and_no_model(spine, platform, tmp_path)
 
     bad = tmp_path / "bad_features"
     bad.mkdir()
-    pd.read_parquet(spine.features_path).drop(columns=["amount_z_user"]).to_parquet(
+    pd.read_parquet(spine.features_path).drop(columns=["amount_z_user_7d"]).to_parquet(
         bad / "part.parquet")
     client = MlflowClient(platform.mlflow_tracking_uri)
     exp = client.get_experiment_by_name(platform.experiment_name)
     runs_before = len(client.search_runs([exp.experiment_id]))
     versions_before = len(ModelRegistry(platform).list_versions("fraud"))
-    with pytest.raises(DataValidationError, match="amount_z_user"):
+    with pytest.raises(DataValidationError, match="amount_z_user_7d"):
         train_xgboost(TrainConfig(features_path=bad), platform)
     assert len(client.search_runs([exp.experiment_id])) == runs_before
     assert len(ModelRegistry(platform).list_versions("fraud")) == versions_before
 
 
-def test_failed_feature_build_keeps_previous_output(spine, tmp_path):
-    from mlplatform.errors import DataValidationError
-    from mlplatform.features import build_features
+def test_data_failing_its_contract_stops_the_spine_before_mlflow(spine, platform, tmp_path):
+    """The gate runs first: raw data that breaks the contract makes no run, no offline
+    version and no training set; the error lists every failing check."""
+    from mlflow import MlflowClient
 
-    before = sorted(p.name for p in Path(spine.features_path).iterdir())
-    bad_raw = tmp_path / "raw"
-    bad_raw.mkdir()
-    pd.DataFrame({"user_id": ["u1"], "amount": [1.0]}).to_parquet(bad_raw / "p.parquet")
-    with pytest.raises(DataValidationError, match="lacks required column"):
-        build_features(bad_raw, spine.features_path)
-    assert sorted(p.name for p in Path(spine.features_path).iterdir()) == before
+    from mlplatform.config import PlatformConfig
+    from mlplatform.datasets import RAW_DIR, save_transactions
+    from mlplatform.errors import DataValidationError
+    from mlplatform.pipelines import build_spine_features
+
+    bad = pd.read_parquet(spine.raw_path)
+    bad.loc[:4, "amount"] = -1.0
+    bad.loc[5:6, "is_fraud"] = 7
+    bad.loc[7:8, "transaction_id"] = bad.loc[9, "transaction_id"]
+    # Same MLflow DB as the spine, separate data: only the data is bad.
+    cfg = PlatformConfig(storage_root=tmp_path, mlflow_tracking_uri=platform.mlflow_tracking_uri)
+    save_transactions(bad, cfg.path(*RAW_DIR))
+    client = MlflowClient(platform.mlflow_tracking_uri)
+    exp = client.get_experiment_by_name(platform.experiment_name)
+    runs_before = len(client.search_runs([exp.experiment_id]))
+    with pytest.raises(DataValidationError) as exc:
+        build_spine_features(cfg)
+    for name in ("amount", "is_fraud", "transaction_id"):
+        assert name in str(exc.value)
+    assert len(client.search_runs([exp.experiment_id])) == runs_before
+    assert not (tmp_path / "feature_store").exists()
+    assert not (tmp_path / "training_sets").exists()
 
 
 def test_missing_model_is_a_clear_error(spine, platform):

@@ -30,10 +30,7 @@ def _reference(df: pd.DataFrame, view, keys: list[str]) -> pd.DataFrame:
                     r[f.name] = known[f.column].mean() if len(known) else np.nan
                 else:
                     win = g[(g[ts] > t - f.window) & (g[ts] <= t)]
-                    r[f.name] = {"count": len, "sum": lambda w: w[f.column].sum(),
-                                 "mean": lambda w: w[f.column].mean(),
-                                 "std": lambda w: w[f.column].std(),
-                                 "nunique": lambda w: w[f.column].nunique()}[f.agg](win)
+                    r[f.name] = len(win) if f.agg == "count" else getattr(win[f.column], f.agg)()
             rows.append(r)
     return pd.DataFrame(rows)
 

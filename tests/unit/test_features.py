@@ -94,7 +94,7 @@ def _request(**over):
     row = {"transaction_id": "t1", "user_id": "u1", "merchant_id": "m1",
            "event_timestamp": pd.Timestamp("2026-01-05T03:30:00Z"), "amount": 120.0,
            "merchant_category": "jewelry", "country": "NG", "device_type": "tablet",
-           **{f: np.nan for f in VIEW_FEATURES}}
+           **dict.fromkeys(VIEW_FEATURES, np.nan)}
     row.update(over)
     return pd.DataFrame([row])
 

@@ -1,0 +1,98 @@
+"""The feature store's doors: `ray job submit ... jobs/build_features.py` and `mlp features ...`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mlplatform.cli import app
+from mlplatform.config import PlatformConfig
+from mlplatform.datasets import RAW_DIR, make_transactions, save_transactions
+from mlplatform.features import FeatureStore
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def job_root(ray_cluster, tmp_path_factory):
+    """Run the build job once, into its own storage root, through the real job CLI."""
+    root = tmp_path_factory.mktemp("feature-job")
+    cfg = yaml.safe_load((REPO / "jobs/configs/build_features.yaml").read_text())
+    cfg["data"]["generate_rows"] = 3000
+    cfg["build"]["num_buckets"] = 8
+    job_yaml = root / "job.yaml"
+    job_yaml.write_text(yaml.safe_dump(cfg))
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "job", "submit",
+         "--address", ray_cluster["dashboard"], "--working-dir", ".",
+         "--runtime-env-json", json.dumps({"env_vars": {"MLP_STORAGE_ROOT": str(root)}}), "--",
+         "python", "jobs/build_features.py", "--config", str(job_yaml)],
+        cwd=REPO, env={**os.environ, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
+        timeout=600)
+    return root, out.returncode, out.stdout + out.stderr
+
+
+def test_build_job_validates_builds_and_materializes(job_root):
+    root, code, log = job_root
+    assert code == 0, log[-4000:]
+    assert "data contract 'transactions'" in log and "checks passed" in log
+    store = FeatureStore(PlatformConfig(storage_root=root))
+    for view in store.repo.feature_views:
+        assert f"built {view.name}: version" in log
+        m = store.offline.manifest(view.name)
+        assert m.num_rows > 0
+        assert store.online.count(view.name) > 0
+        assert store.online.get_watermark(view.name) is not None
+
+
+def test_cli_show_validate_and_materialize(job_root, monkeypatch):
+    root, code, _ = job_root
+    assert code == 0
+    monkeypatch.setenv("MLP_STORAGE_ROOT", str(root))
+    runner = CliRunner()
+    shown = runner.invoke(app, ["features", "show", "user_activity"])
+    assert shown.exit_code == 0, shown.output
+    info = json.loads(shown.stdout)
+    assert info["join_keys"] == ["user_id"] and info["current_version"]["num_rows"] > 0
+    assert info["online"]["entities"] > 0 and not info["current_version"]["stale_definition"]
+
+    ok = runner.invoke(app, ["features", "validate"])
+    assert ok.exit_code == 0, ok.output
+
+    bad = pd.read_parquet(PlatformConfig(storage_root=root).path(*RAW_DIR))
+    bad.loc[:2, "device_type"] = "smart_fridge"
+    bad.loc[3:5, "amount"] = None
+    bad_dir = root / "bad"
+    save_transactions(bad, bad_dir)
+    failed = runner.invoke(app, ["features", "validate", str(bad_dir)])
+    assert failed.exit_code == 1
+    assert "device_type" in failed.stdout and "amount" in failed.stdout
+
+    again = runner.invoke(app, ["features", "materialize"])     # incremental: nothing new
+    assert again.exit_code == 0, again.output
+    assert "user_activity: 0 entities written" in again.stdout
+
+    unknown = runner.invoke(app, ["features", "show", "nope"])
+    assert unknown.exit_code == 1 and "no feature view 'nope'" in unknown.output
+
+
+def test_build_job_refuses_bad_data_with_every_failure(ray_cluster, tmp_path):
+    config = PlatformConfig(storage_root=tmp_path)
+    df = make_transactions(500, seed=4)
+    df.loc[:3, "country"] = "Atlantis"
+    df.loc[4:6, "is_fraud"] = 3
+    save_transactions(df, config.path(*RAW_DIR))
+    out = subprocess.run(
+        [sys.executable, str(REPO / "jobs/build_features.py"), "--config",
+         str(REPO / "jobs/configs/build_features.yaml")],
+        env={**os.environ, "MLP_STORAGE_ROOT": str(tmp_path), "RAY_ADDRESS": ray_cluster["address"],
+             "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "country" in out.stderr and "is_fraud" in out.stderr
+    assert not (tmp_path / "feature_store").exists()
