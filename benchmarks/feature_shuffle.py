@@ -1,9 +1,10 @@
-"""Benchmark: Ray Data shuffle strategies for the feature pipeline's group-by, side by side.
+"""Benchmark: Ray Data shuffle strategies for the feature store build's group-by, side by side.
 
     .venv/bin/python benchmarks/feature_shuffle.py --rows 50000 --repeats 2
 
-Builds the same features with each strategy on the same local Ray (8 logical CPUs), checks the
-outputs are identical, and prints wall time per strategy and the ratio to the fastest.
+Builds the same feature views (FeatureStore.build) with each strategy on the same local Ray
+(8 logical CPUs), checks the outputs are identical, and prints wall time per strategy and the
+ratio to the fastest.
 Results are appended to benchmarks/results/feature_shuffle.jsonl.
 """
 
@@ -32,32 +33,37 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from mlplatform.datasets import make_transactions, save_transactions
-    from mlplatform.features import build_features
+    from mlplatform.config import PlatformConfig
+    from mlplatform.datasets import RAW_DIR, make_transactions, save_transactions
+    from mlplatform.features import FeatureStore
 
     ray.init(address="local", num_cpus=8, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     work = Path(tempfile.mkdtemp(prefix="bench-shuffle-"))
-    raw = save_transactions(make_transactions(args.rows, seed=0), work / "raw")
-    build_features(raw, work / "warmup", num_buckets=args.buckets)  # start workers once
+    stores = {}
+    for strategy in ["warmup", *STRATEGIES]:
+        cfg = PlatformConfig(storage_root=work / strategy)
+        save_transactions(make_transactions(args.rows, seed=0), cfg.path(*RAW_DIR))
+        stores[strategy] = FeatureStore(cfg, shuffle="sort_shuffle_pull_based"
+                                        if strategy == "warmup" else strategy)
+    stores.pop("warmup").build(validate=False, num_buckets=args.buckets)  # start workers once
 
     times: dict[str, list[float]] = {s: [] for s in STRATEGIES}
-    outputs = {}
     for _ in range(args.repeats):
         for strategy in STRATEGIES:
             t0 = time.perf_counter()
-            res = build_features(raw, work / strategy, num_buckets=args.buckets,
-                                 shuffle_strategy=strategy)
+            stores[strategy].build(validate=False, num_buckets=args.buckets)
             times[strategy].append(time.perf_counter() - t0)
-            outputs[strategy] = res.path
-    frames = [pd.read_parquet(p).sort_values("transaction_id").reset_index(drop=True)
-              for p in outputs.values()]
-    for other in frames[1:]:
-        pd.testing.assert_frame_equal(frames[0], other)
+    for view in stores[STRATEGIES[0]].repo.feature_views:
+        keys = [*stores[STRATEGIES[0]].repo.join_keys(view), view.timestamp_field]
+        frames = [stores[s].read_view(view.name).to_pandas().sort_values(keys)
+                  .reset_index(drop=True) for s in STRATEGIES]
+        for other in frames[1:]:
+            pd.testing.assert_frame_equal(frames[0], other)
 
     medians = {s: statistics.median(t) for s, t in times.items()}
     best = min(medians.values())
-    table = Table(title=f"Feature build, {args.rows:,} rows, {args.buckets} user buckets, "
+    table = Table(title=f"Feature build (4 views), {args.rows:,} rows, {args.buckets} buckets, "
                         f"{args.repeats} repeats (median), outputs identical")
     for col in ("shuffle strategy", "median s", "rows/s", "x fastest"):
         table.add_column(col, justify="right")

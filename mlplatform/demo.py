@@ -36,9 +36,10 @@ def sample_instances(raw_path: Path, since, n_fraud: int = 3, n_legit: int = 3,
     import pandas as pd
 
     from mlplatform.features import LABEL_COLUMN, REQUEST_COLUMNS
+    from mlplatform.features.offline import as_utc
 
     df = pd.read_parquet(raw_path)
-    recent = df[df["event_timestamp"] >= pd.Timestamp(since)]
+    recent = df[df["event_timestamp"] >= as_utc(since)]
     picked = pd.concat([
         recent[recent[LABEL_COLUMN] == 1].sample(min(n_fraud, int(recent[LABEL_COLUMN].sum())),
                                                  random_state=seed),
@@ -75,8 +76,9 @@ def run_demo(config: PlatformConfig | None = None, n_rows: int = 100_000, seed: 
         console.rule(f"[bold cyan][{next(steps)}/6] {label}")
 
     init_ray(config)
-    # The last day is replayed as live traffic: the online store holds everything before it.
-    live_from = "2026-03-01"
+    # The last 3 days (of the generator's 2026-01-01 + 60 days) are replayed as live traffic:
+    # the online store holds everything before them, as it would when they arrive.
+    live_from = "2026-02-27"
     spine = run_spine(config, n_rows=n_rows, seed=seed, on_step=step, online_until=live_from)
     mv = spine.model_version
 

@@ -7,6 +7,7 @@ Terminating the ``--block`` process stops only this cluster's processes.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from tests.conftest import free_port, wait_for
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
 N_ROWS = 20_000
 
 
@@ -72,6 +74,32 @@ def _started(head: subprocess.Popen, log_path: Path) -> bool:
     return "Ray runtime started" in log_path.read_text()
 
 
+def submit_job(ray_cluster, args: list[str], runtime_env: dict | None = None,
+               timeout_s: float = 600) -> subprocess.CompletedProcess:
+    """``ray job submit --working-dir . [--runtime-env-json ..] -- <args>`` from the repo root.
+
+    Ray's job server answers "No available agent to submit job, please try again later" while
+    its per-node agent is not (yet, or momentarily) registered: that answer is retried, as the
+    message asks; anything else is returned as is.
+    """
+    import json
+
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", ray_cluster["dashboard"],
+           "--working-dir", "."]
+    if runtime_env:
+        cmd += ["--runtime-env-json", json.dumps(runtime_env)]
+    result: list[subprocess.CompletedProcess] = []
+
+    def submitted() -> bool:
+        out = subprocess.run([*cmd, "--", *args], cwd=REPO, capture_output=True, text=True,
+                             env={**os.environ, "RAY_AUTH_MODE": "token"}, timeout=timeout_s)
+        result[:] = [out]
+        return "No available agent to submit job" not in out.stdout + out.stderr
+
+    wait_for(submitted, timeout_s, "the job server to accept the job", interval_s=2, ignore=())
+    return result[0]
+
+
 @pytest.fixture(scope="session")
 def spine(ray_cluster, platform):
     """Run the whole spine once (small data) and share the result."""
@@ -80,3 +108,44 @@ def spine(ray_cluster, platform):
 
     return run_spine(platform, n_rows=N_ROWS, seed=11,
                      train_config=TrainConfig(num_boost_round=150, early_stopping_rounds=15))
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A throw-away ``redis-server`` on a free port (no persistence), stopped after the session."""
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed: run `make redis` (apt-get install redis-server)")
+    workdir = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    log = open(workdir / "redis.log", "w")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}: "
+                               + (workdir / "redis.log").read_text()[-2000:])
+        return client.ping()
+
+    try:
+        try:
+            wait_for(answers, 30, "redis-server to answer PING", interval_s=0.05,
+                     ignore=(redis.ConnectionError,))
+        except (RuntimeError, TimeoutError) as exc:
+            pytest.skip(f"redis-server could not start: {exc}")
+        yield url
+    finally:
+        client.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

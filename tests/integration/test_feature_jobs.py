@@ -15,6 +15,7 @@ from mlplatform.cli import app
 from mlplatform.config import PlatformConfig
 from mlplatform.datasets import RAW_DIR, make_transactions, save_transactions
 from mlplatform.features import FeatureStore
+from tests.integration.conftest import submit_job
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,13 +29,8 @@ def job_root(ray_cluster, tmp_path_factory):
     cfg["build"]["num_buckets"] = 8
     job_yaml = root / "job.yaml"
     job_yaml.write_text(yaml.safe_dump(cfg))
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), "job", "submit",
-         "--address", ray_cluster["dashboard"], "--working-dir", ".",
-         "--runtime-env-json", json.dumps({"env_vars": {"MLP_STORAGE_ROOT": str(root)}}), "--",
-         "python", "jobs/build_features.py", "--config", str(job_yaml)],
-        cwd=REPO, env={**os.environ, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
-        timeout=600)
+    out = submit_job(ray_cluster, ["python", "jobs/build_features.py", "--config", str(job_yaml)],
+                     runtime_env={"env_vars": {"MLP_STORAGE_ROOT": str(root)}})
     return root, out.returncode, out.stdout + out.stderr
 
 

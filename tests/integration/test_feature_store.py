@@ -181,3 +181,25 @@ def test_build_refuses_data_that_fails_the_contract(store, raw, tmp_path):
     assert not config.path("feature_store").exists() or not any(
         fs.offline.versions(v.name) for v in fs.repo.feature_views)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_redis_online_store_serves_the_same_values_as_sqlite(store, raw, redis_url):
+    """`online_store: redis` (a real redis-server): same materialization, same lookups."""
+    redis_cfg = store.config.model_copy(update={"online_store": "redis", "redis_url": redis_url})
+    on_redis = FeatureStore(redis_cfg)
+    assert type(on_redis.online).__name__ == "RedisOnlineStore"
+    cut = pd.Timestamp("2026-01-15", tz="UTC")
+    views = ["user_activity", "user_device_history"]
+    on_redis.materialize(end=cut, view_names=views)
+    rows = [{"user_id": u, "device_type": d} for u, d in
+            raw[raw.event_timestamp < cut][["user_id", "device_type"]].drop_duplicates().head(32)
+            .to_numpy()]
+    names = ["user_txn_count_24h", "user_amount_mean_7d", "user_device_txn_count_30d"]
+    from_redis = on_redis.get_online_features(rows, names, as_of=cut)
+    entity = pd.DataFrame(rows).assign(as_of=cut - pd.Timedelta(microseconds=1), i=range(len(rows)))
+    hist = store.get_historical_features(entity, names, timestamp_column="as_of").to_pandas()
+    hist = hist.sort_values("i")
+    for n in names:
+        np.testing.assert_allclose(np.array(from_redis[n], dtype=float), hist[n].to_numpy(float),
+                                   err_msg=n)
+    assert on_redis.online.get_watermark("user_activity") == cut

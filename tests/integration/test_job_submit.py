@@ -1,6 +1,5 @@
 """The laptop-to-cluster door: `ray job submit --working-dir . -- python jobs/train.py ...`."""
 
-import os
 import re
 import subprocess
 import sys
@@ -9,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from mlplatform.registry import ModelRegistry
+from tests.integration.conftest import submit_job
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,12 +21,7 @@ def test_ray_job_submit_trains_and_registers(spine, ray_cluster, platform, tmp_p
     small.write_text(yaml.safe_dump(cfg))
     versions_before = {v.version for v in ModelRegistry(platform).list_versions("fraud")}
 
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), "job", "submit",
-         "--address", ray_cluster["dashboard"], "--working-dir", ".", "--",
-         "python", "jobs/train.py", "--config", str(small)],
-        cwd=REPO, env={**os.environ, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
-        timeout=600)
+    out = submit_job(ray_cluster, ["python", "jobs/train.py", "--config", str(small)])
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]
     assert "succeeded" in log

@@ -7,7 +7,6 @@ start; ``make redis`` installs it.
 
 import pickle
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -27,52 +26,11 @@ from mlplatform.features.online import (
     SQLiteOnlineStore,
     open_online_store,
 )
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port
 
 T0 = pd.Timestamp("2024-03-01 12:00:00", tz="UTC")
 HOUR = pd.Timedelta(hours=1)
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    """A throw-away ``redis-server`` on a free port (no persistence), stopped after the module."""
-    import redis
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed: run `make redis` (apt-get install redis-server)")
-    workdir = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    log = open(workdir / "redis.log", "w")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
-
-    def answers() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {proc.returncode}: "
-                               + (workdir / "redis.log").read_text()[-2000:])
-        return client.ping()
-
-    try:
-        try:
-            wait_for(answers, 30, "redis-server to answer PING", interval_s=0.05,
-                     ignore=(redis.ConnectionError,))
-        except (RuntimeError, TimeoutError) as exc:
-            pytest.skip(f"redis-server could not start: {exc}")
-        yield url
-    finally:
-        client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(params=["sqlite", "redis"])
