@@ -144,8 +144,7 @@ def start_ray(work: Path, num_cpus: int | None, object_store_mb: int | None,
     if object_store_mb:
         kwargs["object_store_memory"] = object_store_mb * 2**20
     if spill_dir:
-        kwargs["_system_config"] = {"object_spilling_config": json.dumps(
-            {"type": "filesystem", "params": {"directory_path": str(spill_dir)}})}
+        kwargs["object_spilling_directory"] = str(spill_dir)
     t0 = time.perf_counter()
     init_ray(PlatformConfig(storage_root=work), **kwargs)
     ctx = ray.data.DataContext.get_current()
@@ -157,16 +156,42 @@ def start_ray(work: Path, num_cpus: int | None, object_store_mb: int | None,
 
 
 class StatsStore(FeatureStore):
-    """A FeatureStore that keeps ``ds.stats()`` of every view it builds (the real build path)."""
+    """A FeatureStore that records, per view it builds, ``ds.stats()`` and where the time went:
+    the Ray Data execution (``write_parquet``) vs the driver's bookkeeping around it."""
 
     def __init__(self, config):
         super().__init__(config)
         self.stats: dict[str, str] = {}
+        self.timing: dict[str, dict] = {}
 
     def _write_version(self, view, rows, *args, **kwargs):
+        t: dict = {}
+        write = rows.write_parquet
+
+        def timed_write(*a, **kw):
+            t0 = time.perf_counter()
+            write(*a, **kw)
+            t["execute_s"] = time.perf_counter() - t0
+
+        rows.write_parquet = timed_write
+        t0 = time.perf_counter()
         manifest = super()._write_version(view, rows, *args, **kwargs)
-        self.stats[view.name] = rows.stats()
+        t["bookkeeping_s"] = time.perf_counter() - t0 - t["execute_s"]
+        t["files"] = len(manifest.data["files"])
+        self.stats[view.name], self.timing[view.name] = rows.stats(), t
         return manifest
+
+
+def breakdown_table(fs, total_s: float) -> Table:
+    """Per view: Ray Data execution, driver bookkeeping (file listing, per-file metadata), files."""
+    table = Table(title="Where the Ray build's time goes")
+    for col in ("view", "Ray Data execution s", "manifest bookkeeping s", "files written"):
+        table.add_column(col, justify="right")
+    for name, t in fs.timing.items():
+        table.add_row(name, f"{t['execute_s']:.1f}", f"{t['bookkeeping_s']:.1f}", f"{t['files']:,}")
+    rest = total_s - sum(t["execute_s"] + t["bookkeeping_s"] for t in fs.timing.values())
+    table.add_row("read set-up, planning", f"{rest:.1f}", "", "")
+    return table
 
 
 def prepare(root: Path, rows: int, seed: int = 0) -> tuple[object, Path, int]:
@@ -180,12 +205,9 @@ def prepare(root: Path, rows: int, seed: int = 0) -> tuple[object, Path, int]:
     return StatsStore(config), raw, nbytes
 
 
-def warm_up(work: Path, buckets: int) -> float:
+def warm_up(work: Path, buckets: int) -> None:
     """A tiny build, so Ray worker start-up is not counted in the measured runs."""
-    fs, _, _ = prepare(work / "warmup", 5_000)
-    t0 = time.perf_counter()
-    fs.build(validate=False, num_buckets=buckets)
-    return time.perf_counter() - t0
+    prepare(work / "warmup", 5_000)[0].build(validate=False, num_buckets=buckets)
 
 
 # -------------------------------------------------------------------------- checks ------------
@@ -242,7 +264,7 @@ def append(record: dict) -> None:
 def ratio_table(title: str, rows: int, results: dict[str, dict], ref: str) -> Table:
     """One row per contender: seconds, rows/s, peak RSS, and ratio ``ref`` rows/s / theirs."""
     table = Table(title=title)
-    for col in ("contender", "seconds", "rows/s", "peak RSS GiB", f"{ref} / it (rows/s)"):
+    for col in ("contender", "seconds", "rows/s", "peak RSS GiB", f"{ref} ÷ it (rows/s)"):
         table.add_column(col, justify="right")
     for name, r in results.items():
         if "seconds" not in r:
@@ -290,12 +312,13 @@ def cmd_build(args, work: Path) -> None:
         stats = dump_stats(f"build-{rows}", fs.stats, args.stats)
         console.print(ratio_table(f"Feature build, 4 views, {rows:,} transactions, {args.buckets} "
                                   "buckets (outputs checked equal)", rows, results, "ray"))
+        console.print(breakdown_table(fs, results["ray"]["seconds"]))
         ratio = results["pandas"]["seconds"] / results["ray"]["seconds"] if "pandas" in outs else None
         met = ratio is not None and ratio >= 0.8
         console.print(f"goal Ray >= 0.8x pandas rows/s: {'MET' if met else 'NOT met'} "
                       f"({ratio if ratio is None else f'{ratio:.2f}x'}); ds.stats(): {stats}")
         append({"mode": "build", "rows": rows, "raw_bytes": nbytes, "buckets": args.buckets,
-                "ray_cpus": _ray_cpus(), "results": results,
+                "ray_cpus": _ray_cpus(), "results": results, "ray_breakdown": fs.timing,
                 "ray_over": {k: r["seconds"] / results["ray"]["seconds"]
                              for k, r in results.items() if "seconds" in r},
                 "goal_ray_vs_pandas": {"min": 0.8, "ratio": ratio, "met": met},
@@ -371,18 +394,24 @@ def cmd_out_of_core(args, work: Path) -> None:
     ray.shutdown()
     with step(f"kernel: single process, {rows:,} rows (peak RSS)"):
         results["kernel"] = run_pandas(raw, work / "out-kernel", "kernel", args.timeout_min)
-    table = Table(title=f"Out-of-core build: raw data {nbytes / store:.1f}x the object store")
-    for col in ("rows", "raw in memory", "largest view input", "object store", "Ray build",
-                "spilled (Ray)", "peak spill dir", "Ray workers peak private RSS",
-                "pandas kernel peak RSS", "pandas kernel s"):
-        table.add_column(col, justify="right")
-    gib = lambda b: "-" if b is None else f"{b / 2**30:.2f} GiB"  # noqa: E731
     ray_r, k = results["ray"], results["kernel"]
-    table.add_row(f"{rows:,}", gib(nbytes), gib(max(view_bytes.values())), gib(store),
-                  f"{ray_r['seconds']:.1f} s" if "seconds" in ray_r else "FAILED",
-                  f"{ray_r['spilled_mib']} MiB", gib(ray_r["peak_spill_dir_bytes"]),
-                  gib(ray_r["peak_rss_bytes"]), gib(k.get("peak_rss_bytes")),
-                  f"{k['seconds']:.1f}" if "seconds" in k else "failed")
+    gib = lambda b: "-" if b is None else f"{b / 2**30:.2f} GiB"  # noqa: E731
+    table = Table(title=f"Out-of-core build, {rows:,} transactions: raw data "
+                        f"{nbytes / store:.1f}x the Ray object store")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in [
+        ("raw data in memory (Arrow)", gib(nbytes)),
+        ("largest view's input columns", gib(max(view_bytes.values()))),
+        ("Ray object store", gib(store)),
+        ("Ray build", f"{ray_r['seconds']:.1f} s" if "seconds" in ray_r else "FAILED"),
+        ("spilled to disk (Ray store stats)", f"{ray_r['spilled_mib']} MiB"),
+        ("peak size of the spill folder", gib(ray_r["peak_spill_dir_bytes"])),
+        ("Ray processes' peak private RSS (sum)", gib(ray_r["peak_rss_bytes"])),
+        ("pandas kernel peak RSS", gib(k.get("peak_rss_bytes"))),
+        ("pandas kernel build", f"{k['seconds']:.1f} s" if "seconds" in k else "failed"),
+    ]:
+        table.add_row(name, value)
     console.print(table)
     fits = k.get("peak_rss_bytes", 0) <= store
     console.print(f"Ray build {'completed' if 'seconds' in ray_r else 'FAILED'}; pandas kernel "
@@ -390,6 +419,7 @@ def cmd_out_of_core(args, work: Path) -> None:
                   f"({'fits' if fits else 'does not fit'}); ds.stats(): {stats}")
     append({"mode": "out-of-core", "rows": rows, "raw_bytes": nbytes, "view_input_bytes": view_bytes,
             "object_store_bytes": store, "buckets": args.buckets, "results": results,
+            "ray_breakdown": fs.timing,
             "pandas_fits_store_budget": fits, "setup_s": setup})
 
 
@@ -414,6 +444,7 @@ def pandas_join(root: Path, events: Path, out: Path, views: list[str]) -> float:
         fv = pq.read_table(fs.offline.manifest(name).files,
                            columns=[*keys, view.timestamp_field, *view.feature_names]).to_pandas()
         fv = fv.rename(columns={view.timestamp_field: "_ts"}).sort_values("_ts", kind="stable")
+        fv = fv.astype({k: ev[k].dtype for k in keys})   # the view stores large_string[pyarrow]
         # merge_asof's tolerance is inclusive, the TTL is not: a row exactly ttl old has expired.
         ttl = None if view.ttl is None else pd.Timedelta(view.ttl) - pd.Timedelta(1, "us")
         ev = pd.merge_asof(ev, fv, left_on=AS_OF, right_on="_ts", by=keys, direction="backward",
@@ -529,6 +560,7 @@ def _child(argv: list[str], timeout_min: float) -> dict:
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout_min} min"}
     if proc.returncode != 0:
+        console.print(f"[red]{argv[0]} failed[/red]: {proc.stderr[-3000:]}", markup=True)
         return {"error": f"exit {proc.returncode}: {proc.stderr[-2000:]}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

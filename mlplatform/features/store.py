@@ -262,8 +262,9 @@ class FeatureStore:
                     view_names: Sequence[str] | None = None) -> dict[str, int]:
         """Write each view's latest row per entity with time in [start, end) to the online store.
 
-        Newer values already online are never overwritten by older ones. Records ``end`` (or the
-        latest row time) as the view's watermark. Returns entities written per view.
+        Newer values already online are never overwritten by older ones. Records ``end`` (or
+        just past the latest row) as the view's watermark, the exclusive bound of what is
+        online. Returns entities written per view.
         """
         start, end = as_utc(start), as_utc(end)
         written = {}
@@ -305,7 +306,10 @@ class FeatureStore:
             n += self.online.write(view.name, batch, keys, timestamp_column=ts)
             bmax = pd.to_datetime(batch[ts], utc=True).max()
             latest = bmax if latest is None or bmax > latest else latest
-        mark = end or latest
+        # The watermark is exclusive: everything before it is online. Without an end, that is
+        # just past the newest row, so the next incremental run starts with new rows only.
+        mark = end if end is not None else (
+            None if latest is None else latest + pd.Timedelta(microseconds=1))
         if mark is not None:
             self.online.set_watermark(view.name, mark)
         return n

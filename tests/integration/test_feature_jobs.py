@@ -37,7 +37,7 @@ def job_root(ray_cluster, tmp_path_factory):
 def test_build_job_validates_builds_and_materializes(job_root):
     root, code, log = job_root
     assert code == 0, log[-4000:]
-    assert "data contract 'transactions'" in log and "checks passed" in log
+    assert "data contract 'raw_transactions'" in log and "checks passed" in log
     store = FeatureStore(PlatformConfig(storage_root=root))
     for view in store.repo.feature_views:
         assert f"built {view.name}: version" in log

@@ -24,11 +24,17 @@ def test_raw_and_training_set_written(spine, platform):
     # Point-in-time features discriminate: fraud is far more unusual for its user.
     by_label = feats.groupby("is_fraud")["amount_z_user_7d"].median()
     assert by_label[1] > by_label[0] + 0.5
-    # Every feature version used is recorded, and it is the current offline version.
+    # Every feature version used is recorded (immutable, still readable) in the run and on
+    # the registered version.
+    from mlflow import MlflowClient
+
     store = FeatureStore(platform)
-    assert spine.feature_versions == {v: store.offline.current_version(v)
-                                      for v in spine.feature_versions}
     assert set(spine.feature_versions) == {v.name for v in store.repo.feature_views}
+    tags = MlflowClient(platform.mlflow_tracking_uri).get_run(spine.train.run_id).data.tags
+    for view, version in spine.feature_versions.items():
+        assert store.offline.manifest(view, version).num_rows > 0
+        assert tags[f"feature_version.{view}"] == version
+        assert spine.model_version.tags[f"feature_version.{view}"] == version
 
 
 def test_training_set_never_sees_its_own_transaction(spine):
