@@ -225,9 +225,10 @@ def check_build(fs, outs: dict[str, Path]) -> None:
             assert len(other) == len(ref), f"{view.name}: {name} has {len(other)} rows, ray {len(ref)}"
             for c in [*keys, ts]:
                 assert (other[c].to_numpy() == ref[c].to_numpy()).all(), f"{view.name}.{c}: {name}"
-            for c in view.feature_names:
+            for c in view.feature_names:   # atol: a std over equal amounts is 0, or ~1e-5 of
+                # rounding residue (pandas' rolling std and the kernel's running sums both leave it)
                 np.testing.assert_allclose(other[c].to_numpy(float), ref[c].to_numpy(float),
-                                           rtol=1e-6, atol=1e-6, equal_nan=True,
+                                           rtol=1e-6, atol=1e-4, equal_nan=True,
                                            err_msg=f"{view.name}.{c}: {name} vs ray")
 
 
