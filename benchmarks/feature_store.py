@@ -52,6 +52,7 @@ from mlplatform.features.aggregates import window_aggregates
 
 RESULTS = Path(__file__).parent / "results" / "feature_store.jsonl"
 AS_OF = "feature_as_of"
+CODE: dict = {}
 console = Console()
 
 
@@ -255,9 +256,19 @@ def step(label: str, timings: dict | None = None, key: str | None = None):
     console.log(f"{label}: {dt:.1f} s  (load avg {os.getloadavg()[0]:.1f})")
 
 
+def code_version() -> dict:
+    """The commit measured, and whether mlplatform/ had uncommitted changes (the code moves)."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "mlplatform_dirty": bool(git("status", "--porcelain", "--", "../mlplatform"))}
+
+
 def append(record: dict) -> None:
     RESULTS.parent.mkdir(exist_ok=True)
-    record |= {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine()}
+    record |= {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(), "code": CODE}
     with open(RESULTS, "a") as f:
         f.write(json.dumps(record, default=str) + "\n")
 
@@ -608,6 +619,8 @@ def main() -> None:
         p.add_argument(a)
     p.add_argument("views", nargs="+")
     args = parser.parse_args()
+    global CODE
+    CODE = code_version()   # at start: the code this process imported
 
     if args.mode == "pandas-child":
         seconds = pandas_build(Path(args.raw), Path(args.out), args.impl)
