@@ -49,7 +49,10 @@ def ray_cluster(storage_root, tmp_path_factory):
     log = open(log_path, "w")
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=8",
-         "--include-dashboard=true", f"--dashboard-port={dash_port}", "--disable-usage-stats"],
+         "--include-dashboard=true", f"--dashboard-port={dash_port}", "--disable-usage-stats",
+         # The job agent's HTTP port too: its default (52365) collides with any other Ray on
+         # the machine, and a head without its agent refuses every `ray job submit`.
+         f"--dashboard-agent-listen-port={free_port()}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"127.0.0.1:{gcs_port}"
     try:
