@@ -55,10 +55,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlplatform._ray import init_ray
     from mlplatform.config import PlatformConfig
-    from mlplatform.datasets import RAW_DIR
     from mlplatform.errors import MLPlatformError
     from mlplatform.features import FeatureStore
-    from mlplatform.pipelines import generate_data
+    from mlplatform.pipelines import ensure_raw_data
 
     try:
         job = JobConfig(**(yaml.safe_load(args.config.read_text()) or {}))
@@ -69,10 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         init_ray(platform)
-        raw = platform.path(*RAW_DIR)
-        if job.data.generate_rows and (not raw.exists() or not any(raw.glob("*.parquet"))):
-            print(f"no raw data under {raw}: generating {job.data.generate_rows:,} transactions")
-            generate_data(platform, job.data.generate_rows, job.data.seed)
+        ensure_raw_data(platform, job.data.generate_rows, job.data.seed)
         if job.build.validate_source:
             report = store.validate_source()
             if report is not None:

@@ -44,9 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlplatform._ray import init_ray
     from mlplatform.config import PlatformConfig
-    from mlplatform.datasets import RAW_DIR
     from mlplatform.errors import MLPlatformError
-    from mlplatform.pipelines import build_spine_features, generate_data, register_model
+    from mlplatform.pipelines import build_spine_features, ensure_raw_data, register_model
     from mlplatform.training import TrainConfig, train_xgboost
 
     try:
@@ -58,10 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         init_ray(platform)
-        raw = platform.path(*RAW_DIR)
-        if not raw.exists() or not any(raw.glob("*.parquet")):
-            print(f"no raw data under {raw}: generating {job.data.generate_rows:,} transactions")
-            generate_data(platform, job.data.generate_rows, job.data.seed)
+        ensure_raw_data(platform, job.data.generate_rows, job.data.seed)
         # Gates the raw data with its contract first: failing data makes no MLflow run.
         tset = build_spine_features(platform)
         print(f"training set: {tset.num_rows:,} rows at {tset.path} "

@@ -104,7 +104,8 @@ def _aggregate(f: Feature, df: pd.DataFrame, t: np.ndarray, locate: _Locator,
     if f.agg == "label_rate":
         d = int(f.label_delay.total_seconds() * _US)
         hi = np.maximum(locate.first_at_or_after(t - d), lo)   # labels known strictly before t
-    n = _cumsum(ok)[hi] - _cumsum(ok)[lo]
+    cnt = _cumsum(ok)
+    n = cnt[hi] - cnt[lo]
     # Sums restart at every entity and values are centred on the entity's mean, so the
     # differences of running sums stay exact even for millions of rows of similar amounts.
     xs = pd.Series(np.where(ok, v, np.nan))

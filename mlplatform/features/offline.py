@@ -124,7 +124,7 @@ class OfflineStore:
         """Hard-link (copy across filesystems) the parent's files whose date ``keep`` accepts."""
         kept = []
         for rel in parent.data["files"]:
-            day = _partition_date(rel)
+            day = partition_date(rel)
             if day is None or not keep(day):
                 continue
             dst = tmp / rel
@@ -160,7 +160,8 @@ def arrow_schema_dict(folder: Path, files: list[str]) -> dict[str, str]:
     return {f.name: str(f.type) for f in schema if f.name != DATE_COL}
 
 
-def _partition_date(rel: str) -> dt.date | None:
+def partition_date(rel: str) -> dt.date | None:
+    """The ``date=YYYY-MM-DD`` partition of a relative file path (None if it has none)."""
     for part in Path(rel).parts:
         if part.startswith(f"{DATE_COL}="):
             return dt.date.fromisoformat(part.split("=", 1)[1])

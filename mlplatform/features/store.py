@@ -32,6 +32,7 @@ from mlplatform.features.offline import (
     arrow_schema_dict,
     as_utc,
     list_files,
+    partition_date,
     source_snapshot,
 )
 from mlplatform.features.pipeline import (
@@ -348,10 +349,11 @@ class FeatureStore:
                 if any(k not in r for r in rows):
                     raise KeyError(f"entity rows need join key {k!r} for feature view {view_name!r}")
                 out.setdefault(k, [r[k] for r in rows])
-            found = self.online.read(view_name, keys, rows, names)
+            found = [None if rec is None or _expired(rec, view, t) else rec
+                     for rec, t in zip(self.online.read(view_name, keys, rows, names), times,
+                                       strict=True)]
             for name in names:
-                out[name] = [None if rec is None or _expired(rec, view, t) else rec.get(name)
-                             for rec, t in zip(found, times, strict=True)]
+                out[name] = [None if rec is None else rec.get(name) for rec in found]
         return out
 
     def describe(self, view_name: str) -> dict[str, Any]:
@@ -384,9 +386,7 @@ def _expired(rec: Mapping[str, Any], view: FeatureView, as_of) -> bool:
 
 
 def _date_in(rel: str, start, end) -> bool:
-    from mlplatform.features.offline import _partition_date
-
-    d = _partition_date(rel)
+    d = partition_date(rel)
     return d is None or ((start is None or d >= start.date()) and (end is None or d <= end.date()))
 
 

@@ -44,6 +44,18 @@ def generate_data(config: PlatformConfig, n_rows: int, seed: int = 0, **kwargs) 
     return save_transactions(df, config.path(*RAW_DIR))
 
 
+def ensure_raw_data(config: PlatformConfig, n_rows: int, seed: int = 0) -> Path:
+    """Generate ``n_rows`` transactions unless ``<storage_root>/raw`` already holds Parquet.
+
+    ``n_rows=0`` never generates (the data must be there). Returns the raw data folder.
+    """
+    raw = config.path(*RAW_DIR)
+    if n_rows and (not raw.exists() or not any(raw.glob("*.parquet"))):
+        print(f"no raw data under {raw}: generating {n_rows:,} transactions")
+        generate_data(config, n_rows, seed)
+    return raw
+
+
 def build_spine_features(config: PlatformConfig, online_until=None):
     """Build every feature view, materialize it online, and write the training set.
 
