@@ -35,11 +35,8 @@ from mlplatform.features.offline import (
     partition_date,
     source_snapshot,
 )
-from mlplatform.features.pipeline import (
-    compute_view,
-    latest_per_entity,
-    point_in_time_join,
-)
+from mlplatform.features.pipeline import compute_view, latest_per_entity
+from mlplatform.features.pit import FeatureSide, point_in_time_join
 
 _ROWS_PER_BUCKET = 200_000
 _ROWS_PER_FILE = 500_000   # rows a write task gathers before writing (per date partition)
@@ -202,8 +199,10 @@ class FeatureStore:
         """Point-in-time correct features for every entity row, as a Ray Dataset.
 
         For an entity row at time t, each feature comes from the latest row of its view for the
-        same entity with time <= t and > t - ttl; otherwise it is null. The join runs on Ray
-        Data, partitioned by the entity key, so inputs larger than one worker's memory work.
+        same entity with time <= t and > t - ttl; otherwise it is null. Ray Data streams both
+        sides into Ray tasks that hash-partition them by the entity key; one task per partition
+        joins it (``features.pit``), so inputs larger than one worker's memory work. Views
+        sharing join keys are joined in the same pass. The join has run when this returns.
 
         Args:
             entity_df: pandas DataFrame, Ray Dataset or Parquet path with the join keys of the
@@ -215,7 +214,7 @@ class FeatureStore:
 
         Returns:
             A Ray Dataset: the entity rows plus one column per feature (``.to_pandas()`` for
-            small data). Row order is not preserved.
+            small data), held in the object store. Row order is not preserved.
         """
         import pyarrow as pa
         import ray.data
@@ -230,21 +229,27 @@ class FeatureStore:
         else:
             ds = entity_df
         versions = dict(versions or {})
-        schema = None
+        # Views with the same join keys are joined in one pass: one split of the entity rows.
+        by_keys: dict[tuple[str, ...], list] = {}
         for view_name, names in self.repo.resolve(list(features) if features else None).items():
-            view = self.repo.view(view_name)
-            m = self.offline.manifest(view_name, versions.get(view_name))
-            if m.num_rows == 0:
-                raise FeatureStoreError(f"feature view {view_name!r} version {m.version} is "
-                                        "empty; rebuild it over a range with data")
-            fds = read_parquet(
-                m.files, partitioning=None,
-                columns=[*self.repo.join_keys(view), view.timestamp_field, *names])
-            buckets = num_buckets or max(8, min(512, m.num_rows // _ROWS_PER_BUCKET + 1))
-            ttl = None if view.ttl is None else int(view.ttl.total_seconds() * 1_000_000)
-            ds, schema = point_in_time_join(
-                ds, fds, self.repo.join_keys(view), names, view.timestamp_field,
-                timestamp_column, ttl, buckets, self._shuffle, entity_schema=schema)
+            by_keys.setdefault(tuple(self.repo.join_keys(view_name)), []).append((view_name, names))
+        schema = None
+        for keys, views in by_keys.items():
+            sides, rows = [], 0
+            for view_name, names in views:
+                view = self.repo.view(view_name)
+                m = self.offline.manifest(view_name, versions.get(view_name))
+                if m.num_rows == 0:
+                    raise FeatureStoreError(f"feature view {view_name!r} version {m.version} is "
+                                            "empty; rebuild it over a range with data")
+                fds = read_parquet(m.files, partitioning=None,
+                                   columns=[*keys, view.timestamp_field, *names])
+                ttl = None if view.ttl is None else int(view.ttl.total_seconds() * 1_000_000)
+                sides.append(FeatureSide(fds, list(names), view.timestamp_field, ttl))
+                rows = max(rows, m.num_rows)
+            buckets = num_buckets or max(8, min(512, rows // _ROWS_PER_BUCKET + 1))
+            ds, schema = point_in_time_join(ds, sides, list(keys), timestamp_column, buckets,
+                                            entity_schema=schema)
         return ds
 
     def feature_versions(self, features: Sequence[str] | None = None) -> dict[str, str]:

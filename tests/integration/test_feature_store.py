@@ -75,6 +75,7 @@ def test_point_in_time_join_on_ray_matches_brute_force_for_several_views(store, 
         "user_id": np.r_[picks["user_id"].to_numpy(), ["nobody"] * 10, picks["user_id"].iloc[:10]],
         "merchant_id": np.r_[picks["merchant_id"].to_numpy(), ["m-none"] * 10,
                              picks["merchant_id"].iloc[:10]],
+        "country": np.r_[picks["country"].to_numpy(), ["DE"] * 10, picks["country"].iloc[:10]],
         # exactly at event times (visible), just before, and random times
         "as_of": np.r_[(picks["event_timestamp"] + pd.to_timedelta(
             rng.choice([0, -1, 3_600_000_000], n), unit="us")).to_numpy(),
@@ -83,7 +84,8 @@ def test_point_in_time_join_on_ray_matches_brute_force_for_several_views(store, 
     entity["as_of"] = pd.to_datetime(entity["as_of"], utc=True)
     assert len(set(users)) > 50
     features = ["user_activity:user_txn_count_24h", "user_activity:user_amount_mean_7d",
-                "merchant_risk:merchant_fraud_rate_30d"]
+                "merchant_risk:merchant_fraud_rate_30d",
+                "user_country_history:user_country_txn_count_30d"]   # compound key
     got = store.get_historical_features(entity.sample(frac=1.0, random_state=2), features,
                                         timestamp_column="as_of", num_buckets=7).to_pandas()
     got = got.sort_values("row_id").reset_index(drop=True)
@@ -95,6 +97,40 @@ def test_point_in_time_join_on_ray_matches_brute_force_for_several_views(store, 
         for f in names:
             np.testing.assert_allclose(got[f].to_numpy(float), ref[f].to_numpy(float), err_msg=f)
     assert got.loc[entity["user_id"] == "nobody", "user_txn_count_24h"].isna().all()
+
+
+def test_views_sharing_join_keys_are_joined_in_one_pass(store, raw, tmp_path):
+    """Two views on user_id (different TTLs) in one partitioned pass: each as of its own TTL."""
+    data = json.loads(json.dumps(load_repo().model_dump(mode="json", exclude={"base_dir"})))
+    ua = next(v for v in data["feature_views"] if v["name"] == "user_activity")
+    short = {**ua, "name": "user_recent", "ttl": "2h",
+             "features": [{"name": "user_recent_count_1h", "agg": "count", "window": "1h"}]}
+    data["feature_views"] = [ua, short]
+    data["sources"][0]["path"] = str(store.source_path("transactions"))
+    data["sources"][0]["contract"] = None
+    fs = FeatureStore(PlatformConfig(storage_root=tmp_path), repo=data)
+    fs.build(num_buckets=8)
+    picks = raw.sample(300, random_state=5)
+    entity = pd.DataFrame({"row_id": np.arange(300), "user_id": picks["user_id"].to_numpy(),
+                           "as_of": picks["event_timestamp"].to_numpy() + pd.Timedelta(hours=3)})
+    entity["as_of"] = pd.to_datetime(entity["as_of"], utc=True)
+    got = fs.get_historical_features(entity, ["user_txn_count_7d", "user_recent_count_1h"],
+                                     timestamp_column="as_of", num_buckets=5).to_pandas()
+    got = got.sort_values("row_id").reset_index(drop=True)
+    for view_name, names in fs.repo.resolve(["user_txn_count_7d", "user_recent_count_1h"]).items():
+        feats = fs.read_view(view_name).to_pandas().rename(columns={"event_timestamp": "ts"})
+        ref = brute_force(entity, feats, ["user_id"], names, fs.repo.view(view_name).ttl)
+        np.testing.assert_allclose(got[names[0]].to_numpy(float), ref[names[0]].to_numpy(float),
+                                   err_msg=names[0])
+    # The 2h TTL expires rows the 7d one keeps: a real difference, not a shared result.
+    assert got["user_recent_count_1h"].isna().sum() > got["user_txn_count_7d"].isna().sum()
+
+
+def test_entity_rows_without_a_time_are_refused_with_the_column_named(store, raw):
+    entity = pd.DataFrame({"user_id": raw["user_id"].iloc[:3].to_numpy(),
+                           "as_of": [pd.Timestamp("2026-01-05", tz="UTC"), pd.NaT, pd.NaT]})
+    with pytest.raises(ValueError, match="null values in the timestamp column 'as_of'"):
+        store.get_historical_features(entity, ["user_txn_count_24h"], timestamp_column="as_of")
 
 
 def test_materialize_then_online_equals_historical(store, raw):

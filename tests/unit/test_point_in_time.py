@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from mlplatform.features.pipeline import join_local
+from mlplatform.features.pit import join_local
 
 T0 = pd.Timestamp("2026-01-01T00:00:00Z")
 TTL = pd.Timedelta(hours=2)
