@@ -1,23 +1,30 @@
-"""Training configuration (pydantic, loadable from YAML). Issue #4 extends it."""
+"""Training configuration (pydantic, loadable from YAML).
+
+One ``TrainConfig`` trains either model (``model: xgboost | torch``) on a laptop or a GPU
+cluster: only ``scaling`` changes between the two.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     ValidationError,
     confloat,
 )
 
 from mlplatform.errors import ConfigError
-from mlplatform.features.transforms import FEATURE_COLUMNS, LABEL_COLUMN
+from mlplatform.features.transforms import FEATURE_COLUMNS, LABEL_COLUMN, VOCABULARIES
 
 DEFAULT_XGB_PARAMS: dict[str, Any] = {
     "objective": "binary:logistic",
@@ -44,11 +51,58 @@ class ScalingSpec(BaseModel):
         description="Ray resources each worker reserves, e.g. {CPU: 4, GPU: 1}.")
 
 
+def _default_categorical() -> dict[str, int]:
+    """Code columns the torch model embeds -> embedding rows (vocabulary + 1 for unknown, -1)."""
+    return {f"{col}_code": len(vocab) + 1 for col, vocab in VOCABULARIES.items()}
+
+
+class TorchParams(BaseModel):
+    """The tabular network (embeddings for categorical codes + an MLP) and its optimiser."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [128, 64], min_length=1,
+                                            description="Widths of the MLP's hidden layers.")
+    embedding_dim: PositiveInt = Field(default=8, description="Embedding width per categorical.")
+    categorical: dict[str, PositiveInt] = Field(
+        default_factory=_default_categorical,
+        description="Integer code columns to embed -> number of embedding rows; code c is row "
+        "c + 1 (row 0: unknown, code -1). Other feature columns are standardised numerics.")
+    dropout: confloat(ge=0.0, lt=1.0) = Field(default=0.1, description="Dropout after each layer.")
+    epochs: PositiveInt = Field(default=8, description="Passes over the training data.")
+    batch_size: PositiveInt = Field(default=1024, description="Rows per step per worker.")
+    learning_rate: PositiveFloat = Field(default=2e-3, description="AdamW learning rate.")
+    weight_decay: NonNegativeFloat = Field(default=1e-5, description="AdamW weight decay.")
+    amp: bool = Field(default=True, description="bf16 autocast on GPU (no effect on CPU).")
+    seed: int = Field(default=0, description="Seeds torch, numpy and data order per worker.")
+
+
+class CheckpointSpec(BaseModel):
+    """How often training saves a checkpoint it can resume from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    frequency: PositiveInt = Field(default=10, description="Boosting rounds (XGBoost) or "
+                                   "epochs (torch) between checkpoints.")
+    num_to_keep: PositiveInt | None = Field(default=2, description="Checkpoints kept (None: all).")
+
+
+class FailureSpec(BaseModel):
+    """What happens when a training worker dies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_failures: NonNegativeInt = Field(
+        default=0, description="Worker-group restarts (from the latest checkpoint) before the "
+        "run fails; 0 fails at the first worker failure.")
+
+
 class TrainConfig(BaseModel):
     """What :func:`mlplatform.training.train_xgboost` trains, on what data, and how."""
 
     model_config = ConfigDict(extra="forbid")
 
+    model: Literal["xgboost", "torch"] = Field(default="xgboost", description="Which trainer.")
     features_path: Path | None = Field(
         default=None, description="Parquet folder of the training set. Default: "
         "<storage_root>/training_sets/fraud (what build_training_set writes).")
@@ -60,13 +114,21 @@ class TrainConfig(BaseModel):
     validation_fraction: confloat(gt=0.0, lt=1.0) = Field(
         default=0.2, description="Last share of the time range held out for validation "
         "(time-based split: train on the past, validate on the future).")
+    split_at: datetime | None = Field(
+        default=None, description="Explicit train/validation boundary (rows before it train); "
+        "overrides validation_fraction.")
     params: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_XGB_PARAMS),
                                    description="XGBoost booster parameters.")
+    torch: TorchParams = Field(default_factory=TorchParams, description="The torch model.")
     num_boost_round: PositiveInt = Field(default=300, description="Maximum boosting rounds.")
     early_stopping_rounds: NonNegativeInt = Field(
         default=20, description="Stop after this many rounds without validation improvement "
         "(0 disables early stopping).")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    failure: FailureSpec = Field(default_factory=FailureSpec)
+    experiment_name: str | None = Field(default=None, description="MLflow experiment "
+                                        "(default: the platform config's experiment_name).")
     run_name: str | None = Field(default=None, description="MLflow run name.")
     tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow run tags.")
 

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow.parquet as pq
 
-from mlplatform._ray import read_parquet
 from mlplatform.config import PlatformConfig
-from mlplatform.errors import DataValidationError, TrainingError
+from mlplatform.errors import TrainingError
 from mlplatform.features.training_set import TRAINING_SET_DIR, read_training_set_manifest
 from mlplatform.training.config import TrainConfig
+from mlplatform.training.data import time_split
 
 MODEL_FILE = "model.ubj"
 HISTORY_FILE = "evals_result.json"
@@ -67,7 +66,7 @@ def train_xgboost(config: TrainConfig, platform: PlatformConfig | None = None) -
 
     platform = platform or PlatformConfig.load()
     features_path = Path(config.features_path or platform.path(*TRAINING_SET_DIR))
-    train_ds, valid_ds, split = _time_split(features_path, config)
+    train_ds, valid_ds, split = time_split(features_path, config)
 
     scaling = config.scaling
     params = dict(config.params)
@@ -192,59 +191,3 @@ def _load_booster(path: Path):
     booster = xgboost.Booster()
     booster.load_model(str(path))
     return booster
-
-
-def _time_split(features_path: Path, config: TrainConfig):
-    """Split by time: rows before the cutoff train, rows at/after it validate.
-
-    Returns the two Ray Datasets and the split boundaries (logged as params).
-    """
-
-    if not features_path.exists():
-        raise DataValidationError(
-            f"training set {features_path} does not exist; build it first "
-            "(mlplatform.features.build_training_set, `mlp features training-set` or `mlp demo`).")
-    schema = pq.ParquetDataset(str(features_path)).schema
-    needed = [*config.feature_columns, config.label, config.timestamp_column]
-    missing = [c for c in needed if c not in schema.names]
-    if missing:
-        raise DataValidationError(
-            f"features {features_path} lack column(s) {missing} named in the training config; "
-            f"available: {schema.names}.")
-    from ray.data.aggregate import Count, Max, Min, Sum
-
-    ds = read_parquet(str(features_path), columns=needed).materialize()
-    bounds = ds.aggregate(Min(config.timestamp_column), Max(config.timestamp_column))
-    ts_min = _utc(bounds[f"min({config.timestamp_column})"])
-    ts_max = _utc(bounds[f"max({config.timestamp_column})"])
-    cutoff = ts_min + (ts_max - ts_min) * (1.0 - config.validation_fraction)
-    cols = [*config.feature_columns, config.label]
-
-    def side(before: bool):
-        def keep(batch: pd.DataFrame) -> pd.DataFrame:
-            ts = pd.to_datetime(batch[config.timestamp_column], utc=True)
-            mask = ts < cutoff if before else ts >= cutoff
-            return batch.loc[mask, cols]
-        return ds.map_batches(keep, batch_format="pandas").materialize()
-
-    train_ds, valid_ds = side(True), side(False)
-    rows = {}
-    for name, part in (("train", train_ds), ("validation", valid_ds)):
-        # Train's split coordinator re-prints progress bars per worker; the driver showed them.
-        part.context.enable_progress_bars = False
-        stats = part.aggregate(Count(), Sum(config.label))
-        total, positives = int(stats["count()"]), int(stats[f"sum({config.label})"] or 0)
-        if not 0 < positives < total:
-            raise DataValidationError(
-                f"the {name} split of {features_path} (cutoff {cutoff}) has {total} rows of which "
-                f"{positives} are positive; it needs both classes. Use more data or change "
-                "validation_fraction.")
-        rows[f"{name}_rows"] = total
-    split = {"split_cutoff": str(cutoff), "split_min": str(ts_min), "split_max": str(ts_max),
-             **rows}
-    return train_ds, valid_ds, split
-
-
-def _utc(value) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")

@@ -1,0 +1,107 @@
+"""Training data: the training set read with Ray Data and split by time (past -> train,
+future -> validation), plus the checks every trainer runs before it starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from mlplatform._ray import read_parquet
+from mlplatform.errors import ConfigError, DataValidationError
+from mlplatform.training.config import ScalingSpec, TrainConfig
+
+
+def time_split(features_path: Path, config: TrainConfig):
+    """Split by time: rows before the cutoff train, rows at/after it validate.
+
+    The cutoff is ``config.split_at``, else the point ``validation_fraction`` from the end of
+    the time range.
+
+    Returns the two Ray Datasets and the split boundaries (logged as params).
+    """
+
+    if not features_path.exists():
+        raise DataValidationError(
+            f"training set {features_path} does not exist; build it first "
+            "(mlplatform.features.build_training_set, `mlp features training-set` or `mlp demo`).")
+    schema = pq.ParquetDataset(str(features_path)).schema
+    needed = [*config.feature_columns, config.label, config.timestamp_column]
+    missing = [c for c in needed if c not in schema.names]
+    if missing:
+        raise DataValidationError(
+            f"features {features_path} lack column(s) {missing} named in the training config; "
+            f"available: {schema.names}.")
+    from ray.data.aggregate import Count, Max, Min, Sum
+
+    ds = read_parquet(str(features_path), columns=needed).materialize()
+    bounds = ds.aggregate(Min(config.timestamp_column), Max(config.timestamp_column))
+    ts_min = _utc(bounds[f"min({config.timestamp_column})"])
+    ts_max = _utc(bounds[f"max({config.timestamp_column})"])
+    if config.split_at is not None:
+        cutoff = _utc(config.split_at)
+    else:
+        cutoff = ts_min + (ts_max - ts_min) * (1.0 - config.validation_fraction)
+    cols = [*config.feature_columns, config.label]
+
+    def side(before: bool):
+        def keep(batch: pd.DataFrame) -> pd.DataFrame:
+            ts = pd.to_datetime(batch[config.timestamp_column], utc=True)
+            mask = ts < cutoff if before else ts >= cutoff
+            return batch.loc[mask, cols]
+        return ds.map_batches(keep, batch_format="pandas").materialize()
+
+    train_ds, valid_ds = side(True), side(False)
+    rows = {}
+    for name, part in (("train", train_ds), ("validation", valid_ds)):
+        # Train's split coordinator re-prints progress bars per worker; the driver showed them.
+        part.context.enable_progress_bars = False
+        stats = part.aggregate(Count(), Sum(config.label))
+        total, positives = int(stats["count()"]), int(stats[f"sum({config.label})"] or 0)
+        if not 0 < positives < total:
+            raise DataValidationError(
+                f"the {name} split of {features_path} (cutoff {cutoff}) has {total} rows of which "
+                f"{positives} are positive; it needs both classes. Use more data or change "
+                "validation_fraction.")
+        rows[f"{name}_rows"] = total
+    split = {"split_cutoff": str(cutoff), "split_min": str(ts_min), "split_max": str(ts_max),
+             **rows}
+    return train_ds, valid_ds, split
+
+
+def _utc(value) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def check_scaling(scaling: ScalingSpec) -> None:
+    """Fail fast when the workers can never be placed on this cluster (fixed size, no autoscaler).
+
+    A cluster with an autoscaler may grow, so only a fixed cluster is checked: a Ray Train run
+    that asks for more than the cluster holds would otherwise wait forever.
+    """
+    import ray
+
+    per_worker = dict(scaling.resources_per_worker)
+    if scaling.use_gpu:
+        per_worker.setdefault("GPU", 1.0)
+    if _has_autoscaler():
+        return
+    total = ray.cluster_resources()
+    short = {r: (need * scaling.num_workers, total.get(r, 0.0)) for r, need in per_worker.items()
+             if need * scaling.num_workers > total.get(r, 0.0) + 1e-9}
+    if short:
+        detail = ", ".join(f"{r}: needs {n:g}, cluster has {h:g}" for r, (n, h) in short.items())
+        raise ConfigError(
+            f"scaling asks for {scaling.num_workers} workers x {per_worker}, more than this Ray "
+            f"cluster can ever hold ({detail}). Lower scaling.num_workers or "
+            "scaling.resources_per_worker, or add nodes.")
+
+
+def _has_autoscaler() -> bool:
+    """Whether the cluster may grow: ``MLP_CLUSTER_AUTOSCALES=1`` (set on the head by the
+    cluster YAMLs in cluster/) or Ray's fake multinode provider (``RAY_FAKE_CLUSTER=1``)."""
+    import os
+
+    return "1" in (os.environ.get("MLP_CLUSTER_AUTOSCALES"), os.environ.get("RAY_FAKE_CLUSTER"))
