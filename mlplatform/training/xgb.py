@@ -12,34 +12,19 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
 
 from mlplatform.config import PlatformConfig
 from mlplatform.errors import TrainingError
-from mlplatform.features.training_set import TRAINING_SET_DIR, read_training_set_manifest
+from mlplatform.features.training_set import TRAINING_SET_DIR
 from mlplatform.training.config import TrainConfig
 from mlplatform.training.data import time_split
+from mlplatform.training.tracking import TrainResult, log_training_run, signature_for
 
 MODEL_FILE = "model.ubj"
 HISTORY_FILE = "evals_result.json"
 #: Final metric names logged to MLflow, from XGBoost's eval metric names.
 FINAL_METRICS = {"aucpr": "val_auc_pr", "auc": "val_auc_roc", "logloss": "val_logloss"}
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """Where a training run ended up."""
-
-    run_id: str
-    model_uri: str
-    metrics: dict[str, float]
-    checkpoint_path: str | None
-    params: dict[str, Any] = field(default_factory=dict)
 
 
 def train_xgboost(config: TrainConfig, platform: PlatformConfig | None = None) -> TrainResult:
@@ -59,10 +44,8 @@ def train_xgboost(config: TrainConfig, platform: PlatformConfig | None = None) -
     """
     import mlflow
     import ray.train
-    from mlflow.models import infer_signature
     from ray.train.xgboost import XGBoostTrainer
 
-    from mlplatform import _mlflow
 
     platform = platform or PlatformConfig.load()
     features_path = Path(config.features_path or platform.path(*TRAINING_SET_DIR))
@@ -95,17 +78,12 @@ def train_xgboost(config: TrainConfig, platform: PlatformConfig | None = None) -
         booster = _load_booster(Path(ckpt) / MODEL_FILE)
         history = json.loads((Path(ckpt) / HISTORY_FILE).read_text())
 
-    experiment_id = _mlflow.ensure_experiment(platform)
     sample = valid_ds.limit(5).to_pandas()[config.feature_columns]
     import xgboost
 
     sample_scores = booster.predict(xgboost.DMatrix(sample))
-    with warnings.catch_warnings():
-        # Integer features (hour, codes, counts) are integers on purpose and never missing.
-        warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
-        signature = infer_signature(sample, pd.Series(sample_scores, name="score"))
     run_params = {
-        **{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()},
+        **params,
         "num_boost_round": config.num_boost_round,
         "early_stopping_rounds": config.early_stopping_rounds,
         "num_workers": scaling.num_workers, "use_gpu": scaling.use_gpu,
@@ -113,28 +91,20 @@ def train_xgboost(config: TrainConfig, platform: PlatformConfig | None = None) -
         **split,
     }
     metrics = {FINAL_METRICS[k]: v for k, v in history["best"].items() if k in FINAL_METRICS}
-    lineage = read_training_set_manifest(features_path)
-    tags = {"features_path": str(features_path), "mlplatform.trainer": "xgboost",
-            **{f"feature_version.{v}": ver
-               for v, ver in lineage.get("feature_versions", {}).items()},
-            **config.tags}
-    commit = _mlflow.git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
+    per_round = {f"{split_name}_{name}": values
+                 for split_name, per_metric in history["evals_result"].items()
+                 for name, values in per_metric.items()}
 
-    with mlflow.start_run(experiment_id=experiment_id, run_name=config.run_name) as run:
-        mlflow.log_params(run_params)
-        mlflow.set_tags(tags)
-        _log_history(run.info.run_id, history["evals_result"])
-        mlflow.log_metrics(metrics)
-        mlflow.log_dict(history, "training/evals_result.json")
-        mlflow.log_dict({"feature_columns": config.feature_columns, "label": config.label},
-                        "training/features.json")
-        info = mlflow.xgboost.log_model(
-            booster, name="model", signature=signature, input_example=sample.head(2),
-            model_format="ubj")
-    return TrainResult(run_id=run.info.run_id, model_uri=info.model_uri, metrics=metrics,
-                       checkpoint_path=result.checkpoint.path, params=run_params)
+    def log_model():
+        return mlflow.xgboost.log_model(
+            booster, name="model", signature=signature_for(sample, sample_scores),
+            input_example=sample.head(2), model_format="ubj")
+
+    return log_training_run(
+        platform, config, trainer="xgboost", params=run_params, history=per_round,
+        metrics=metrics, features_path=features_path, log_model=log_model,
+        artifacts={"training/evals_result.json": history},
+        checkpoint_path=result.checkpoint.path)
 
 
 def _train_loop(cfg: dict) -> None:
@@ -166,23 +136,6 @@ def _train_loop(cfg: dict) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     else:
         ray.train.report(metrics, checkpoint=None)
-
-
-def _log_history(run_id: str, evals_result: dict) -> None:
-    """Log every round's metrics with their step, in batches (one write per 1000, not per value)."""
-    import time
-
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    metrics = [Metric(f"{split}_{name}", float(value), now, step)
-               for split, per_metric in evals_result.items()
-               for name, values in per_metric.items()
-               for step, value in enumerate(values)]
-    client = MlflowClient()
-    for start in range(0, len(metrics), 1000):  # MLflow's log_batch limit
-        client.log_batch(run_id, metrics=metrics[start:start + 1000])
 
 
 def _load_booster(path: Path):

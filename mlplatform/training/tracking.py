@@ -1,0 +1,104 @@
+"""One MLflow run per training: what every trainer logs, the same way.
+
+A trainer hands over its params, per-step history, final validation metrics, a validation
+frame and a ``log_model`` callback; :func:`log_training_run` writes the run (params, tags with
+feature versions and the git commit, per-step metrics in batches, final metrics, the model with
+its signature and input example) and returns the run id and model URI.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mlplatform.config import PlatformConfig
+from mlplatform.features.training_set import read_training_set_manifest
+from mlplatform.training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a training run ended up."""
+
+    run_id: str
+    model_uri: str
+    metrics: dict[str, float]
+    checkpoint_path: str | None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def flat_params(params: dict[str, Any]) -> dict[str, Any]:
+    """MLflow params: lists and dicts as JSON strings."""
+    return {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()}
+
+
+def signature_for(sample: pd.DataFrame, scores) -> Any:
+    """The model signature: the feature columns in, a ``score`` out."""
+    from mlflow.models import infer_signature
+
+    with warnings.catch_warnings():
+        # Integer features (hour, codes, counts) are integers on purpose and never missing.
+        warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
+        return infer_signature(sample, pd.Series(scores, name="score"))
+
+
+def log_training_run(platform: PlatformConfig, config: TrainConfig, *, trainer: str,
+                     params: dict[str, Any], history: dict[str, list[float]],
+                     metrics: dict[str, float], features_path: Path,
+                     log_model: Callable[[], Any], artifacts: dict[str, Any] | None = None,
+                     checkpoint_path: str | None = None) -> TrainResult:
+    """Log one finished training as an MLflow run; returns the run id and the model URI.
+
+    Args:
+        trainer: ``xgboost`` or ``torch`` (tag ``mlplatform.trainer``).
+        params: Run params (model params, scaling, split boundaries ...).
+        history: Metric name -> value per round/epoch (logged with its step).
+        metrics: Final validation metrics.
+        log_model: Called inside the run; logs the model and returns mlflow's ModelInfo.
+        artifacts: Extra JSON artifacts, path -> object.
+    """
+    import mlflow
+
+    from mlplatform import _mlflow
+
+    experiment_id = _mlflow.ensure_experiment(platform, config.experiment_name)
+    lineage = read_training_set_manifest(features_path)
+    tags = {"features_path": str(features_path), "mlplatform.trainer": trainer,
+            **{f"feature_version.{v}": ver
+               for v, ver in lineage.get("feature_versions", {}).items()},
+            **config.tags}
+    commit = _mlflow.git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    with mlflow.start_run(experiment_id=experiment_id, run_name=config.run_name) as run:
+        mlflow.log_params(flat_params(params))
+        mlflow.set_tags(tags)
+        log_history(run.info.run_id, history)
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict({"feature_columns": config.feature_columns, "label": config.label},
+                        "training/features.json")
+        for path, obj in (artifacts or {}).items():
+            mlflow.log_dict(obj, path)
+        info = log_model()
+    return TrainResult(run_id=run.info.run_id, model_uri=info.model_uri, metrics=metrics,
+                       checkpoint_path=checkpoint_path, params=params)
+
+
+def log_history(run_id: str, history: dict[str, list[float]]) -> None:
+    """Log every step's metrics, in batches (one write per 1000 values, not one per value)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(name, float(value), now, step)
+               for name, values in history.items() for step, value in enumerate(values)]
+    client = MlflowClient()
+    for start in range(0, len(metrics), 1000):  # MLflow's log_batch limit
+        client.log_batch(run_id, metrics=metrics[start:start + 1000])
