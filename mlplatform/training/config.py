@@ -97,6 +97,16 @@ class FailureSpec(BaseModel):
         "run fails; 0 fails at the first worker failure.")
 
 
+class CallbackSpec(BaseModel):
+    """An XGBoost ``TrainingCallback`` to add on every worker: ``target`` is ``module:factory``
+    (a class or function), called with ``kwargs``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(pattern=r"^[\w.]+:[\w.]+$", description="module:factory")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
 class TrainConfig(BaseModel):
     """What :func:`mlplatform.training.train_xgboost` trains, on what data, and how."""
 
@@ -119,6 +129,8 @@ class TrainConfig(BaseModel):
         "overrides validation_fraction.")
     params: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_XGB_PARAMS),
                                    description="XGBoost booster parameters.")
+    xgb_callbacks: list[CallbackSpec] = Field(
+        default_factory=list, description="Extra XGBoost callbacks run on every worker.")
     torch: TorchParams = Field(default_factory=TorchParams, description="The torch model.")
     num_boost_round: PositiveInt = Field(default=300, description="Maximum boosting rounds.")
     early_stopping_rounds: NonNegativeInt = Field(

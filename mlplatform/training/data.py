@@ -1,5 +1,5 @@
-"""Training data: the training set read with Ray Data and split by time (past -> train,
-future -> validation), plus the checks every trainer runs before it starts."""
+"""What every trainer shares: the training set read with Ray Data and split by time (past ->
+train, future -> validation), the checks run before a fit, and the Ray Train run settings."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from mlplatform._ray import read_parquet
-from mlplatform.errors import ConfigError, DataValidationError
+from mlplatform.config import PlatformConfig
+from mlplatform.errors import ConfigError, DataValidationError, TrainingError
 from mlplatform.training.config import ScalingSpec, TrainConfig
 
 
@@ -105,3 +106,35 @@ def _has_autoscaler() -> bool:
     import os
 
     return "1" in (os.environ.get("MLP_CLUSTER_AUTOSCALES"), os.environ.get("RAY_FAKE_CLUSTER"))
+
+
+def train_run_config(config: TrainConfig, platform: PlatformConfig, trainer: str):
+    """Ray Train ``RunConfig``: a fresh run folder (Train v2 resumes any run folder it finds
+    again, so a reused name would continue an old run), checkpoints kept, failure retries."""
+    import time
+    import uuid
+
+    import ray.train
+
+    name = f"{config.run_name or trainer}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    return ray.train.RunConfig(
+        name=name, storage_path=str(platform.path("ray_results")),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.checkpoint.num_to_keep),
+        failure_config=ray.train.FailureConfig(max_failures=config.failure.max_failures))
+
+
+def fit(trainer, config: TrainConfig):
+    """``trainer.fit()``; a failed run raises :class:`TrainingError` naming the cause and the
+    failure budget. Returns the Result, which has a checkpoint."""
+    try:
+        result = trainer.fit()
+    except Exception as exc:   # Ray Train's TrainingFailedError and worker errors
+        raise TrainingError(
+            f"training failed ({type(exc).__name__}: {str(exc).strip()[:1500]}) with "
+            f"failure.max_failures={config.failure.max_failures}: a worker died or raised. "
+            "Raise failure.max_failures to restart from the latest checkpoint, or see the "
+            "worker logs above.") from exc
+    if result.checkpoint is None:
+        raise TrainingError(f"Ray Train finished without a checkpoint (error: {result.error}); "
+                            "see the worker logs above.")
+    return result

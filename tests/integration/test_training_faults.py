@@ -1,0 +1,76 @@
+"""Fault tolerance and fail-fast checks of the XGBoost trainer on the shared cluster."""
+
+import pytest
+
+from mlplatform.errors import ConfigError, TrainingError
+
+ROUNDS, EVERY, KILL_AT = 60, 10, 25
+
+
+def _config(spine, **over):
+    from mlplatform.training import TrainConfig
+
+    return TrainConfig(features_path=spine.features_path, num_boost_round=ROUNDS,
+                       early_stopping_rounds=0, checkpoint={"frequency": EVERY}, **over)
+
+
+def _kill(marker):
+    return [{"target": "tests.integration.chaos:die_once",
+             "kwargs": {"at_round": KILL_AT, "rank": 1, "marker": str(marker)}}]
+
+
+def test_a_killed_worker_resumes_from_the_latest_checkpoint(spine, platform, tmp_path):
+    from mlflow import MlflowClient
+
+    from mlplatform.training import train_xgboost
+
+    clean = train_xgboost(_config(spine, run_name="uninterrupted"), platform)
+    marker = tmp_path / "killed"
+    resumed = train_xgboost(_config(spine, run_name="killed-once", failure={"max_failures": 2},
+                                    xgb_callbacks=_kill(marker)), platform)
+    assert marker.exists(), "the worker was never killed: the test did not test anything"
+    # Resumed once, from a checkpoint taken before the kill (Ray Train registers checkpoints
+    # asynchronously, so the newest one may not have landed yet), not from scratch.
+    (at,) = resumed.params["resumed_at_rounds"]
+    assert 0 < at <= KILL_AT and at % EVERY == 0
+    assert resumed.params["rounds_trained"] == ROUNDS
+    run = MlflowClient(platform.mlflow_tracking_uri).get_run(resumed.run_id)
+    assert run.data.params["resumed_at_rounds"] == f"[{at}]"
+    # The history spans the resume: one value per round, no gap and no repeat.
+    history = MlflowClient(platform.mlflow_tracking_uri).get_metric_history(
+        resumed.run_id, "validation_aucpr")
+    assert sorted(m.step for m in history) == list(range(ROUNDS))
+    rel = abs(resumed.metrics["val_auc_pr"] - clean.metrics["val_auc_pr"]) / clean.metrics["val_auc_pr"]
+    assert rel < 0.01, (resumed.metrics, clean.metrics)
+
+
+def test_without_failure_budget_a_killed_worker_fails_the_run_and_logs_nothing(
+        spine, platform, tmp_path):
+    from mlflow import MlflowClient
+
+    from mlplatform.training import train_xgboost
+
+    client = MlflowClient(platform.mlflow_tracking_uri)
+    exp = client.get_experiment_by_name(platform.experiment_name)
+    runs_before = len(client.search_runs([exp.experiment_id], max_results=1000))
+    with pytest.raises(TrainingError, match="max_failures=0"):
+        train_xgboost(_config(spine, run_name="killed-no-retry",
+                              xgb_callbacks=_kill(tmp_path / "killed")), platform)
+    assert (tmp_path / "killed").exists()
+    assert len(client.search_runs([exp.experiment_id], max_results=1000)) == runs_before
+
+
+def test_more_workers_than_the_cluster_holds_fails_fast(spine, platform):
+    from mlplatform.training import ScalingSpec, train_xgboost
+
+    big = ScalingSpec(num_workers=3, resources_per_worker={"CPU": 4})
+    with pytest.raises(ConfigError, match="num_workers"):
+        train_xgboost(_config(spine, scaling=big), platform)
+
+
+def test_a_missing_label_column_fails_fast(spine, platform):
+    from mlplatform.errors import DataValidationError
+    from mlplatform.training import train_xgboost
+
+    with pytest.raises(DataValidationError, match="is_chargeback"):
+        train_xgboost(_config(spine, label="is_chargeback"), platform)
