@@ -195,3 +195,35 @@ def features_show(
 
 if __name__ == "__main__":
     app()
+
+
+JobOpt = typer.Option(..., "--config", help="Job YAML (jobs/configs/*.yaml).")
+PlatformOpt = typer.Option(None, "--platform-config", help="PlatformConfig YAML (default: $MLP_CONFIG).")
+
+
+@app.command()
+def train(job: Path = JobOpt, platform_config: Path | None = PlatformOpt) -> None:
+    """Train (XGBoost or PyTorch, by the job's train.model) on Ray Train, log to MLflow, register.
+
+    The same job `ray job submit ... -- python jobs/train.py --config <yaml>` runs on a cluster.
+    """
+    from mlplatform._ray import init_ray
+    from mlplatform.errors import MLPlatformError
+    from mlplatform.pipelines.train_job import TrainJobConfig, run_train_job
+
+    try:
+        spec = TrainJobConfig.from_yaml(job)
+    except MLPlatformError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    cfg = _load(platform_config)
+    try:
+        init_ray(cfg)
+        result, mv = run_train_job(spec, cfg, echo=typer.echo)
+    except MLPlatformError as exc:
+        _fail(exc)
+    typer.echo(f"metrics: {', '.join(f'{k}={v:.4f}' for k, v in result.metrics.items())}")
+    typer.echo(f"run_id: {result.run_id}")
+    typer.echo(f"model_uri: {result.model_uri}")
+    typer.echo(f"registered: models:/{mv.name}/{mv.version}"
+               + (f" (alias @{spec.registration.alias})" if spec.registration.alias else ""))

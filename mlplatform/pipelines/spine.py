@@ -89,7 +89,8 @@ def register_model(config: PlatformConfig, result: TrainResult, name: str | None
             "run_id": result.run_id}
     return ModelRegistry(config).register(
         result.model_uri, name or config.model_name,
-        description="XGBoost fraud model trained by the mlplatform spine", tags=tags, alias=alias)
+        description=f"fraud model trained by mlplatform (MLflow run {result.run_id})", tags=tags,
+        alias=alias)
 
 
 def run_spine(

@@ -28,3 +28,20 @@ def test_bad_config_exits_2_with_message(tmp_path):
     out = runner.invoke(app, ["config", "show", "--config", str(f)])
     assert out.exit_code == 2
     assert "unknown key 'nope'" in out.output and "storage_root" in out.output
+
+
+def test_train_with_a_bad_job_config_exits_2_naming_the_key(tmp_path):
+    f = tmp_path / "job.yaml"
+    f.write_text("train: {model: lightgbm, num_boost_rounds: 5}\n")
+    out = runner.invoke(app, ["train", "--config", str(f)])
+    assert out.exit_code == 2
+    assert "train.model" in out.output and "train.num_boost_rounds" in out.output
+
+
+def test_shipped_training_job_configs_load():
+    from mlplatform.pipelines.train_job import TrainJobConfig
+
+    xgb = TrainJobConfig.from_yaml("jobs/configs/fraud_xgb.yaml")
+    torch = TrainJobConfig.from_yaml("jobs/configs/fraud_torch.yaml")
+    assert (xgb.train.model, torch.train.model) == ("xgboost", "torch")
+    assert torch.train.failure.max_failures > 0 and xgb.registration.alias == "champion"
