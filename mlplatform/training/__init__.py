@@ -11,5 +11,16 @@ from mlplatform.training.config import (
 from mlplatform.training.tracking import TrainResult
 from mlplatform.training.xgb import train_xgboost
 
+
+
+def train(config: TrainConfig, platform=None) -> TrainResult:
+    """Train ``config.model`` (``xgboost`` or ``torch``) on Ray Train; see the trainers."""
+    if config.model == "torch":
+        from mlplatform.training.torch_train import train_torch
+
+        return train_torch(config, platform)
+    return train_xgboost(config, platform)
+
+
 __all__ = ["DEFAULT_XGB_PARAMS", "CheckpointSpec", "FailureSpec", "ScalingSpec", "TorchParams",
-           "TrainConfig", "TrainResult", "train_xgboost"]
+           "TrainConfig", "TrainResult", "train", "train_xgboost"]
