@@ -227,3 +227,57 @@ def train(job: Path = JobOpt, platform_config: Path | None = PlatformOpt) -> Non
     typer.echo(f"model_uri: {result.model_uri}")
     typer.echo(f"registered: models:/{mv.name}/{mv.version}"
                + (f" (alias @{spec.registration.alias})" if spec.registration.alias else ""))
+
+
+ModelUriOpt = typer.Option(..., "--model-uri", help="models:/fraud@champion, models:/fraud/3, "
+                           "runs:/<run_id>/model ...")
+DataOpt = typer.Option(None, "--data", help="Labelled rows in the training-set layout (Parquet); "
+                       "default: <storage_root>/training_sets/fraud.")
+JsonOpt = typer.Option(None, "--json", help="Also write the full result as JSON here.")
+
+
+@app.command()
+def evaluate(model_uri: str = ModelUriOpt, data: Path | None = DataOpt,
+             config: Path | None = ConfigOpt,
+             output: Path | None = JsonOpt) -> None:
+    """Evaluate a model: overall metrics, metrics per slice, behavioural checks (exit 1 if one
+    fails)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from mlplatform._ray import init_ray
+    from mlplatform.errors import MLPlatformError
+    from mlplatform.features.training_set import TRAINING_SET_DIR
+    from mlplatform.training import evaluate as run_evaluate
+
+    cfg = _load(config)
+    data = data or cfg.path(*TRAINING_SET_DIR)
+    try:
+        init_ray(cfg)
+        out = run_evaluate(model_uri, str(data), platform=cfg)
+    except MLPlatformError as exc:
+        _fail(exc)
+    console = Console()
+    m, o = out["model"], out["overall"]
+    console.print(f"{m['uri']} -> {m['name']} v{m['version']} ({m['kind']}), {out['rows']:,} rows, "
+                  f"threshold {out['threshold']:.3f} ({out['threshold_source']})")
+    console.print(", ".join(f"{k} {o[k]:.4f}" for k in ("auc_pr", "auc_roc", "log_loss", "precision",
+                                                         "recall", "f1")))
+    for col, per_value in out["slices"].items():
+        t = Table(title=f"by {col}")
+        for c in (col, "rows", "positives", "auc_pr", "recall", "flagged_share"):
+            t.add_column(c, justify="right")
+        for value, s in per_value.items():
+            t.add_row(str(value), f"{s['rows']:,}", f"{s['positives']:,}",
+                      *(("-" if s.get(k) is None else f"{s[k]:.3f}")
+                        for k in ("auc_pr", "recall", "flagged_share")))
+        console.print(t)
+    for name, check in out["checks"].items():
+        console.print(f"check {name}: {'PASS' if check['passed'] else 'FAIL'} "
+                      f"{ {k: v for k, v in check.items() if k != 'passed'} }")
+    if output:
+        output.write_text(json.dumps(out, indent=2, default=str))
+    if not out["passed"]:
+        raise typer.Exit(1)

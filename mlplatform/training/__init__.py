@@ -8,9 +8,9 @@ from mlplatform.training.config import (
     TorchParams,
     TrainConfig,
 )
+from mlplatform.training.evaluation import evaluate, evaluation_report, log_evaluation_artifacts
 from mlplatform.training.tracking import TrainResult
 from mlplatform.training.xgb import train_xgboost
-
 
 
 def train(config: TrainConfig, platform=None) -> TrainResult:
@@ -23,4 +23,5 @@ def train(config: TrainConfig, platform=None) -> TrainResult:
 
 
 __all__ = ["DEFAULT_XGB_PARAMS", "CheckpointSpec", "FailureSpec", "ScalingSpec", "TorchParams",
-           "TrainConfig", "TrainResult", "train", "train_xgboost"]
+           "TrainConfig", "TrainResult", "evaluate", "evaluation_report", "log_evaluation_artifacts",
+           "train", "train_xgboost"]

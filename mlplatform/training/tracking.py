@@ -2,8 +2,9 @@
 
 A trainer hands over its params, per-step history, final validation metrics, a validation
 frame and a ``log_model`` callback; :func:`log_training_run` writes the run (params, tags with
-feature versions and the git commit, per-step metrics in batches, final metrics, the model with
-its signature and input example) and returns the run id and model URI.
+feature versions and the git commit, per-step metrics in batches, final metrics, evaluation,
+SHAP and reference-profile artifacts, the model with its signature and input example) and
+returns the run id and model URI.
 """
 
 from __future__ import annotations
@@ -53,7 +54,12 @@ def log_training_run(platform: PlatformConfig, config: TrainConfig, *, trainer: 
                      params: dict[str, Any], history: dict[str, list[float]],
                      metrics: dict[str, float], features_path: Path,
                      log_model: Callable[[], Any], artifacts: dict[str, Any] | None = None,
-                     checkpoint_path: str | None = None) -> TrainResult:
+                     checkpoint_path: str | None = None,
+                     validation_frame: pd.DataFrame | None = None,
+                     validation_scores: Any = None,
+                     predict_fn: Callable[[pd.DataFrame], Any] | None = None,
+                     reference_frame: pd.DataFrame | None = None,
+                     explain_model: Any = None) -> TrainResult:
     """Log one finished training as an MLflow run; returns the run id and the model URI.
 
     Args:
@@ -63,6 +69,15 @@ def log_training_run(platform: PlatformConfig, config: TrainConfig, *, trainer: 
         metrics: Final validation metrics.
         log_model: Called inside the run; logs the model and returns mlflow's ModelInfo.
         artifacts: Extra JSON artifacts, path -> object.
+        validation_frame: Bounded validation rows (``config.feature_columns`` and
+            ``config.label``): with it the run gets the evaluation artifacts, SHAP importance
+            and ``eval_*`` metrics (:func:`~mlplatform.training.evaluation.log_evaluation_artifacts`).
+        validation_scores: The model's scores on ``validation_frame`` (None: ``predict_fn``).
+        predict_fn: DataFrame of the feature columns -> probabilities (needed unless
+            ``validation_scores`` and ``explain_model`` cover both uses).
+        reference_frame: Bounded sample of the training rows, profiled for drift monitoring.
+        explain_model: An ``xgboost.Booster`` for exact TreeSHAP; None: SHAP explains
+            ``predict_fn``.
     """
     import mlflow
 
@@ -86,6 +101,13 @@ def log_training_run(platform: PlatformConfig, config: TrainConfig, *, trainer: 
                         "training/features.json")
         for path, obj in (artifacts or {}).items():
             mlflow.log_dict(obj, path)
+        if validation_frame is not None:
+            from mlplatform.training.evaluation import log_evaluation_artifacts
+
+            log_evaluation_artifacts(
+                validation_frame, validation_frame[config.label].to_numpy(), validation_scores,
+                predict_fn, config.feature_columns, trainer, model=explain_model,
+                reference_frame=reference_frame)
         info = log_model()
     return TrainResult(run_id=run.info.run_id, model_uri=info.model_uri, metrics=metrics,
                        checkpoint_path=checkpoint_path, params=params)

@@ -15,14 +15,13 @@ import tempfile
 from pathlib import Path
 
 from mlplatform.config import PlatformConfig
-from mlplatform.errors import TrainingError
 from mlplatform.features.training_set import TRAINING_SET_DIR
 from mlplatform.training.config import TrainConfig
-from mlplatform.training.data import time_split
+from mlplatform.training.data import check_scaling, fit, time_split, train_run_config
 from mlplatform.training.tracking import TrainResult, log_training_run, signature_for
 
 MODEL_FILE = "model.ubj"
-HISTORY_FILE = "evals_result.json"
+STATE_FILE = "train_state.json"   # rounds done, per-round history, early stopping, resumes
 #: Final metric names logged to MLflow, from XGBoost's eval metric names.
 FINAL_METRICS = {"aucpr": "val_auc_pr", "auc": "val_auc_roc", "logloss": "val_logloss"}
 
@@ -55,39 +54,47 @@ def train_xgboost(config: TrainConfig, platform: PlatformConfig | None = None) -
     params = dict(config.params)
     if scaling.use_gpu:
         params["device"] = "cuda"
+    check_scaling(scaling)
     trainer = XGBoostTrainer(
         _train_loop,
         train_loop_config={
             "params": params, "label": config.label, "features": config.feature_columns,
             "num_boost_round": config.num_boost_round,
             "early_stopping_rounds": config.early_stopping_rounds,
+            "checkpoint_frequency": config.checkpoint.frequency,
+            "callbacks": [c.model_dump() for c in config.xgb_callbacks],
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
             resources_per_worker=dict(scaling.resources_per_worker)),
-        run_config=ray.train.RunConfig(
-            name=config.run_name or "xgboost", storage_path=str(platform.path("ray_results"))),
+        run_config=train_run_config(config, platform, "xgboost"),
         datasets={"train": train_ds, "validation": valid_ds},
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise TrainingError(f"Ray Train finished without a checkpoint (error: {result.error}); "
-                            "see the worker logs above.")
+    result = fit(trainer, config)
 
     with result.checkpoint.as_directory() as ckpt:
         booster = _load_booster(Path(ckpt) / MODEL_FILE)
-        history = json.loads((Path(ckpt) / HISTORY_FILE).read_text())
+        history = json.loads((Path(ckpt) / STATE_FILE).read_text())
 
-    sample = valid_ds.limit(5).to_pandas()[config.feature_columns]
     import xgboost
 
-    sample_scores = booster.predict(xgboost.DMatrix(sample))
+    from mlplatform.training.evaluation import EVAL_ROWS, PROFILE_ROWS, bounded_sample
+
+    def predict(frame):
+        return booster.predict(xgboost.DMatrix(frame[config.feature_columns]))
+
+    valid_frame = bounded_sample(valid_ds, EVAL_ROWS)
+    sample = valid_frame[config.feature_columns].head(5)
+    sample_scores = predict(sample)
     run_params = {
         **params,
         "num_boost_round": config.num_boost_round,
         "early_stopping_rounds": config.early_stopping_rounds,
         "num_workers": scaling.num_workers, "use_gpu": scaling.use_gpu,
-        "best_iteration": history["best_iteration"],
+        "best_iteration": history["best_iteration"], "rounds_trained": history["rounds"],
+        "checkpoint_frequency": config.checkpoint.frequency,
+        "max_failures": config.failure.max_failures,
+        "resumed_at_rounds": history["resumed_at"],
         **split,
     }
     metrics = {FINAL_METRICS[k]: v for k, v in history["best"].items() if k in FINAL_METRICS}
@@ -104,38 +111,111 @@ def train_xgboost(config: TrainConfig, platform: PlatformConfig | None = None) -
         platform, config, trainer="xgboost", params=run_params, history=per_round,
         metrics=metrics, features_path=features_path, log_model=log_model,
         artifacts={"training/evals_result.json": history},
-        checkpoint_path=result.checkpoint.path)
+        checkpoint_path=result.checkpoint.path,
+        validation_frame=valid_frame, validation_scores=predict(valid_frame), predict_fn=predict,
+        reference_frame=bounded_sample(train_ds, PROFILE_ROWS), explain_model=booster)
 
 
 def _train_loop(cfg: dict) -> None:
-    """Runs on every Ray Train worker (inside XGBoost's collective context)."""
+    """Runs on every Ray Train worker (inside XGBoost's collective context).
+
+    Resumes from the latest checkpoint when Ray Train restarted the workers after a failure:
+    the booster, the per-round history and the early-stopping state all continue from it.
+    """
+    import time
+
     import ray.train
     import xgboost
 
+    t0 = time.perf_counter()
     feats, label = cfg["features"], cfg["label"]
     train = ray.train.get_dataset_shard("train").materialize().to_pandas()
     valid = ray.train.get_dataset_shard("validation").materialize().to_pandas()
     dtrain = xgboost.DMatrix(train[feats], label=train[label])
     dvalid = xgboost.DMatrix(valid[feats], label=valid[label])
-    evals_result: dict = {}
-    booster = xgboost.train(
-        cfg["params"], dtrain, num_boost_round=cfg["num_boost_round"],
-        evals=[(dtrain, "train"), (dvalid, "validation")], evals_result=evals_result,
-        early_stopping_rounds=cfg["early_stopping_rounds"] or None, verbose_eval=False)
-    best = booster.best_iteration if cfg["early_stopping_rounds"] else booster.num_boosted_rounds() - 1
+
+    state = {"rounds": 0, "evals_result": {}, "best_iteration": -1, "best_score": None,
+             "stopped": False, "resumed_at": []}
+    init_model = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            init_model = _load_booster(Path(d) / MODEL_FILE)
+            state = json.loads(Path(d, STATE_FILE).read_text())
+        state["resumed_at"].append(state["rounds"])
+    callbacks = [_round_state(state, cfg), *(_callback(spec) for spec in cfg.get("callbacks", []))]
+    remaining = cfg["num_boost_round"] - state["rounds"]
+    t1 = time.perf_counter()
+    booster = init_model
+    if remaining > 0 and not state["stopped"]:
+        booster = xgboost.train(
+            cfg["params"], dtrain, num_boost_round=remaining,
+            evals=[(dtrain, "train"), (dvalid, "validation")], xgb_model=init_model,
+            callbacks=callbacks, verbose_eval=False)
+    best = state["best_iteration"] if cfg["early_stopping_rounds"] else state["rounds"] - 1
     booster = booster[: best + 1]  # keep the trees up to the best round: serve what was validated
-    final = {m: float(v[best]) for m, v in evals_result["validation"].items()}
-    history = {"best_iteration": int(best), "best": final,
-               "evals_result": {s: {m: [float(x) for x in v] for m, v in ms.items()}
-                                for s, ms in evals_result.items()}}
-    metrics = {f"validation_{m}": v for m, v in final.items()}
-    if ray.train.get_context().get_world_rank() == 0:
-        with tempfile.TemporaryDirectory() as tmp:
-            booster.save_model(os.path.join(tmp, MODEL_FILE))
-            Path(tmp, HISTORY_FILE).write_text(json.dumps(history))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-    else:
+    final = {m: v[best] for m, v in state["evals_result"]["validation"].items()}
+    history = {"best_iteration": int(best), "best": final, "rounds": state["rounds"],
+               "resumed_at": state["resumed_at"], "evals_result": state["evals_result"],
+               # this (last) attempt: shard ingest + DMatrix, then boosting
+               "timing": {"ingest_s": t1 - t0, "boost_s": time.perf_counter() - t1}}
+    _report({f"validation_{m}": v for m, v in final.items()}, booster, history)
+
+
+
+def _report(metrics: dict, booster, state: dict) -> None:
+    """``ray.train.report`` on every worker (Train needs all of them); rank 0 adds the
+    checkpoint: the booster (UBJ) and the training state as JSON."""
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        booster.save_model(os.path.join(tmp, MODEL_FILE))
+        Path(tmp, STATE_FILE).write_text(json.dumps(state))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _callback(spec: dict):
+    import importlib
+
+    module, _, name = spec["target"].partition(":")
+    factory = importlib.import_module(module)
+    for part in name.split("."):
+        factory = getattr(factory, part)
+    return factory(**spec.get("kwargs", {}))
+
+
+_MAXIMIZE = ("auc", "aucpr", "map", "ndcg", "pre")
+
+
+def _round_state(state: dict, cfg: dict):
+    """An XGBoost callback that, per round, appends the metrics to the run's history (which
+    spans resumes), applies early stopping on the last validation metric (XGBoost's rule) and
+    checkpoints every ``checkpoint_frequency`` rounds. Built here so xgboost loads lazily."""
+    import xgboost
+
+    every, patience = cfg["checkpoint_frequency"], cfg["early_stopping_rounds"]
+
+    class RoundState(xgboost.callback.TrainingCallback):
+        def after_iteration(self, model, epoch: int, evals_log: dict) -> bool:
+            for split, per_metric in evals_log.items():
+                for metric, values in per_metric.items():
+                    state["evals_result"].setdefault(split, {}).setdefault(metric, []).append(
+                        float(values[-1]))
+            i = state["rounds"]
+            state["rounds"] += 1
+            metric, values = list(state["evals_result"]["validation"].items())[-1]
+            score, best = values[-1], state["best_score"]
+            if best is None or (score > best if metric.split("@")[0] in _MAXIMIZE else score < best):
+                state["best_score"], state["best_iteration"] = score, i
+            state["stopped"] = bool(patience) and i - state["best_iteration"] >= patience
+            if state["rounds"] % every == 0 and not state["stopped"]:
+                _report({f"validation_{metric}": score, "round": state["rounds"]}, model, state)
+            return state["stopped"]
+
+    return RoundState()
 
 
 def _load_booster(path: Path):
