@@ -117,12 +117,11 @@ class ModelServer:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _score_batch(self, matrices: list[np.ndarray]) -> list[list[float]]:
-        # One XGBoost call for every request that arrived within the batch window.
-        import xgboost
+        # One model call (XGBoost or torch) for every request that arrived within the window.
+        import pandas as pd
 
         sizes = [len(m) for m in matrices]
-        scores = self._model.booster.predict(
-            xgboost.DMatrix(np.vstack(matrices), feature_names=self._columns))
+        scores = self._model.predict(pd.DataFrame(np.vstack(matrices), columns=self._columns))
         out, start = [], 0
         for n in sizes:
             out.append([float(s) for s in scores[start:start + n]])

@@ -9,6 +9,7 @@ from mlplatform.training.config import (
     TrainConfig,
 )
 from mlplatform.training.evaluation import evaluate, evaluation_report, log_evaluation_artifacts
+from mlplatform.training.torch_train import train_torch
 from mlplatform.training.tracking import TrainResult
 from mlplatform.training.xgb import train_xgboost
 
@@ -16,12 +17,10 @@ from mlplatform.training.xgb import train_xgboost
 def train(config: TrainConfig, platform=None) -> TrainResult:
     """Train ``config.model`` (``xgboost`` or ``torch``) on Ray Train; see the trainers."""
     if config.model == "torch":
-        from mlplatform.training.torch_train import train_torch
-
         return train_torch(config, platform)
     return train_xgboost(config, platform)
 
 
 __all__ = ["DEFAULT_XGB_PARAMS", "CheckpointSpec", "FailureSpec", "ScalingSpec", "TorchParams",
            "TrainConfig", "TrainResult", "evaluate", "evaluation_report", "log_evaluation_artifacts",
-           "train", "train_xgboost"]
+           "train", "train_torch", "train_xgboost"]

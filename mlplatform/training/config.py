@@ -70,7 +70,7 @@ class TorchParams(BaseModel):
         "c + 1 (row 0: unknown, code -1). Other feature columns are standardised numerics.")
     dropout: confloat(ge=0.0, lt=1.0) = Field(default=0.1, description="Dropout after each layer.")
     epochs: PositiveInt = Field(default=8, description="Passes over the training data.")
-    batch_size: PositiveInt = Field(default=1024, description="Rows per step per worker.")
+    batch_size: PositiveInt = Field(default=512, description="Rows per step per worker.")
     learning_rate: PositiveFloat = Field(default=2e-3, description="AdamW learning rate.")
     weight_decay: NonNegativeFloat = Field(default=1e-5, description="AdamW weight decay.")
     amp: bool = Field(default=True, description="bf16 autocast on GPU (no effect on CPU).")
