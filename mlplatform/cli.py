@@ -281,3 +281,25 @@ def evaluate(model_uri: str = ModelUriOpt, data: Path | None = DataOpt,
         output.write_text(json.dumps(out, indent=2, default=str))
     if not out["passed"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def tune(job: Path = JobOpt, platform_config: Path | None = PlatformOpt) -> None:
+    """Sweep hyperparameters with Ray Tune (ASHA; every trial an MLflow child run) and log the
+    best trial's model. The same job runs on a cluster as `python jobs/tune.py --config <yaml>`."""
+    from mlplatform._ray import init_ray
+    from mlplatform.errors import MLPlatformError
+    from mlplatform.pipelines.tune_job import TuneJobConfig, run_tune_job, summary
+
+    try:
+        spec = TuneJobConfig.from_yaml(job)
+    except MLPlatformError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    cfg = _load(platform_config)
+    try:
+        init_ray(cfg)
+        df = run_tune_job(spec, cfg, echo=typer.echo)
+    except MLPlatformError as exc:
+        _fail(exc)
+    typer.echo("\n".join(summary(df, spec.tune.metric)))

@@ -11,6 +11,7 @@ from mlplatform.training.config import (
 from mlplatform.training.evaluation import evaluate, evaluation_report, log_evaluation_artifacts
 from mlplatform.training.torch_train import train_torch
 from mlplatform.training.tracking import TrainResult
+from mlplatform.training.tuning import check_sweep, sweep
 from mlplatform.training.xgb import train_xgboost
 
 
@@ -23,4 +24,4 @@ def train(config: TrainConfig, platform=None) -> TrainResult:
 
 __all__ = ["DEFAULT_XGB_PARAMS", "CheckpointSpec", "FailureSpec", "ScalingSpec", "TorchParams",
            "TrainConfig", "TrainResult", "evaluate", "evaluation_report", "log_evaluation_artifacts",
-           "train", "train_torch", "train_xgboost"]
+           "check_sweep", "sweep", "train", "train_torch", "train_xgboost"]
