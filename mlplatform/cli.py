@@ -201,27 +201,34 @@ JobOpt = typer.Option(..., "--config", help="Job YAML (jobs/configs/*.yaml).")
 PlatformOpt = typer.Option(None, "--platform-config", help="PlatformConfig YAML (default: $MLP_CONFIG).")
 
 
-@app.command()
-def train(job: Path = JobOpt, platform_config: Path | None = PlatformOpt) -> None:
-    """Train (XGBoost or PyTorch, by the job's train.model) on Ray Train, log to MLflow, register.
-
-    The same job `ray job submit ... -- python jobs/train.py --config <yaml>` runs on a cluster.
-    """
+def _run_job(load, run, job: Path, platform_config: Path | None):
+    """Load a job file (exit 2 if invalid), connect to Ray, run it (exit 1 on failure);
+    returns the job spec and what ``run`` returned."""
     from mlplatform._ray import init_ray
     from mlplatform.errors import MLPlatformError
-    from mlplatform.pipelines.train_job import TrainJobConfig, run_train_job
 
     try:
-        spec = TrainJobConfig.from_yaml(job)
+        spec = load(job)
     except MLPlatformError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
     cfg = _load(platform_config)
     try:
         init_ray(cfg)
-        result, mv = run_train_job(spec, cfg, echo=typer.echo)
+        return spec, run(spec, cfg, echo=typer.echo)
     except MLPlatformError as exc:
         _fail(exc)
+
+
+@app.command()
+def train(job: Path = JobOpt, platform_config: Path | None = PlatformOpt) -> None:
+    """Train (XGBoost or PyTorch, by the job's train.model) on Ray Train, log to MLflow, register.
+
+    The same job `ray job submit ... -- python jobs/train.py --config <yaml>` runs on a cluster.
+    """
+    from mlplatform.pipelines.train_job import TrainJobConfig, run_train_job
+
+    spec, (result, mv) = _run_job(TrainJobConfig.from_yaml, run_train_job, job, platform_config)
     typer.echo(f"metrics: {', '.join(f'{k}={v:.4f}' for k, v in result.metrics.items())}")
     typer.echo(f"run_id: {result.run_id}")
     typer.echo(f"model_uri: {result.model_uri}")
@@ -287,19 +294,7 @@ def evaluate(model_uri: str = ModelUriOpt, data: Path | None = DataOpt,
 def tune(job: Path = JobOpt, platform_config: Path | None = PlatformOpt) -> None:
     """Sweep hyperparameters with Ray Tune (ASHA; every trial an MLflow child run) and log the
     best trial's model. The same job runs on a cluster as `python jobs/tune.py --config <yaml>`."""
-    from mlplatform._ray import init_ray
-    from mlplatform.errors import MLPlatformError
     from mlplatform.pipelines.tune_job import TuneJobConfig, run_tune_job, summary
 
-    try:
-        spec = TuneJobConfig.from_yaml(job)
-    except MLPlatformError as exc:
-        typer.secho(f"error: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from None
-    cfg = _load(platform_config)
-    try:
-        init_ray(cfg)
-        df = run_tune_job(spec, cfg, echo=typer.echo)
-    except MLPlatformError as exc:
-        _fail(exc)
+    spec, df = _run_job(TuneJobConfig.from_yaml, run_tune_job, job, platform_config)
     typer.echo("\n".join(summary(df, spec.tune.metric)))
