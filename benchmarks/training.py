@@ -226,7 +226,7 @@ def cmd_torch(args, work: Path) -> None:
         f"PyTorch tabular net, {len(train):,} training rows, batch {args.batch_size}, "
         f"{args.epochs} epochs on {args.device} (median of epochs after the first)",
         [("plain torch loop (tensors in memory)", f"{p:,.0f}", "1.00x"),
-         ("TorchTrainer (Ray Data ingest, 1 worker)", f"{r:,.0f}", f"{ratio:.2f}x")],
+         ("TorchTrainer (shard cached as tensors, 1 worker)", f"{r:,.0f}", f"{ratio:.2f}x")],
         ("contender", "samples/s", "vs plain")))
     goal = 0.97
     console.print(f"TorchTrainer / plain = {ratio:.2f}x (goal >= {goal} on GPU; "

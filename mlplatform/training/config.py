@@ -74,6 +74,10 @@ class TorchParams(BaseModel):
     learning_rate: PositiveFloat = Field(default=2e-3, description="AdamW learning rate.")
     weight_decay: NonNegativeFloat = Field(default=1e-5, description="AdamW weight decay.")
     amp: bool = Field(default=True, description="bf16 autocast on GPU (no effect on CPU).")
+    cache_data: bool = Field(
+        default=True, description="Each worker reads its data shard once into tensors on its "
+        "device and reshuffles them every epoch (fast: no per-batch ingest); false streams "
+        "batches from Ray Data every epoch, for shards larger than a worker's memory.")
     seed: int = Field(default=0, description="Seeds torch, numpy and data order per worker.")
 
 

@@ -227,10 +227,22 @@ def run_worker(cfg: dict[str, Any]) -> None:
     valid_shard = ray.train.get_dataset_shard("validation")
     batch_size = cfg["batch_size"]
 
-    def train_batches(epoch: int, seed: int):
-        return train_shard.iter_torch_batches(
-            batch_size=batch_size, collate_fn=collate,
-            local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=seed)
+    if cfg.get("cache_data", True):
+        # The shard, read once into tensors on this worker's device; each epoch is a seeded
+        # permutation of it (the same draw after a resume).
+        x_all, y_all = _read_shard(train_shard, collate, device)
+
+        def train_batches(epoch: int, seed: int):
+            order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed))
+            order = order.to(device)
+            for i in range(0, len(order), batch_size):
+                rows = order[i:i + batch_size]
+                yield x_all[rows], y_all[rows]
+    else:
+        def train_batches(epoch: int, seed: int):
+            return train_shard.iter_torch_batches(
+                batch_size=batch_size, collate_fn=collate,
+                local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=seed)
 
     def report(epoch: int, metrics: dict[str, float], checkpoint_due: bool) -> None:
         # Every rank reports (Train waits for all); rank 0 attaches the checkpoint.
@@ -250,6 +262,17 @@ def run_worker(cfg: dict[str, Any]) -> None:
                valid_batches=lambda: valid_shard.iter_torch_batches(batch_size=_EVAL_BATCH,
                                                                     collate_fn=collate),
                report=report)
+
+
+def _read_shard(shard, collate, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every row of a Ray Data shard as (features, labels) tensors on ``device``."""
+    xs, ys = [], []
+    for x, y in shard.iter_torch_batches(batch_size=65_536, collate_fn=collate):
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise RuntimeError("this worker's training shard is empty; use fewer workers")
+    return torch.cat(xs).to(device), torch.cat(ys).to(device)
 
 
 def run_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, *,

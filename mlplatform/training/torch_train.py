@@ -85,6 +85,7 @@ def train_torch(config: TrainConfig, platform: PlatformConfig | None = None) -> 
             "batch_size": params.batch_size, "learning_rate": params.learning_rate,
             "weight_decay": params.weight_decay, "amp": params.amp, "seed": params.seed,
             "checkpoint_frequency": config.checkpoint.frequency,
+            "cache_data": params.cache_data,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
