@@ -165,3 +165,17 @@ def test_registered_version_loads_for_serving_and_scores_like_the_saved_model(
     # It ranks frauds above legitimate rows on these validation rows too.
     frauds = rows["is_fraud"] == 1
     assert frauds.any() and scores[frauds.to_numpy()].mean() > 3 * scores[~frauds.to_numpy()].mean()
+
+
+def test_streaming_ingest_learns_as_the_cached_shard_does(trained, platform):
+    """`torch.cache_data: false` (batches streamed from Ray Data every epoch, for shards larger
+    than a worker's memory) trains the same network to a comparable quality."""
+    from mlplatform.training.torch_train import train_torch
+
+    config, cached = trained
+    streamed = train_torch(config.model_copy(update={
+        "run_name": "torch-streamed",
+        "torch": config.torch.model_copy(update={"cache_data": False})}), platform)
+    assert streamed.params["cache_data"] is False and cached.params["cache_data"] is True
+    assert streamed.metrics["val_auc_roc"] > 0.9, streamed.metrics
+    assert abs(streamed.metrics["val_auc_pr"] - cached.metrics["val_auc_pr"]) < 0.1
