@@ -87,9 +87,19 @@ def at_threshold(y_true, scores, threshold: float) -> dict[str, Any]:
             "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp}}
 
 
+def average_precision(y_true, scores) -> float:
+    """Average precision (scikit-learn's step-wise area under the PR curve). Only the order of
+    ``scores`` matters, so they may be logits as well as probabilities."""
+    y, s = _check(y_true, scores, probabilities=False)
+    if not y.sum():
+        raise ValueError("average_precision needs positive rows")
+    return _average_precision(_pr_points(y, s))
+
+
 def auc_roc(y_true, scores) -> float:
-    """Area under the ROC curve (the Mann-Whitney statistic; tied scores count one half)."""
-    y, s = _check(y_true, scores)
+    """Area under the ROC curve (the Mann-Whitney statistic; tied scores count one half). Only
+    the order of ``scores`` matters."""
+    y, s = _check(y_true, scores, probabilities=False)
     pos = int(y.sum())
     neg = len(y) - pos
     if not pos or not neg:
@@ -131,7 +141,7 @@ def calibration(y_true, scores, bins: int = CALIBRATION_BINS) -> dict[str, Any]:
     return {"bins": out, "ece": float(ece)}
 
 
-def _check(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
+def _check(y_true, scores, probabilities: bool = True) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y_true).astype(np.float64).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
     if y.shape != s.shape:
@@ -142,7 +152,7 @@ def _check(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"labels must be 0/1, got values {np.unique(y)[:10].tolist()}")
     if not np.isfinite(s).all():
         raise ValueError(f"{int((~np.isfinite(s)).sum())} score(s) are NaN or infinite")
-    if s.min() < 0.0 or s.max() > 1.0:
+    if probabilities and (s.min() < 0.0 or s.max() > 1.0):
         raise ValueError(f"scores must be probabilities in [0, 1], got [{s.min()}, {s.max()}]")
     return y, s
 

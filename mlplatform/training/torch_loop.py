@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -126,36 +125,16 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 def binary_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Log loss, AUC-PR (average precision) and AUC-ROC of ``logits`` against 0/1 ``labels``."""
+    """Log loss, AUC-PR (average precision) and AUC-ROC of ``logits`` against 0/1 ``labels``
+    (the rank metrics of :mod:`mlplatform.training.metrics`; NaN with a single class)."""
+    from mlplatform.training.metrics import auc_roc, average_precision
+
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     loss = float(np.mean(np.logaddexp(0.0, z) - y * z)) if len(y) else float("nan")
-    return {"loss": loss, "auc_pr": average_precision(z, y), "auc_roc": roc_auc(z, y)}
-
-
-def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the precision-recall curve as average precision (sklearn's definition):
-    sum over score thresholds of (recall gain) x precision; tied scores form one threshold."""
-    positives = labels.sum()
-    if positives == 0:
-        return float("nan")
-    order = np.argsort(-scores, kind="mergesort")
-    s, y = scores[order], labels[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last row of each distinct score
-    tp = np.cumsum(y)[last]
-    precision = tp / (last + 1)
-    recall = tp / positives
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve: P(score of a positive > score of a negative), ties count half."""
-    pos = labels == 1
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = pd.Series(scores).rank(method="average").to_numpy()
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    both = 0 < y.sum() < len(y)
+    return {"loss": loss, "auc_pr": average_precision(y, z) if both else float("nan"),
+            "auc_roc": auc_roc(y, z) if both else float("nan")}
 
 
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, arch: TabularArch,
