@@ -30,7 +30,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _common import code_version, machine
 from rich.console import Console
 from rich.table import Table
 
@@ -234,16 +234,6 @@ def check_build(fs, outs: dict[str, Path]) -> None:
 
 
 # ----------------------------------------------------------------------- reporting ------------
-def machine() -> dict:
-    import ray
-
-    mem = Path("/proc/meminfo").read_text()
-    total_kib = int(re.search(r"MemTotal:\s+(\d+)", mem).group(1))
-    return {"machine": platform.machine(), "cores": os.cpu_count(),
-            "ram_gib": round(total_kib / 2**20, 1), "python": platform.python_version(),
-            "ray": ray.__version__, "pandas": pd.__version__}
-
-
 @contextmanager
 def step(label: str, timings: dict | None = None, key: str | None = None):
     """Spinner while a step runs, its time after (and in ``timings[key]``)."""
@@ -254,16 +244,6 @@ def step(label: str, timings: dict | None = None, key: str | None = None):
     if timings is not None:
         timings[key or label] = dt
     console.log(f"{label}: {dt:.1f} s  (load avg {os.getloadavg()[0]:.1f})")
-
-
-def code_version() -> dict:
-    """The commit measured, and whether mlplatform/ had uncommitted changes (the code moves)."""
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "mlplatform_dirty": bool(git("status", "--porcelain", "--", "../mlplatform"))}
 
 
 def append(record: dict) -> None:

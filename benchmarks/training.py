@@ -25,39 +25,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from _common import code_version, machine
 from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).parent / "results" / "training.jsonl"
+CODE = code_version()   # at start: the code this process imported
 console = Console()
-
-
-def machine() -> dict:
-    import ray
-
-    return {"machine": platform.machine(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "ray": ray.__version__}
-
-
-def code_version() -> dict:
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "mlplatform_dirty": bool(git("status", "--porcelain", "--", "../mlplatform"))}
 
 
 def append(record: dict) -> None:
     RESULTS.parent.mkdir(exist_ok=True)
     record |= {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(),
-               "code": code_version(), "loadavg_1m": os.getloadavg()[0]}
+               "code": CODE, "loadavg_1m": os.getloadavg()[0]}
     with open(RESULTS, "a") as f:
         f.write(json.dumps(record, default=str) + "\n")
 

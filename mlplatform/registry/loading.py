@@ -14,6 +14,7 @@ The MLmodel file is read as YAML. Anything else (a pickled booster, a cloudpickl
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,32 +70,43 @@ def load_model(registry: ModelRegistry, ref: str) -> LoadedModel:
         ModelNotFound: The reference does not resolve, or the version holds neither a safe
             XGBoost model nor a torch model logged by ``train_torch``.
     """
+    with _downloads() as tmp:
+        return _load_folder(*registry.download(ref, tmp))
+
+
+@contextmanager
+def _downloads():
+    """A temporary folder to download a model into (without per-file progress bars: a model is
+    a handful of small files, and the bars are noise in replica logs)."""
     import os
 
-    # Per-file progress bars are noise in replica logs; a model is a handful of small files.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:
-        mv, folder = registry.download(ref, tmp)
-        mlmodel_path = folder / "MLmodel"
-        if not mlmodel_path.is_file():
-            raise ModelNotFound(f"{mv.uri} has no MLmodel file; was it logged with mlflow?")
-        mlmodel = yaml.safe_load(mlmodel_path.read_text())
-        flavors = mlmodel.get("flavors") or {}
-        pyfunc = flavors.get("python_function") or {}
-        if "xgboost" in flavors:
-            kind, model = "xgboost", _load_xgboost(folder, flavors["xgboost"], mv)
-        elif pyfunc.get("loader_module") == TORCH_LOADER_MODULE:
-            kind, model = "torch", _load_torch(folder, pyfunc, mv)
-        else:
-            pickled = (f", a pickled python_model '{pyfunc['python_model']}'"
-                       if pyfunc.get("python_model") else "")
-            raise ModelNotFound(
-                f"{mv.uri} is neither an XGBoost model nor a torch model logged by train_torch "
-                f"(flavors: {list(flavors)}, pyfunc loader_module: {pyfunc.get('loader_module')}"
-                f"{pickled}); serving loads only those two and never unpickles a model. "
-                "Re-train it with mlplatform.training.train_xgboost or train_torch.")
-        inputs = _signature_inputs(mlmodel, mv)
-    return LoadedModel(version=mv, model=model, inputs=inputs, kind=kind)
+        yield tmp
+
+
+def _load_folder(mv: ModelVersion, folder: Path) -> LoadedModel:
+    """The model and signature of a downloaded model folder (XGBoost UBJ/JSON or our torch
+    pyfunc; anything else, pickled models included, is refused)."""
+    mlmodel_path = folder / "MLmodel"
+    if not mlmodel_path.is_file():
+        raise ModelNotFound(f"{mv.uri} has no MLmodel file; was it logged with mlflow?")
+    mlmodel = yaml.safe_load(mlmodel_path.read_text())
+    flavors = mlmodel.get("flavors") or {}
+    pyfunc = flavors.get("python_function") or {}
+    if "xgboost" in flavors:
+        kind, model = "xgboost", _load_xgboost(folder, flavors["xgboost"], mv)
+    elif pyfunc.get("loader_module") == TORCH_LOADER_MODULE:
+        kind, model = "torch", _load_torch(folder, pyfunc, mv)
+    else:
+        pickled = (f", a pickled python_model '{pyfunc['python_model']}'"
+                   if pyfunc.get("python_model") else "")
+        raise ModelNotFound(
+            f"{mv.uri} is neither an XGBoost model nor a torch model logged by train_torch "
+            f"(flavors: {list(flavors)}, pyfunc loader_module: {pyfunc.get('loader_module')}"
+            f"{pickled}); serving loads only those two and never unpickles a model. "
+            "Re-train it with mlplatform.training.train_xgboost or train_torch.")
+    return LoadedModel(version=mv, model=model, inputs=_signature_inputs(mlmodel, mv), kind=kind)
 
 
 def _load_xgboost(folder: Path, flavor: dict, mv: ModelVersion):
@@ -162,7 +174,8 @@ def load_model_uri(uri: str, config=None) -> LoadedModel:
     if not uri.startswith(("models:/", "runs:/")):
         raise ModelNotFound(f"invalid model URI {uri!r}: use models:/<name>/<version>, "
                             "models:/<name>@<alias>, models:/m-<id> or runs:/<run_id>/<path>")
-    return load_model(_UriSource(registry.config), uri)
+    with _downloads() as tmp:
+        return _load_folder(*_download_uri(registry.config, uri, tmp))
 
 
 @dataclass(frozen=True)
@@ -174,26 +187,21 @@ class _UriVersion(ModelVersion):
         return self.source
 
 
-class _UriSource:
-    """Downloads like ``ModelRegistry.download``, for a logged model or run artifact URI."""
+def _download_uri(config, uri: str, dst) -> tuple[ModelVersion, Path]:
+    """Download a logged model (``models:/m-<id>``) or run artifact (``runs:/...``)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
 
-    def __init__(self, config):
-        self.config = config
-
-    def download(self, uri: str, dst) -> tuple[ModelVersion, Path]:
-        import mlflow
-        from mlflow.exceptions import MlflowException
-
-        tracking = self.config.mlflow_tracking_uri
-        try:
-            if uri.startswith("runs:/"):
-                run_id = uri[len("runs:/"):].split("/", 1)[0]
-            else:
-                run_id = mlflow.MlflowClient(tracking).get_logged_model(
-                    uri[len("models:/"):]).source_run_id
-            path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst),
-                                                       tracking_uri=tracking)
-        except MlflowException as exc:
-            raise ModelNotFound(f"{uri} does not resolve in {tracking}: {exc.message}") from None
-        return (_UriVersion(name=uri, version="", source=uri, run_id=run_id, aliases=(), tags={}),
-                Path(path))
+    tracking = config.mlflow_tracking_uri
+    try:
+        if uri.startswith("runs:/"):
+            run_id = uri[len("runs:/"):].split("/", 1)[0]
+        else:
+            run_id = mlflow.MlflowClient(tracking).get_logged_model(
+                uri[len("models:/"):]).source_run_id
+        path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst),
+                                                   tracking_uri=tracking)
+    except MlflowException as exc:
+        raise ModelNotFound(f"{uri} does not resolve in {tracking}: {exc.message}") from None
+    return (_UriVersion(name=uri, version="", source=uri, run_id=run_id, aliases=(), tags={}),
+            Path(path))

@@ -216,7 +216,7 @@ def test_loader_refuses_a_pickled_pyfunc_without_unpickling_it(registry, tmp_pat
         from mlflow.pyfunc import PythonModel
 
         class Pickled(_PickledModel, PythonModel):
-            pass
+            """A python_model MLflow stores with cloudpickle (what the loader must refuse)."""
 
         return mlflow.pyfunc.log_model(
             name="model", python_model=Pickled(str(marker)), pip_requirements=["numpy"],
