@@ -60,19 +60,27 @@ class TrainJobConfig(BaseModel):
 def run_train_job(job: TrainJobConfig, platform: PlatformConfig,
                   echo: Callable[[str], object] = print):
     """Run the job on the connected Ray cluster; returns the TrainResult and the ModelVersion."""
+    from mlplatform.features.training_set import read_training_set_manifest
     from mlplatform.pipelines.spine import build_spine_features, ensure_raw_data, register_model
     from mlplatform.training import train
+    from mlplatform.training.data import training_data
 
     ensure_raw_data(platform, job.data.generate_rows, job.data.seed)
     tset = build_spine_features(platform)   # gates the raw data with its contract first
     echo(f"training set: {tset.num_rows:,} rows at {tset.path} "
          f"(feature versions {tset.feature_versions})")
     cfg = job.train
-    if cfg.features_path is None:
+    versions = tset.feature_versions
+    if cfg.feature_views is not None:
+        path = training_data(cfg, platform)    # built once here; train() finds it again
+        versions = read_training_set_manifest(path)["feature_versions"]
+        echo(f"training set from feature views {cfg.feature_views.features}: {path} "
+             f"(feature versions {versions})")
+    elif cfg.features_path is None:
         cfg = cfg.model_copy(update={"features_path": tset.path})
     echo(f"training {cfg.model} on {cfg.scaling.num_workers} worker(s)"
          f"{' with GPUs' if cfg.scaling.use_gpu else ''}")
     result = train(cfg, platform)
     mv = register_model(platform, result, name=job.registration.name, alias=job.registration.alias,
-                        feature_versions=tset.feature_versions)
+                        feature_versions=versions)
     return result, mv

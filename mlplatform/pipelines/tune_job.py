@@ -77,12 +77,13 @@ def run_tune_job(job: TuneJobConfig, platform: PlatformConfig,
     from mlplatform.training.tuning import sweep
 
     cfg = job.train
-    if cfg.features_path is None:
+    if cfg.features_path is None:   # feature_views or the default set: views must be built
         ensure_raw_data(platform, job.data.generate_rows, job.data.seed)
         tset = build_spine_features(platform)   # gates the raw data with its contract first
         echo(f"training set: {tset.num_rows:,} rows at {tset.path} "
              f"(feature versions {tset.feature_versions})")
-        cfg = cfg.model_copy(update={"features_path": tset.path})
+        if cfg.feature_views is None:
+            cfg = cfg.model_copy(update={"features_path": tset.path})
     return sweep(cfg, platform=platform, seed=job.tune.seed,
                  **job.tune.model_dump(exclude={"seed"}))
 

@@ -21,6 +21,7 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     confloat,
+    model_validator,
 )
 
 from mlplatform.errors import ConfigError
@@ -111,6 +112,29 @@ class CallbackSpec(BaseModel):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+class FeatureViewsSource(BaseModel):
+    """Train straight from the feature store: labelled events joined point-in-time (as of one
+    microsecond before each event, as serving sees them) with features of the named views.
+
+    The training set is built on the cluster (Ray Data) under
+    ``<storage_root>/training_sets/views-<digest>`` and reused while the events, the features
+    and the views' offline versions are unchanged. When every feature the fraud model reads is
+    requested, the derived model inputs (``FEATURE_COLUMNS``) are added; the requested view
+    features and the event's own fields (amount, country, ...) are always there, so
+    ``feature_columns`` may name any of them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    features: list[str] = Field(
+        min_length=1, description="Feature references: 'view', 'view:feature' or a feature name.")
+    events: Path | None = Field(
+        default=None, description="Parquet of labelled events (transaction fields + label). "
+        "Default: the feature store's `transactions` source.")
+    versions: dict[str, str] = Field(
+        default_factory=dict, description="Pin offline versions per view (default: current).")
+
+
 class TrainConfig(BaseModel):
     """What :func:`mlplatform.training.train_xgboost` trains, on what data, and how."""
 
@@ -120,6 +144,9 @@ class TrainConfig(BaseModel):
     features_path: Path | None = Field(
         default=None, description="Parquet folder of the training set. Default: "
         "<storage_root>/training_sets/fraud (what build_training_set writes).")
+    feature_views: FeatureViewsSource | None = Field(
+        default=None, description="Or train from feature views + the label (built and joined "
+        "point-in-time by the feature store); excludes features_path.")
     label: str = Field(default=LABEL_COLUMN, description="Binary label column (0/1).")
     feature_columns: list[str] = Field(default_factory=lambda: list(FEATURE_COLUMNS),
                                        min_length=1, description="Model inputs, in order.")
@@ -147,6 +174,13 @@ class TrainConfig(BaseModel):
                                         "(default: the platform config's experiment_name).")
     run_name: str | None = Field(default=None, description="MLflow run name.")
     tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow run tags.")
+
+    @model_validator(mode="after")
+    def _one_data_source(self) -> TrainConfig:
+        if self.features_path is not None and self.feature_views is not None:
+            raise ValueError("give one data source: features_path (a Parquet training set) or "
+                             "feature_views (built from the feature store), not both")
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:

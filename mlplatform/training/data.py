@@ -14,6 +14,58 @@ from mlplatform.errors import ConfigError, DataValidationError, TrainingError
 from mlplatform.training.config import ScalingSpec, TrainConfig
 
 
+def training_data(config: TrainConfig, platform: PlatformConfig) -> Path:
+    """The Parquet training set a config trains on.
+
+    ``features_path`` as given; with ``feature_views``, a training set the feature store builds
+    (point-in-time join on the cluster) into ``<storage_root>/training_sets/views-<digest>``,
+    reused while the events, features and the views' offline versions are unchanged; otherwise
+    ``<storage_root>/training_sets/fraud``.
+
+    Raises:
+        ConfigError: A feature reference or a pinned view is unknown, or a view is not built.
+    """
+    import hashlib
+    import json
+
+    from mlplatform.features.training_set import (
+        TRAINING_SET_DIR,
+        TRAINING_SET_MANIFEST,
+        build_training_set,
+    )
+
+    source = config.feature_views
+    if source is None:
+        return Path(config.features_path or platform.path(*TRAINING_SET_DIR))
+    from mlplatform.features import FeatureStore
+    from mlplatform.features.offline import FeatureStoreError
+
+    store = FeatureStore(platform)
+    try:
+        current = store.feature_versions(source.features)
+    except KeyError as exc:
+        raise ConfigError(f"feature_views.features: {exc.args[0]}") from None
+    except FeatureStoreError as exc:
+        raise ConfigError(f"feature_views: {exc} (build the views first: `mlp features build`)"
+                          ) from None
+    events = Path(source.events) if source.events else store.source_path("transactions")
+    if not events.exists():
+        raise DataValidationError(f"feature_views.events {events} does not exist; point it at "
+                                  "a Parquet file or folder of labelled transactions.")
+    stamp = {"features": source.features, "versions": {**current, **source.versions},
+             "events": str(events.resolve()), "events_mtime": events.stat().st_mtime_ns}
+    digest = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:12]
+    out = platform.path("training_sets", f"views-{digest}")
+    if (out / TRAINING_SET_MANIFEST).is_file():
+        return out      # same inputs, same rows: nothing to rebuild
+    try:
+        build_training_set(store, events=str(events), out=out, features=source.features,
+                           versions=source.versions)
+    except (KeyError, FeatureStoreError) as exc:
+        raise ConfigError(f"feature_views: {exc.args[0]}") from None
+    return out
+
+
 def time_split(features_path: Path, config: TrainConfig):
     """Split by time: rows before the cutoff train, rows at/after it validate.
 

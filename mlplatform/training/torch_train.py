@@ -28,9 +28,14 @@ import pandas as pd
 
 from mlplatform.config import PlatformConfig
 from mlplatform.errors import ConfigError
-from mlplatform.features.training_set import TRAINING_SET_DIR
 from mlplatform.training.config import TrainConfig
-from mlplatform.training.data import check_scaling, fit, time_split, train_run_config
+from mlplatform.training.data import (
+    check_scaling,
+    fit,
+    time_split,
+    train_run_config,
+    training_data,
+)
 from mlplatform.training.tracking import TrainResult, log_training_run, signature_for
 
 #: Final metric names logged to MLflow (as xgb.FINAL_METRICS), from the per-epoch history.
@@ -68,7 +73,7 @@ def train_torch(config: TrainConfig, platform: PlatformConfig | None = None) -> 
     _check_columns(config)
     init_ray(platform)
     check_scaling(config.scaling)
-    features_path = Path(config.features_path or platform.path(*TRAINING_SET_DIR))
+    features_path = training_data(config, platform)
     train_ds, valid_ds, split = time_split(features_path, config)
 
     arch = _arch(config, *_numeric_stats(train_ds, _numeric_columns(config)))

@@ -44,7 +44,6 @@ import pandas as pd
 
 from mlplatform.config import PlatformConfig
 from mlplatform.errors import ConfigError, TrainingError
-from mlplatform.features.training_set import TRAINING_SET_DIR
 from mlplatform.training.config import TrainConfig
 from mlplatform.training.search_space import (
     apply_overrides,
@@ -111,10 +110,10 @@ def sweep(config: TrainConfig, search_space: Mapping[str, Any], num_samples: int
     from mlplatform import _mlflow
     from mlplatform._ray import init_ray
     from mlplatform.training import _sweep_tracking as sweep_log
-    from mlplatform.training.data import time_split
+    from mlplatform.training.data import time_split, training_data
 
     init_ray(platform)
-    features_path = Path(config.features_path or platform.path(*TRAINING_SET_DIR))
+    features_path = training_data(config, platform)
     train_ds, valid_ds, split = time_split(features_path, config)
     # One canonical row order: Ray Data may hand blocks back in any order, and XGBoost's
     # sketch and sampling depend on it; sorted, a seeded trial gives the same model every time.

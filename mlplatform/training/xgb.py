@@ -15,9 +15,14 @@ import tempfile
 from pathlib import Path
 
 from mlplatform.config import PlatformConfig
-from mlplatform.features.training_set import TRAINING_SET_DIR
 from mlplatform.training.config import TrainConfig
-from mlplatform.training.data import check_scaling, fit, time_split, train_run_config
+from mlplatform.training.data import (
+    check_scaling,
+    fit,
+    time_split,
+    train_run_config,
+    training_data,
+)
 from mlplatform.training.tracking import TrainResult, log_training_run, signature_for
 
 MODEL_FILE = "model.ubj"
@@ -47,7 +52,7 @@ def train_xgboost(config: TrainConfig, platform: PlatformConfig | None = None) -
 
 
     platform = platform or PlatformConfig.load()
-    features_path = Path(config.features_path or platform.path(*TRAINING_SET_DIR))
+    features_path = training_data(config, platform)
     train_ds, valid_ds, split = time_split(features_path, config)
 
     scaling = config.scaling
