@@ -22,3 +22,15 @@ class ModelNotFound(MLPlatformError, LookupError):
 
 class TrainingError(MLPlatformError, RuntimeError):
     """Distributed training failed or produced no model."""
+
+
+class RegistryError(MLPlatformError, RuntimeError):
+    """A registry action cannot be done as asked (e.g. a rollback with no previous holder)."""
+
+
+class PromotionRefused(RegistryError):
+    """A promotion failed at least one gate; nothing changed. ``decision`` has every gate."""
+
+    def __init__(self, message: str, decision=None):
+        super().__init__(message)
+        self.decision = decision

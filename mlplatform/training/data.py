@@ -178,6 +178,7 @@ def train_run_config(config: TrainConfig, platform: PlatformConfig, trainer: str
 def fit(trainer, config: TrainConfig):
     """``trainer.fit()``; a failed run raises :class:`TrainingError` naming the cause and the
     failure budget. Returns the Result, which has a checkpoint."""
+    _without_placement_group_cleaner(trainer)
     try:
         result = trainer.fit()
     except Exception as exc:   # Ray Train's TrainingFailedError and worker errors
@@ -190,3 +191,29 @@ def fit(trainer, config: TrainConfig):
         raise TrainingError(f"Ray Train finished without a checkpoint (error: {result.error}); "
                             "see the worker logs above.")
     return result
+
+
+def _without_placement_group_cleaner(trainer) -> None:
+    """Drop Ray Train 2.60's ``PlacementGroupCleanerCallback`` from this trainer.
+
+    Its detached cleaner polls the controller through the state API and reads a missing answer
+    (``get_actor`` -> None, which a busy dashboard gives) as "controller dead", then removes the
+    placement group of a live run: the workers die with "Destroying worker since its placement
+    group was removed" (seen on a loaded 2-core machine, about one run in ten). Without it, a
+    controller that dies ungracefully leaves its placement group until the driver's job ends,
+    when Ray removes it. If Ray's internals change, the trainer is left as it is.
+    """
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import (
+            PlacementGroupCleanerCallback,
+        )
+    except ImportError:
+        return
+    make = getattr(trainer, "_create_default_callbacks", None)
+    if make is None:
+        return
+
+    def callbacks():
+        return [c for c in make() if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    trainer._create_default_callbacks = callbacks
