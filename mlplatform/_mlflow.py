@@ -45,3 +45,24 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def run_json(config: PlatformConfig, run_id: str | None, path: str):
+    """A JSON artifact of a run, or None when the run or the artifact does not exist."""
+    if not run_id:
+        return None
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"runs:/{run_id}/{path}", dst_path=tmp,
+                tracking_uri=config.mlflow_tracking_uri)
+        except (MlflowException, OSError):
+            return None
+        return json.loads(Path(local).read_text())

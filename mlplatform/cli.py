@@ -14,6 +14,19 @@ features_app = typer.Typer(help="The feature store: build, materialize, validate
                            no_args_is_help=True)
 app.add_typer(features_app, name="features")
 
+
+def _add_subcommands() -> None:
+    """The registry, audit and pipeline commands live in their own modules."""
+    from mlplatform.cli_pipeline import pipeline_app
+    from mlplatform.cli_registry import audit_app, registry_app
+
+    app.add_typer(registry_app, name="registry")
+    app.add_typer(audit_app, name="audit")
+    app.add_typer(pipeline_app, name="pipeline")
+
+
+_add_subcommands()
+
 ConfigOpt = typer.Option(None, "--config", "-c", help="PlatformConfig YAML (default: $MLP_CONFIG).")
 
 
@@ -193,8 +206,6 @@ def features_show(
     typer.echo(json.dumps(info, indent=2, default=str))
 
 
-if __name__ == "__main__":
-    app()
 
 
 JobOpt = typer.Option(..., "--config", help="Job YAML (jobs/configs/*.yaml).")
@@ -298,3 +309,7 @@ def tune(job: Path = JobOpt, platform_config: Path | None = PlatformOpt) -> None
 
     spec, df = _run_job(TuneJobConfig.from_yaml, run_tune_job, job, platform_config)
     typer.echo("\n".join(summary(df, spec.tune.metric)))
+
+
+if __name__ == "__main__":
+    app()

@@ -25,6 +25,9 @@ from mlplatform.errors import ConfigError
 ENV_PREFIX = "MLP_"
 #: Environment variable naming a YAML config file (used when ``load`` gets no path).
 CONFIG_PATH_ENV = "MLP_CONFIG"
+#: MLP_* variables that are not config keys: who acts in the audit trail, and whether the
+#: cluster autoscales (set by the cluster YAMLs).
+PROCESS_ENV = frozenset({CONFIG_PATH_ENV, "MLP_ACTOR", "MLP_CLUSTER_AUTOSCALES"})
 
 
 class PlatformConfig(BaseModel):
@@ -175,12 +178,12 @@ def _read_env(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     fields = set(allowed_keys())
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_PATH_ENV:
+        if not name.startswith(ENV_PREFIX) or name in PROCESS_ENV:
             continue
         key = name[len(ENV_PREFIX):].lower()
         if key not in fields:
             raise ConfigError(
-                f"unknown environment variable {name}: mlplatform reads {CONFIG_PATH_ENV} and "
+                f"unknown environment variable {name}: mlplatform reads {', '.join(sorted(PROCESS_ENV))} and "
                 f"{', '.join(ENV_PREFIX + k.upper() for k in allowed_keys())}. Unset or rename it."
             )
         out[key] = value if value != "" else None

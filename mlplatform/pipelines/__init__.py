@@ -1,5 +1,7 @@
-"""Pipelines that chain the platform's steps. Issue #5 adds ModelCIPipeline."""
+"""Pipelines that chain the platform's steps: the spine (data -> features -> train -> register)
+and the model CI/CD pipeline (:class:`ModelCIPipeline`)."""
 
+from mlplatform.pipelines.ci import CIConfig, ModelCIPipeline, PipelineReport, StageReport
 from mlplatform.pipelines.spine import (
     SpineResult,
     build_spine_features,
@@ -9,5 +11,6 @@ from mlplatform.pipelines.spine import (
     run_spine,
 )
 
-__all__ = ["SpineResult", "build_spine_features", "ensure_raw_data", "generate_data", "register_model",
+__all__ = ["CIConfig", "ModelCIPipeline", "PipelineReport", "SpineResult", "StageReport",
+           "build_spine_features", "ensure_raw_data", "generate_data", "register_model",
            "run_spine"]

@@ -66,6 +66,20 @@ def _features_for(store, records: list[dict[str, Any]]) -> tuple[np.ndarray, lis
     return model_inputs(frame).to_numpy(dtype=np.float64), unknown
 
 
+def _audit_deploy(registry, version, model_ref: str) -> None:
+    """Record in the audit trail that this replica serves ``version`` (a replica that cannot
+    write the trail still serves, and says so in its log)."""
+    try:
+        ctx = serve.get_replica_context()
+        target = f"serve:{ctx.app_name}/{ctx.deployment}#{ctx.replica_id.unique_id}"
+    except Exception:   # outside a replica (tests calling the class directly)
+        target = "serve:local"
+    try:
+        registry.record_deploy(version.name, version.version, f"{target} ({model_ref})")
+    except Exception as exc:
+        logger.warning("could not record the deploy of %s in the audit trail: %s", version.uri, exc)
+
+
 @serve.deployment
 class ModelServer:
     """Serves one registered model version (``models:/<name>@<alias>`` resolved at start)."""
@@ -77,12 +91,14 @@ class ModelServer:
         from mlplatform.registry import ModelRegistry, load_model
 
         config = PlatformConfig(**platform)
-        self._model = load_model(ModelRegistry(config), model_ref)
+        registry = ModelRegistry(config)
+        self._model = load_model(registry, model_ref)
         self._columns = self._model.feature_names
         if self._columns != FEATURE_COLUMNS:
             raise ValueError(f"model {model_ref} takes inputs {self._columns}, but the platform's "
                              f"model_inputs() produces {FEATURE_COLUMNS}; retrain it on a "
                              "training set from mlplatform.features.build_training_set")
+        _audit_deploy(registry, self._model.version, model_ref)
         self._store = FeatureStore(config)
         self._schema = transaction_model()
         self._score_batch.set_max_batch_size(max_batch_size)

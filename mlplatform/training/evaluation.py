@@ -12,8 +12,6 @@ category, and the behavioural checks of :mod:`mlplatform.training.behaviour`.
 
 from __future__ import annotations
 
-import json
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -256,16 +254,7 @@ def _slices(rows: pd.DataFrame, column: str, threshold: float) -> dict[str, dict
 
 def _run_threshold(run_id: str | None, platform) -> float | None:
     """The threshold the training run chose (``evaluation/metrics.json``), if it logged one."""
-    if not run_id:
-        return None
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    from mlplatform._mlflow import run_json
 
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"runs:/{run_id}/evaluation/metrics.json", dst_path=tmp,
-                tracking_uri=platform.mlflow_tracking_uri)
-        except (MlflowException, OSError):
-            return None
-        return float(json.loads(Path(path).read_text())["threshold"])
+    metrics = run_json(platform, run_id, "evaluation/metrics.json")
+    return None if metrics is None else float(metrics["threshold"])

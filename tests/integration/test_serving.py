@@ -26,6 +26,15 @@ def url(spine, platform):
     serve.shutdown()
 
 
+def test_each_replica_records_its_deploy_in_the_audit_trail(url, spine, platform):
+    registry = ModelRegistry(platform)
+    deploys = registry.audit.events(model="fraud", action="deploy")
+    champion = registry.resolve("fraud@champion").version
+    assert any(e["version"] == champion and e["details"]["target"].startswith("serve:")
+               and "fraud@champion" in e["details"]["target"] for e in deploys), deploys
+    assert registry.audit.verify().ok
+
+
 @pytest.fixture(scope="module")
 def sample(spine):
     """New transactions of known users, half an hour after the data ends (what arrives live)."""

@@ -65,6 +65,11 @@ def test_unknown_env_var_is_rejected():
         PlatformConfig.load(env={"MLP_STORAGE_RUT": "/x"})
 
 
+def test_process_variables_are_not_config_keys():
+    cfg = PlatformConfig.load(env={"MLP_ACTOR": "ci-bot", "MLP_CLUSTER_AUTOSCALES": "1"})
+    assert cfg == PlatformConfig.load(env={})
+
+
 @pytest.mark.parametrize("content,match", [("- a\n- b\n", "mapping"), ("a: [\n", "not valid YAML")])
 def test_malformed_file(tmp_path, content, match):
     f = tmp_path / "c.yaml"
