@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -66,3 +68,24 @@ def run_json(config: PlatformConfig, run_id: str | None, path: str):
         except (MlflowException, OSError):
             return None
         return json.loads(Path(local).read_text())
+
+
+@contextmanager
+def resumed_run(run_id: str) -> Iterator[Any]:
+    """``mlflow.start_run(run_id=...)`` that works whatever experiment the caller made active.
+
+    MLflow refuses to resume a run of another experiment than the one ``mlflow.set_experiment``
+    made active (a notebook user may have set their own). The run's experiment is made active
+    for the block, and the caller's choice is put back afterwards.
+    """
+    import mlflow
+    from mlflow.tracking import fluent
+
+    before = getattr(fluent, "_active_experiment_id", None)
+    mlflow.set_experiment(experiment_id=mlflow.get_run(run_id).info.experiment_id)
+    try:
+        with mlflow.start_run(run_id=run_id) as run:
+            yield run
+    finally:
+        if hasattr(fluent, "_active_experiment_id"):
+            fluent._active_experiment_id = before

@@ -145,12 +145,15 @@ def card(name: str = NameArg, version: str = VersionArg, data: Path | None = Dat
     from mlplatform.registry import generate_model_card
 
     cfg = _load(config)
+    rows = None
     if data is not None:
-        from mlplatform._ray import init_ray
+        import pandas as pd
 
-        init_ray(cfg)
-    path = _guard(lambda: generate_model_card(name, version, config=cfg,
-                                              dataset=str(data) if data else None))
+        if not data.exists():
+            typer.secho(f"error: --data {data} does not exist", fg="red", err=True)
+            raise typer.Exit(2)
+        rows = pd.read_parquet(data)   # scored in this process (a holdout fits in memory)
+    path = _guard(lambda: generate_model_card(name, version, config=cfg, dataset=rows))
     typer.echo(Path(path).read_text())
     typer.secho(f"card: {path} (+ {Path(path).with_suffix('.html').name})", fg="green", err=True)
 

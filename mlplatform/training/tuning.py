@@ -178,8 +178,7 @@ def _record_results(grid, client, experiment_id: str, parent_id: str, backend: _
                     valid_df: pd.DataFrame):
     """The trials table; the best finished trial's model logged on its child run; the
     parent run's summary. Returns the table and the model's ``ModelInfo``."""
-    import mlflow
-
+    from mlplatform import _mlflow
     from mlplatform.training import _sweep_tracking as sweep_log
 
     runs = sweep_log.child_runs(client, experiment_id, parent_id)
@@ -191,7 +190,7 @@ def _record_results(grid, client, experiment_id: str, parent_id: str, backend: _
         raise TrainingError("no trial finished with a model (every one was stopped or failed); "
                             "raise num_samples or the grace_period.")
     row, checkpoint = best
-    with checkpoint.as_directory() as model_dir, mlflow.start_run(run_id=row["run_id"]):
+    with checkpoint.as_directory() as model_dir, _mlflow.resumed_run(row["run_id"]):
         info = backend.log_model(Path(model_dir), apply_overrides(config, {k: row[k] for k in keys}),
                                  valid_df[config.feature_columns].head(5))
     client.log_batch(parent_id, metrics=sweep_log.metrics({

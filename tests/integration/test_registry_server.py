@@ -70,12 +70,11 @@ def _log_model(platform, train: pd.DataFrame, rounds: int, depth: int) -> str:
     from mlplatform.features.transforms import FEATURE_COLUMNS
     from mlplatform.training.tracking import signature_for
 
-    _mlflow.client(platform)
-    mlflow.set_experiment(platform.experiment_name)
+    experiment_id = _mlflow.ensure_experiment(platform)
     x = train[FEATURE_COLUMNS]
     booster = xgboost.train({"objective": "binary:logistic", "max_depth": depth, "eta": 0.3},
                             xgboost.DMatrix(x, label=train["is_fraud"]), rounds)
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=experiment_id) as run:
         sample = x.head(5)
         mlflow.xgboost.log_model(booster, name="model", model_format="ubj",
                                  signature=signature_for(sample, booster.predict(
@@ -168,3 +167,33 @@ def test_a_refused_promotion_from_the_cli_lists_the_gates(http_platform, models,
     assert "REFUSED" in out.stdout and "FAIL min_metric:auc_pr" in out.stdout
     assert "PASS signature" in out.stdout and "< minimum 0.9990" in out.stdout
     assert reg.resolve(f"{NAME}@champion").version == before
+
+
+def test_list_show_and_card_from_the_cli(http_platform, models, holdout, tmp_path):
+    _, config_path = http_platform
+    reg, weak, strong = models
+    out = subprocess.run([MLP, "registry", "list", "--config", str(config_path)],
+                         capture_output=True, text=True, timeout=120)
+    champion = reg.resolve(f"{NAME}@champion").version
+    assert out.returncode == 0 and f"{NAME}  @champion=v{champion}" in out.stdout, out.stderr
+    out = subprocess.run([MLP, "registry", "list", NAME, "--config", str(config_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert [line.split()[0] for line in out.stdout.splitlines()][:2] == \
+        [f"v{strong.version}", f"v{weak.version}"]
+    out = subprocess.run([MLP, "registry", "show", f"{NAME}/{strong.version}", "--config",
+                          str(config_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and f"run_id: {strong.run_id}" in out.stdout
+    assert "signature.inputs:" in out.stdout
+    data = tmp_path / "holdout.parquet"
+    holdout[1].head(3000).to_parquet(data)
+    out = subprocess.run([MLP, "registry", "card", NAME, strong.version, "--data", str(data),
+                          "--config", str(config_path)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"# Model card: {NAME}" in out.stdout and strong.run_id in out.stdout
+    assert "Holdout evaluation (3000 rows" in out.stdout and "### By country" in out.stdout
+    card = Path(out.stderr.split("card: ")[1].split(" (+")[0])
+    assert card.is_file() and card.with_suffix(".html").is_file()
+    out = subprocess.run([MLP, "registry", "show", "../etc", "--config", str(config_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "invalid model" in out.stderr

@@ -27,9 +27,15 @@ def swept(spine, platform):
     fewer than ROUNDS rounds was stopped by ASHA."""
     config = TrainConfig(features_path=spine.features_path, num_boost_round=ROUNDS,
                          early_stopping_rounds=0, run_name="test-sweep")
+    # A notebook user may have made their own experiment active: the sweep must not care, and
+    # must leave it active.
+    theirs = _mlflow.ensure_experiment(platform, "someone-elses-experiment")
+    mlflow.set_experiment(experiment_id=theirs)
     df = sweep(config, SPACE, num_samples=6, max_concurrent=2, scheduler="asha",
                search_alg="random", grace_period=5, reduction_factor=3, platform=platform)
-    return df
+    assert mlflow.tracking.fluent._get_experiment_id() == theirs
+    yield df
+    mlflow.tracking.fluent._active_experiment_id = None
 
 
 def test_sweep_returns_trials_sorted_best_first(swept, spine):
