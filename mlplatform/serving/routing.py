@@ -1,0 +1,157 @@
+"""Traffic splitting for the Router deployment: the config it reads from its Serve
+``user_config`` and the arm choice (weighted, sticky by key, shadow sampling).
+
+Pure logic, no Ray: the Router deployment (issue #6) holds one :class:`Splitter` per config and
+swaps it atomically when ``serve deploy`` sends a new ``user_config``; a config that fails
+validation raises :class:`~mlplatform.errors.ConfigError` and the running Splitter stays.
+
+Example:
+    >>> cfg = RouterConfig.from_user_config({"arms": [
+    ...     {"name": "champion", "model": "fraud@champion", "weight": 90},
+    ...     {"name": "challenger", "model": "fraud@challenger", "weight": 10}],
+    ...     "sticky_key": "user_id"})
+    >>> Splitter(cfg).choose("u-42") in ("champion", "challenger")
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from bisect import bisect_right
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    ValidationError,
+    confloat,
+    model_validator,
+)
+
+from mlplatform.errors import ConfigError
+from mlplatform.registry.registry import parse_model_ref
+
+
+class ArmSpec(BaseModel):
+    """One arm: a name (shown in responses and metrics), a registry reference, a weight."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$", description="Arm name.")
+    model: str = Field(description="fraud@champion, fraud@challenger or fraud/3.")
+    weight: NonNegativeFloat = Field(description="Relative share of traffic (0: none).")
+
+    @model_validator(mode="after")
+    def _model_ref(self) -> ArmSpec:
+        parse_model_ref(self.model)   # ValueError naming the reference and the forms
+        return self
+
+
+class ShadowSpec(BaseModel):
+    """A model that gets copies of a sample of requests; its answers are discarded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: str = Field(description="Registry reference of the shadow model.")
+    sample: confloat(ge=0.0, le=1.0) = Field(description="Share of requests copied (0-1).")
+
+    @model_validator(mode="after")
+    def _model_ref(self) -> ShadowSpec:
+        parse_model_ref(self.model)
+        return self
+
+
+class RouterConfig(BaseModel):
+    """The Router's ``user_config`` in a Serve YAML."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    arms: list[ArmSpec] = Field(min_length=1, description="Arms and their weights.")
+    sticky_key: str | None = Field(default=None, description="Request field whose value picks "
+                                   "the arm by hash: same value, same arm while weights hold.")
+    shadow: ShadowSpec | None = Field(default=None, description="Optional shadow model.")
+
+    @model_validator(mode="after")
+    def _arms(self) -> RouterConfig:
+        names = [a.name for a in self.arms]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"arm names must be unique; repeated: {dupes}")
+        if not any(a.weight > 0 for a in self.arms):
+            raise ValueError(f"at least one arm needs a positive weight; weights: "
+                             f"{ {a.name: a.weight for a in self.arms} }")
+        return self
+
+    @classmethod
+    def from_user_config(cls, user_config: Mapping[str, Any] | None) -> RouterConfig:
+        """Validate a ``user_config`` mapping.
+
+        Raises:
+            ConfigError: Naming every bad key and how to fix it; nothing else changes.
+        """
+        if not isinstance(user_config, Mapping):
+            raise ConfigError(f"router user_config must be a mapping with 'arms', got "
+                              f"{type(user_config).__name__}")
+        try:
+            return cls(**user_config)
+        except (ValidationError, ValueError) as exc:
+            if isinstance(exc, ValidationError):
+                details = "; ".join(f"'{'.'.join(map(str, e['loc'])) or 'user_config'}': "
+                                    f"{e['msg']}" for e in exc.errors())
+            else:
+                details = str(exc)
+            raise ConfigError(f"invalid router user_config: {details}. Example: arms: "
+                              "[{name: champion, model: fraud@champion, weight: 90}, "
+                              "{name: challenger, model: fraud@challenger, weight: 10}]"
+                              ) from None
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {a.name: a.weight for a in self.arms}
+
+
+def _unit(value: str, salt: str) -> float:
+    """A stable number in [0, 1) for ``value`` (same on every replica and process)."""
+    digest = hashlib.sha256(f"{salt}\x00{value}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+class Splitter:
+    """Chooses an arm per request from a :class:`RouterConfig`.
+
+    Without a sticky key the choice is random with the configured weights; with one it is a
+    hash of the key's value, so the same value lands on the same arm for as long as the weights
+    stay the same (and moves as little as a change of weights allows: arms keep their order).
+    Zero-weight arms are never chosen.
+
+    Args:
+        config: The validated config.
+        seed: Seed of the random choices (tests); None: from the OS.
+    """
+
+    def __init__(self, config: RouterConfig, seed: int | None = None):
+        self.config = config
+        live = [a for a in config.arms if a.weight > 0]
+        total = sum(a.weight for a in live)
+        self._names = [a.name for a in live]
+        self._bounds, acc = [], 0.0
+        for arm in live:
+            acc += arm.weight / total
+            self._bounds.append(acc)
+        self._bounds[-1] = 1.0         # no gap at the top from float rounding
+        self._rng = random.Random(seed)
+
+    def choose(self, key: str | None = None) -> str:
+        """The arm for one request (``key``: the sticky field's value, if configured)."""
+        u = _unit(str(key), "arm") if key is not None else self._rng.random()
+        return self._names[min(bisect_right(self._bounds, u), len(self._names) - 1)]
+
+    def shadowed(self, request_id: str | None = None) -> bool:
+        """Whether a copy of this request goes to the shadow model (by hash of the request id
+        when given, so a retried request decides the same way)."""
+        shadow = self.config.shadow
+        if shadow is None or shadow.sample <= 0:
+            return False
+        u = _unit(request_id, "shadow") if request_id is not None else self._rng.random()
+        return u < shadow.sample
