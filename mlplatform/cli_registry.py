@@ -52,6 +52,19 @@ def _guard(fn, code: int = 1):
         raise typer.Exit(code if isinstance(exc, MLPlatformError) else 2) from None
 
 
+def _rows(path: Path | None, option: str):
+    """Labelled rows of a Parquet file as a DataFrame (scored in this process, like the default
+    holdout), or None; exit 2 when the file is missing."""
+    if path is None:
+        return None
+    if not path.exists():
+        typer.secho(f"error: {option} {path} does not exist", fg="red", err=True)
+        raise typer.Exit(2)
+    import pandas as pd
+
+    return pd.read_parquet(path)
+
+
 @registry_app.command("list")
 def list_models(name: str | None = typer.Argument(None, help="A model: list its versions."),
                 config: Path | None = ConfigOpt) -> None:
@@ -88,14 +101,7 @@ def promote(name: str = NameArg, version: str = VersionArg, to: str = ToOpt,
     from mlplatform.errors import PromotionRefused
 
     reg = _registry(config)
-    rows = None
-    if holdout is not None:
-        import pandas as pd
-
-        if not holdout.exists():
-            typer.secho(f"error: holdout {holdout} does not exist", fg="red", err=True)
-            raise typer.Exit(2)
-        rows = pd.read_parquet(holdout)   # scored in this process, like the default holdout
+    rows = _rows(holdout, "--holdout")
     def attempt():
         try:
             return reg.promote(name, version, to=to, gates=gates, holdout=rows, actor=actor,
@@ -145,14 +151,7 @@ def card(name: str = NameArg, version: str = VersionArg, data: Path | None = Dat
     from mlplatform.registry import generate_model_card
 
     cfg = _load(config)
-    rows = None
-    if data is not None:
-        import pandas as pd
-
-        if not data.exists():
-            typer.secho(f"error: --data {data} does not exist", fg="red", err=True)
-            raise typer.Exit(2)
-        rows = pd.read_parquet(data)   # scored in this process (a holdout fits in memory)
+    rows = _rows(data, "--data")
     path = _guard(lambda: generate_model_card(name, version, config=cfg, dataset=rows))
     typer.echo(Path(path).read_text())
     typer.secho(f"card: {path} (+ {Path(path).with_suffix('.html').name})", fg="green", err=True)

@@ -235,7 +235,6 @@ def rollback(reg: ModelRegistry, name: str, alias: str = "champion",
                     f"name one with to_version (mlp registry rollback {name} --to <version>)")
             target = stack[-1]
         reg._client.set_registered_model_alias(name, alias, target)
-        event = reg._record("rollback", name, target, alias=alias, actor=actor, reason=reason,
-                            details={"from_version": current, "to_version": target},
-                            locked=True)
-    return history(reg, name, alias)[-1] if event else None
+        reg._record("rollback", name, target, alias=alias, actor=actor, reason=reason,
+                    details={"from_version": current, "to_version": target}, locked=True)
+    return history(reg, name, alias)[-1]
