@@ -16,13 +16,15 @@ app.add_typer(features_app, name="features")
 
 
 def _add_subcommands() -> None:
-    """The registry, audit and pipeline commands live in their own modules."""
+    """The registry, audit, pipeline and serve commands live in their own modules."""
     from mlplatform.cli_pipeline import pipeline_app
     from mlplatform.cli_registry import audit_app, registry_app
+    from mlplatform.cli_serve import serve_app
 
     app.add_typer(registry_app, name="registry")
     app.add_typer(audit_app, name="audit")
     app.add_typer(pipeline_app, name="pipeline")
+    app.add_typer(serve_app, name="serve")
 
 
 _add_subcommands()

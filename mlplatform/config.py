@@ -25,9 +25,12 @@ from mlplatform.errors import ConfigError
 ENV_PREFIX = "MLP_"
 #: Environment variable naming a YAML config file (used when ``load`` gets no path).
 CONFIG_PATH_ENV = "MLP_CONFIG"
-#: MLP_* variables that are not config keys: who acts in the audit trail, and whether the
-#: cluster autoscales (set by the cluster YAMLs).
-PROCESS_ENV = frozenset({CONFIG_PATH_ENV, "MLP_ACTOR", "MLP_CLUSTER_AUTOSCALES"})
+#: MLP_* variables that are not config keys: who acts in the audit trail, whether the
+#: cluster autoscales (set by the cluster YAMLs), and the Serve app's bearer tokens.
+PROCESS_ENV = frozenset({CONFIG_PATH_ENV, "MLP_ACTOR", "MLP_CLUSTER_AUTOSCALES",
+                         "MLP_SERVE_TOKEN", "MLP_SERVE_ADMIN_TOKEN"})
+#: Any MLP_SERVE_* variable is the Serve app's (e.g. a token named by ``token_env``).
+SERVE_ENV_PREFIX = "MLP_SERVE_"
 
 
 class PlatformConfig(BaseModel):
@@ -178,7 +181,8 @@ def _read_env(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     fields = set(allowed_keys())
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or name in PROCESS_ENV:
+        if (not name.startswith(ENV_PREFIX) or name in PROCESS_ENV
+                or name.startswith(SERVE_ENV_PREFIX)):
             continue
         key = name[len(ENV_PREFIX):].lower()
         if key not in fields:

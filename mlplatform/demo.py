@@ -7,6 +7,8 @@ Ray Serve app (serve_configs/fraud.yaml) -> real HTTP requests -> summary -> cle
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +77,10 @@ def run_demo(config: PlatformConfig | None = None, n_rows: int = 100_000, seed: 
     def step(label: str) -> None:
         console.rule(f"[bold cyan][{next(steps)}/6] {label}")
 
+    # The endpoint's bearer token: yours ($MLP_SERVE_TOKEN), or a fresh one for this demo. It is
+    # set before Ray starts so the Serve replicas (children of this local Ray) see it.
+    generated = not os.environ.get("MLP_SERVE_TOKEN")
+    token = os.environ["MLP_SERVE_TOKEN"] = os.environ.get("MLP_SERVE_TOKEN") or secrets.token_hex(16)
     init_ray(config)
     # The last 3 days (of the generator's 2026-01-01 + 60 days) are replayed as live traffic:
     # the online store holds everything before them, as it would when they arrive.
@@ -83,13 +89,16 @@ def run_demo(config: PlatformConfig | None = None, n_rows: int = 100_000, seed: 
     mv = spine.model_version
 
     step(f"Serving models:/{mv.name}@champion with Ray Serve (serve_configs/fraud.yaml)")
-    url = deploy(args_overrides={"model": f"{mv.name}@champion",
+    url = deploy(args_overrides={"models": [f"{mv.name}@champion"],
                                  "platform": config.model_dump(mode="json")},
+                 router_config={"arms": [{"name": "champion", "model": f"{mv.name}@champion",
+                                          "weight": 100}]},
                  http_port=http_port)
     step(f"Sending real HTTP requests to {url}/predict")
     rows, instances = sample_instances(spine.raw_path, live_from, seed=seed)
     predictions = []
     with requests.Session() as http:
+        http.headers["Authorization"] = f"Bearer {token}"
         for (_, row), instance in zip(rows.iterrows(), instances, strict=True):
             resp = http.post(f"{url}/predict", json=instance, timeout=30)
             resp.raise_for_status()
@@ -131,7 +140,9 @@ def run_demo(config: PlatformConfig | None = None, n_rows: int = 100_000, seed: 
     console.print("Ray dashboard   : http://127.0.0.1:8265 while Ray runs "
                   "(for a lasting cluster: `ray start --head`, then `ray dashboard` on a remote one)")
     if keep_running:
-        console.print(f"[bold]Serving at {url}/predict - press Ctrl-C to stop.")
+        console.print(f"[bold]Serving at {url}/predict - press Ctrl-C to stop.[/bold] Send "
+                      "'Authorization: Bearer $MLP_SERVE_TOKEN'"
+                      + (f" (this demo's token: {token})" if generated else ""))
         try:
             while True:
                 time.sleep(3600)

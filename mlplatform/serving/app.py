@@ -31,7 +31,10 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(default="fraud@champion",
-                       description="Registered model to serve: 'name@alias' or 'name/version'.")
+                       description="The model served when 'models' is not given.")
+    models: list[str] | None = Field(
+        default=None, description="Models to serve, one ModelServer deployment each "
+        "('name@alias' or 'name/version'); the Router's arms and shadow choose among them.")
     platform_config: str | None = Field(
         default=None, description="PlatformConfig YAML file (else $MLP_CONFIG / MLP_* / defaults).")
     platform: dict[str, Any] = Field(
@@ -42,38 +45,137 @@ class AppArgs(BaseModel):
                                         description="Requests scored together by @serve.batch.")
     batch_wait_timeout_s: NonNegativeFloat = Field(
         default=0.005, description="How long @serve.batch waits to fill a batch.")
+    reload_interval_s: NonNegativeFloat = Field(
+        default=30.0, description="How often an alias is re-resolved (0: only on mlp serve reload).")
+    auth: bool = Field(default=True, description="Bearer-token auth on every route but /healthz.")
+    token_env: str = Field(default="MLP_SERVE_TOKEN", pattern=r"^[A-Z_][A-Z0-9_]*$",
+                           description="Environment variable holding the bearer token.")
+    admin_token_env: str = Field(
+        default="MLP_SERVE_ADMIN_TOKEN", pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Environment variable holding the token that may pin arms (X-MLP-Arm).")
+
+    @property
+    def served(self) -> list[str]:
+        return list(dict.fromkeys(self.models or [self.model]))
+
+
+def server_name(model_ref: str) -> str:
+    """The ModelServer deployment name of a model: ``fraud@champion`` ->
+    ``ModelServer-fraud-champion``, ``fraud/3`` -> ``ModelServer-fraud-v3``."""
+    from mlplatform.registry.registry import parse_model_ref
+
+    name, alias, version = parse_model_ref(model_ref)
+    return f"ModelServer-{name}-{alias if alias is not None else 'v' + str(version)}"
+
+
+def default_router_config(models: list[str]) -> dict[str, Any]:
+    """All traffic to the first served model (when the YAML sets no Router user_config)."""
+    from mlplatform.registry.registry import parse_model_ref
+
+    _, alias, version = parse_model_ref(models[0])
+    return {"arms": [{"name": alias or f"v{version}", "model": models[0], "weight": 100}]}
+
+
+def _app_args(args: Mapping[str, Any] | None) -> AppArgs:
+    try:
+        a = AppArgs(**dict(args or {}))
+        for ref in a.served:
+            server_name(ref)
+    except (ValidationError, ValueError) as exc:
+        if isinstance(exc, ValidationError):
+            detail = "; ".join(f"'{'.'.join(map(str, e['loc']))}': {e['msg']}"
+                               for e in exc.errors())
+        else:
+            detail = str(exc)
+        raise ConfigError(f"invalid Serve application args: {detail}. "
+                          f"Allowed args: {', '.join(AppArgs.model_fields)}.") from None
+    return a
 
 
 def build_app(args: Mapping[str, Any] | None = None):
-    """Build the Serve application graph ``Ingress -> ModelServer``.
+    """Build ``Ingress -> FeatureLookup -> Router -> ModelServer-<model>`` (+ ``Explainer``).
 
-    The model reference is resolved here, so a missing model fails the deploy with a clear
+    Every served model is resolved here, so a missing model fails the deploy with a clear
     message instead of starting replicas that cannot load.
 
     Raises:
-        ConfigError: Unknown or invalid ``args``.
-        ModelNotFound: The model reference does not resolve in the registry.
+        ConfigError: Unknown or invalid ``args``, or auth on without a token.
+        ModelNotFound: A model reference does not resolve in the registry.
     """
-    from mlplatform.registry import ModelRegistry
-    from mlplatform.serving.deployments import Ingress, ModelServer
+    import logging
+    import os
 
-    try:
-        a = AppArgs(**dict(args or {}))
-    except ValidationError as exc:
-        raise ConfigError("invalid Serve application args: " + "; ".join(
-            f"'{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in exc.errors())
-            + f". Allowed args: {', '.join(AppArgs.model_fields)}.") from None
+    from mlplatform.registry import ModelRegistry
+    from mlplatform.serving.deployments import (
+        Explainer,
+        FeatureLookup,
+        Ingress,
+        ModelServer,
+        Router,
+    )
+
+    a = _app_args(args)
+    if a.auth and not os.environ.get(a.token_env):
+        raise ConfigError(f"auth is on but ${a.token_env} is not set where the app is built: "
+                          f"export {a.token_env}=<token> before `ray start` / `serve run` (e.g. "
+                          f"$(openssl rand -hex 24)), or set args.auth: false for a local demo")
+    if not a.auth:
+        logging.getLogger("ray.serve").warning(
+            "Serve app built with auth: false — every route is open. Local demos only.")
     platform = PlatformConfig.load(a.platform_config, overrides=a.platform)
-    ModelRegistry(platform).resolve(a.model)
-    server = ModelServer.bind(a.model, platform.model_dump(mode="json"), a.max_batch_size,
-                              a.batch_wait_timeout_s)
-    return Ingress.bind(server, a.max_items, a.max_body_bytes)
+    registry = ModelRegistry(platform)
+    for ref in a.served:
+        registry.resolve(ref)
+    plat = platform.model_dump(mode="json")
+    servers = {ref: ModelServer.options(name=server_name(ref)).bind(
+        ref, plat, a.max_batch_size, a.batch_wait_timeout_s, a.reload_interval_s)
+        for ref in a.served}
+    default = default_router_config(a.served)
+    router = Router.options(user_config=default).bind(servers, Explainer.bind(plat), default)
+    return Ingress.bind(FeatureLookup.bind(plat), router, a.max_items, a.max_body_bytes, a.auth,
+                        a.token_env, a.admin_token_env)
+
+
+def check_serve_config(raw: Mapping[str, Any]) -> None:
+    """Validate what Serve cannot: our app args and each Router ``user_config`` (weights,
+    names, and that every arm's and the shadow's model is in ``args.models``).
+
+    Raises:
+        ConfigError: Naming the application, the key and the fix; nothing is deployed.
+    """
+    from mlplatform.serving.routing import RouterConfig
+
+    for app in raw.get("applications") or []:
+        if app.get("import_path") != "mlplatform.serving.app:build_app":
+            continue
+        where = f"application '{app.get('name', 'default')}'"
+        args = _app_args(app.get("args"))
+        for dep in app.get("deployments") or []:
+            if dep.get("name") != "Router" or dep.get("user_config") is None:
+                continue
+            try:
+                cfg = RouterConfig.from_user_config(dep["user_config"])
+            except ConfigError as exc:
+                raise ConfigError(f"{where}, deployment Router: {exc}") from None
+            refs = [x.model for x in cfg.arms] + ([cfg.shadow.model] if cfg.shadow else [])
+            missing = [r for r in refs if r not in args.served]
+            if missing:
+                raise ConfigError(f"{where}: the Router routes to {missing}, which no ModelServer "
+                                  f"serves; add them to args.models (now {args.served})")
+        names = {server_name(r) for r in args.served} | {
+            "Ingress", "FeatureLookup", "Router", "Explainer"}
+        unknown = [d.get("name") for d in app.get("deployments") or []
+                   if d.get("name") not in names]
+        if unknown:
+            raise ConfigError(f"{where}: deployments {unknown} do not exist in this app; "
+                              f"its deployments are {sorted(names)}")
 
 
 def deploy(
     config_path: str | Path = DEFAULT_SERVE_CONFIG,
     args_overrides: Mapping[str, Any] | None = None,
     http_port: int | None = None,
+    router_config: Mapping[str, Any] | None = None,
     timeout_s: float = 300.0,
 ) -> str:
     """Deploy a Serve YAML on the connected Ray cluster, as ``serve deploy`` would, and wait.
@@ -81,14 +183,17 @@ def deploy(
     Args:
         config_path: Serve config file (``ServeDeploySchema``).
         args_overrides: Merged into every application's ``args`` (e.g. ``{"platform":
-            {"storage_root": "/abs/path"}}``).
+            {"storage_root": "/abs/path"}}``). When it sets ``models``, the YAML's options for
+            ModelServers of models no longer served are dropped.
         http_port: Override ``http_options.port``.
+        router_config: Replaces the Router's ``user_config`` (arms, weights, sticky, shadow).
         timeout_s: How long to wait for every application to be RUNNING.
 
     Returns:
         The base URL of the HTTP proxy, e.g. ``http://127.0.0.1:8000``.
 
     Raises:
+        ConfigError: The app args or a Router ``user_config`` are invalid (nothing deployed).
         RuntimeError: An application failed to deploy (the message holds Serve's reason) or did
             not become RUNNING in time.
     """
@@ -99,8 +204,20 @@ def deploy(
     raw = yaml.safe_load(Path(config_path).read_text())
     for app in raw.get("applications", []):
         app["args"] = {**(app.get("args") or {}), **dict(args_overrides or {})}
+        if {"model", "models"} & set(args_overrides or {}):
+            # Other models were asked for: drop the YAML's options for ModelServers of models
+            # no longer served (Serve refuses options for deployments that do not exist).
+            served = {server_name(r) for r in _app_args(app["args"]).served}
+            app["deployments"] = [d for d in app.get("deployments") or [] if not (
+                d.get("name", "").startswith("ModelServer-") and d["name"] not in served)]
+        if router_config is not None:
+            deployments = [d for d in app.get("deployments") or [] if d.get("name") != "Router"]
+            router = next((d for d in app.get("deployments") or []
+                           if d.get("name") == "Router"), {"name": "Router"})
+            app["deployments"] = [*deployments, {**router, "user_config": dict(router_config)}]
     if http_port is not None:
         raw.setdefault("http_options", {})["port"] = http_port
+    check_serve_config(raw)
     schema = ServeDeploySchema.model_validate(raw)
     serve.start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
     _get_global_client().deploy_apps(schema)
@@ -127,3 +244,65 @@ def wait_until_running(app_names: list[str], timeout_s: float) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"Serve applications not RUNNING after {timeout_s}s: {states}")
         time.sleep(0.5)  # polling interval of the wait-for-condition loop
+
+
+def reload_models(app_name: str = "fraud", timeout_s: float = 300.0) -> dict[str, Any]:
+    """Make every ModelServer of ``app_name`` re-resolve its alias now (``mlp serve reload``).
+
+    It sends the running config back to Serve with a new ``user_config: {reload: <token>}`` on
+    each ModelServer deployment: Serve calls ``reconfigure`` on every replica (nothing
+    restarts), and a replica whose alias moved loads the new version and swaps it in.
+
+    Returns:
+        The Router's view afterwards (``GET /models``): arms with their loaded versions.
+
+    Raises:
+        RuntimeError: No such application, or it was not deployed from a config
+            (``serve run``/``serve deploy``/:func:`deploy`).
+    """
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema, ServeInstanceDetails
+
+    client = _get_global_client()
+    details = ServeInstanceDetails(**client.get_serve_details())
+    if app_name not in details.applications:
+        raise RuntimeError(f"no Serve application '{app_name}'; running: "
+                           f"{sorted(details.applications)}")
+    configs = []
+    for name, app in details.applications.items():
+        if app.deployed_app_config is None:
+            raise RuntimeError(f"application '{name}' was not deployed from a config; "
+                               "redeploy it with serve deploy / serve run <yaml>")
+        configs.append(app.deployed_app_config.model_dump(exclude_unset=True))
+    token = f"{time.time():.6f}"
+    target = next(c for c in configs if c["name"] == app_name)
+    servers = [d for d in details.applications[app_name].deployments if
+               d.startswith("ModelServer-")]
+    overrides = {d["name"]: d for d in target.get("deployments", [])}
+    for name in servers:
+        overrides.setdefault(name, {"name": name})["user_config"] = {"reload": token}
+    target["deployments"] = list(overrides.values())
+    schema = ServeDeploySchema(
+        proxy_location=details.proxy_location,
+        http_options=details.http_options.model_dump(exclude_unset=True),
+        applications=configs)
+    client.deploy_apps(schema)
+    wait_until_running([app_name], timeout_s)
+    # What each alias resolves to now (a reload call is idempotent: a replica that already
+    # reloaded answers with the same version).
+    expected = {}
+    for name in servers:
+        out = serve.get_deployment_handle(name, app_name).reload.remote().result()
+        expected[out["model_ref"]] = out["to_version"]
+    router = serve.get_deployment_handle("Router", app_name)
+    deadline = time.monotonic() + timeout_s
+    while True:   # the Router sees the new versions at its next probe of the arms
+        view = router.models.remote().result()
+        loaded = {a["model"]: a.get("model_version") for a in view["arms"]}
+        if all(loaded.get(ref, v) == v for ref, v in expected.items()):
+            return view
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"models not reloaded after {timeout_s}s: serving {loaded}, "
+                               f"registry says {expected}")
+        time.sleep(0.5)   # polling interval of the wait-for-condition loop

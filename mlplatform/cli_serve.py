@@ -1,0 +1,75 @@
+"""``mlp serve``: deploy the Serve app from its YAML (validated first) and reload models.
+
+    mlp serve deploy serve_configs/fraud.yaml [--address auto]
+    mlp serve reload [--app fraud] [--address auto]
+
+``serve deploy`` works too; ``mlp serve deploy`` additionally checks the app args and the
+Router's ``user_config`` before anything reaches Serve, so a bad weight changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+serve_app = typer.Typer(help="Serve: deploy the app (validated), reload models after an alias "
+                        "moved.", no_args_is_help=True)
+
+ServeConfigArg = typer.Argument(..., exists=True, dir_okay=False,
+                                help="Serve YAML (serve_configs/fraud.yaml).")
+AddressOpt = typer.Option("auto", help="Ray cluster address (RAY_AUTH_MODE=token is set "
+                          "for you when ~/.ray/auth_token exists).")
+AppOpt = typer.Option("fraud", "--app", help="Serve application name.")
+
+
+def _connect(address: str) -> None:
+    import os
+
+    import ray
+
+    if (Path.home() / ".ray" / "auth_token").exists():
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    ray.init(address=address, log_to_driver=False)
+
+
+@serve_app.command("deploy")
+def deploy_cmd(config: Path = ServeConfigArg, address: str = AddressOpt) -> None:
+    """Validate and deploy a Serve YAML on a running cluster; wait until it is RUNNING."""
+    import yaml
+
+    from mlplatform.errors import ConfigError
+    from mlplatform.serving.app import check_serve_config, deploy
+
+    try:
+        check_serve_config(yaml.safe_load(config.read_text()) or {})
+    except ConfigError as exc:
+        typer.secho(f"refused, nothing deployed: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    _connect(address)
+    try:
+        url = deploy(config)
+    except RuntimeError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.secho(f"deployed {config} -> {url}", fg="green")
+
+
+@serve_app.command("reload")
+def reload_cmd(app: str = AppOpt, address: str = AddressOpt) -> None:
+    """Make every ModelServer re-resolve its alias now; print the arms and loaded versions."""
+    from mlplatform.serving.app import reload_models
+
+    _connect(address)
+    try:
+        view = reload_models(app)
+    except RuntimeError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
+    for arm in view["arms"]:
+        state = (f"v{arm['model_version']}" if arm.get("ready")
+                 else f"NOT READY: {arm.get('error')}")
+        typer.echo(f"{arm['name']:<14} {arm['model']:<24} weight {arm['weight']:<6g} {state}")
+    if view.get("shadow"):
+        typer.echo("shadow         " + json.dumps(view["shadow"]))
