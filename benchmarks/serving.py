@@ -157,9 +157,17 @@ def haproxy_controller_env(work: Path, ports: dict[str, int]) -> dict[str, str]:
     The other variables keep this instance to itself: HAProxy's files default to
     /tmp/haproxy-serve and its stats/metrics ports to 8404/9101, shared by every Serve on the
     host; and a deleted replica is let go at once instead of after the 30 s drain meant for
-    an external load balancer's deregistration.
+    an external load balancer's deregistration. The files go to ``work/h/<node id>/``:
+    HAProxy refuses socket paths over 97 characters, so ``work`` must be short.
+
+    Raises:
+        ValueError: ``work`` is too long for HAProxy's socket paths.
     """
-    files = work / "haproxy"
+    files = work / "h"
+    if len(str(files)) > 28:
+        raise ValueError(f"HAProxy's directory {files} is too long: Serve adds a 56-character "
+                         "node id and HAProxy refuses socket paths over 97 characters; use a "
+                         "directory of at most 28 characters (e.g. under /tmp)")
     return {"RAY_SERVE_ENABLE_HA_PROXY": "1",
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(files / "haproxy.cfg"),
             "RAY_SERVE_HAPROXY_SOCKET_PATH": str(files / "admin.sock"),
@@ -399,7 +407,7 @@ def main() -> None:
     code, console = code_version(), Console()
     composed = composed_target()
     targets = 2 + 3 * 2 + (composed is not None)
-    work = Path(tempfile.mkdtemp(prefix="mlp-serve-"))
+    work = Path(tempfile.mkdtemp(prefix="mlps-", dir="/tmp"))   # short: HAProxy socket paths
     load_before, model, strays = os.getloadavg()[0], work / "model.json", []
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())

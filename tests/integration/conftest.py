@@ -20,6 +20,11 @@ from tests.conftest import free_port, wait_for
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
 N_ROWS = 20_000
+#: The Serve app's bearer tokens on the test cluster (set before `ray start`, as a user would).
+SERVE_TOKEN, SERVE_ADMIN_TOKEN = "test-serve-token", "test-serve-admin-token"
+os.environ["MLP_SERVE_TOKEN"], os.environ["MLP_SERVE_ADMIN_TOKEN"] = SERVE_TOKEN, SERVE_ADMIN_TOKEN
+AUTH = {"Authorization": f"Bearer {SERVE_TOKEN}"}
+ADMIN = {"Authorization": f"Bearer {SERVE_ADMIN_TOKEN}"}
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import requests
 from mlplatform.demo import to_instances
 from mlplatform.features import REQUEST_COLUMNS
 from tests.conftest import wait_for
+from tests.integration.conftest import AUTH
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,11 +38,12 @@ def test_serve_run_cli_answers_http(spine, ray_cluster, tmp_path):
         raw = pd.read_parquet(spine.raw_path, columns=REQUEST_COLUMNS).tail(3)
         raw["event_timestamp"] = raw["event_timestamp"].map(lambda t: t.isoformat())
         r = requests.post("http://127.0.0.1:8000/predict",
-                          json={"instances": to_instances(raw)}, timeout=30)
+                          json={"instances": to_instances(raw)}, headers=AUTH, timeout=30)
         assert r.status_code == 200, r.text
         body = r.json()
         assert len(body["predictions"]) == 3
-        assert body["model_version"] == spine.model_version.version
+        assert {p["model_version"] for p in body["predictions"]} == {
+            spine.model_version.version}
         assert all(0.0 <= p["score"] <= 1.0 for p in body["predictions"])
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # serve run shuts Serve down on Ctrl-C

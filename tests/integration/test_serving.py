@@ -13,6 +13,7 @@ import requests
 from mlplatform.demo import to_instances
 from mlplatform.features import FEATURE_COLUMNS, REQUEST_COLUMNS, VIEW_FEATURES, model_inputs
 from mlplatform.registry import ModelRegistry, load_model
+from tests.integration.conftest import AUTH
 
 
 @pytest.fixture(scope="module")
@@ -69,29 +70,33 @@ def _offline_scores(sample, platform):
 def test_served_scores_equal_offline_path_scores(url, sample, platform, spine):
     expected = _offline_scores(sample, platform)
     instances = _requests(sample)
-    single = [requests.post(f"{url}/predict", json=i, timeout=30).json() for i in instances[:5]]
-    batch = requests.post(f"{url}/predict", json={"instances": instances}, timeout=30)
+    single = [requests.post(f"{url}/predict", json=i, headers=AUTH, timeout=30).json() for i in instances[:5]]
+    batch = requests.post(f"{url}/predict", json={"instances": instances}, headers=AUTH,
+                          timeout=30)
     assert batch.status_code == 200, batch.text
     body = batch.json()
     np.testing.assert_allclose([p["score"] for p in body["predictions"]], expected, rtol=1e-6)
     np.testing.assert_allclose([s["score"] for s in single], expected[:5], rtol=1e-6)
     assert [p["transaction_id"] for p in body["predictions"]] == list(sample["transaction_id"])
     assert not any(p["unknown_user"] for p in body["predictions"])
-    for answer in single + [body]:
+    for answer in single + body["predictions"]:
         assert answer["model_version"] == spine.model_version.version
-        assert answer["model_name"] == "fraud" and answer["request_id"]
+        assert answer["model_name"] == "fraud" and answer["arm"] == "champion"
+        threshold = float(spine.model_version.tags["decision_threshold"])
+        assert answer["decision"] == ("fraud" if answer["score"] >= threshold else "legit")
+    assert body["request_id"] and all(a["request_id"] for a in single)
 
 
 def test_unknown_user_is_served_with_defaults_and_flagged(url, sample):
     inst = {**_requests(sample.head(1))[0], "user_id": "never-seen"}
-    r = requests.post(f"{url}/predict", json=inst, timeout=30)
+    r = requests.post(f"{url}/predict", json=inst, headers=AUTH, timeout=30)
     assert r.status_code == 200 and r.json()["unknown_user"] is True
     assert 0.0 <= r.json()["score"] <= 1.0
 
 
 def test_request_id_is_echoed(url, sample):
     inst = _requests(sample.head(1))[0]
-    r = requests.post(f"{url}/predict", json=inst, headers={"X-Request-ID": "abc-123"}, timeout=30)
+    r = requests.post(f"{url}/predict", json=inst, headers={**AUTH, "X-Request-ID": "abc-123"}, timeout=30)
     assert r.json()["request_id"] == "abc-123" and r.headers["x-request-id"] == "abc-123"
 
 
@@ -105,7 +110,7 @@ def test_request_id_is_echoed(url, sample):
 ])
 def test_bad_body_gets_422_naming_the_field(url, sample, mutate, field):
     inst = _requests(sample.head(1))[0]
-    r = requests.post(f"{url}/predict", json=mutate(inst), timeout=30)
+    r = requests.post(f"{url}/predict", json=mutate(inst), headers=AUTH, timeout=30)
     assert r.status_code == 422, r.text
     body = r.json()
     assert field in [e["field"] for e in body["errors"]]
@@ -114,35 +119,50 @@ def test_bad_body_gets_422_naming_the_field(url, sample, mutate, field):
 
 @pytest.mark.parametrize("data", [b"{broken", b"NaN", b'{"amount": NaN}', b"[]"])
 def test_malformed_json_is_422_not_500(url, data):
-    r = requests.post(f"{url}/predict", data=data, headers={"content-type": "application/json"},
+    r = requests.post(f"{url}/predict", data=data, headers={**AUTH, "content-type": "application/json"},
                       timeout=30)
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body"
 
 
 def test_oversized_body_is_413(url):
-    r = requests.post(f"{url}/predict", data=b'{"x": "' + b"a" * 1_100_000 + b'"}', timeout=30)
+    r = requests.post(f"{url}/predict", data=b'{"x": "' + b"a" * 1_100_000 + b'"}', headers=AUTH,
+                      timeout=30)
     assert r.status_code == 413 and "limit" in r.json()["message"]
 
 
 def test_healthz_and_models(url, spine):
-    h = requests.get(f"{url}/healthz", timeout=30).json()
-    assert h == {"status": "ok", "model_name": "fraud",
-                 "model_version": spine.model_version.version}
-    m = requests.get(f"{url}/models", timeout=30).json()["models"][0]
-    assert m["model_ref"] == "fraud@champion"
+    h = requests.get(f"{url}/healthz", timeout=30)     # no token needed
+    assert h.status_code == 200 and h.json() == {"status": "ok", "ready_arms": ["champion"]}
+    m = requests.get(f"{url}/models", headers=AUTH, timeout=30).json()
+    assert [(a["name"], a["model"], a["weight"], a["ready"], a["model_version"])
+            for a in m["arms"]] == [("champion", "fraud@champion", 100, True,
+                                     spine.model_version.version)]
     assert [c["name"] for c in m["inputs"]] == FEATURE_COLUMNS
     assert m["request_fields"] == REQUEST_COLUMNS
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
+                                     {"Authorization": "Basic dGVzdDp0ZXN0"}])
+def test_every_route_but_healthz_needs_the_token(url, sample, headers):
+    inst = _requests(sample.head(1))[0]
+    for method, path, body in (("post", "/predict", inst), ("post", "/explain", inst),
+                               ("get", "/models", None)):
+        r = requests.request(method, f"{url}{path}", json=body, headers=headers, timeout=30)
+        assert r.status_code == 401, (path, r.text)
+        assert r.json()["error"] == "unauthorized" and r.headers["www-authenticate"] == "Bearer"
 
 
 def test_deploy_of_missing_model_fails_clearly(spine, platform):
     from mlplatform.serving import deploy
 
     with pytest.raises(RuntimeError, match="no alias 'nope'"):
-        deploy(args_overrides={"model": "fraud@nope", "platform": platform.model_dump(mode="json")},
+        deploy(args_overrides={"models": ["fraud@nope"],
+                               "platform": platform.model_dump(mode="json")},
+               router_config={"arms": [{"name": "nope", "model": "fraud@nope", "weight": 1}]},
                timeout_s=120)
 
 
 def test_generated_request_id_matches_header(url, sample):
     inst = _requests(sample.head(1))[0]
-    r = requests.post(f"{url}/predict", json=inst, timeout=30)
+    r = requests.post(f"{url}/predict", json=inst, headers=AUTH, timeout=30)
     assert r.json()["request_id"] and r.json()["request_id"] == r.headers["x-request-id"]
