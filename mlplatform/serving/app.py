@@ -176,6 +176,7 @@ def deploy(
     args_overrides: Mapping[str, Any] | None = None,
     http_port: int | None = None,
     router_config: Mapping[str, Any] | None = None,
+    controller_env: Mapping[str, str] | None = None,
     timeout_s: float = 300.0,
 ) -> str:
     """Deploy a Serve YAML on the connected Ray cluster, as ``serve deploy`` would, and wait.
@@ -187,6 +188,8 @@ def deploy(
             ModelServers of models no longer served are dropped.
         http_port: Override ``http_options.port``.
         router_config: Replaces the Router's ``user_config`` (arms, weights, sticky, shadow).
+        controller_env: Environment of the Serve controller when this call starts Serve, e.g.
+            :func:`mlplatform.serving.haproxy.haproxy_env` for the HAProxy ingress.
         timeout_s: How long to wait for every application to be RUNNING.
 
     Returns:
@@ -219,7 +222,9 @@ def deploy(
         raw.setdefault("http_options", {})["port"] = http_port
     check_serve_config(raw)
     schema = ServeDeploySchema.model_validate(raw)
-    serve.start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
+    serve.start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
+                controller_options=({"runtime_env": {"env_vars": dict(controller_env)}}
+                                    if controller_env else None))
     _get_global_client().deploy_apps(schema)
     wait_until_running([a.name for a in schema.applications], timeout_s)
     host = schema.http_options.host

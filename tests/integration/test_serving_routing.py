@@ -55,8 +55,8 @@ def _serve_yaml(tmp: Path, platform, router: dict, models: list[str], **args) ->
     2 champion replicas, small Ingress limits (backpressure) and ``router`` as user_config."""
     raw = yaml.safe_load((REPO / "serve_configs" / "fraud-ab.yaml").read_text())
     app = raw["applications"][0]
-    app["args"].update(models=models, platform=platform.model_dump(mode="json"),
-                       reload_interval_s=0, **args)
+    app["args"].update({"models": models, "platform": platform.model_dump(mode="json"),
+                        "reload_interval_s": 0, **args})
     deployments = []
     for d in app["deployments"]:
         d = copy.deepcopy(d)
@@ -200,8 +200,8 @@ def _samples(text: str, name: str) -> list[tuple[dict, float]]:
 
 
 def test_split_matches_the_weights_and_zero_weight_gets_nothing(app, instances, versions):
-    with Load(instances, threads=8, total=1000) as load:
-        wait_for(lambda: len(load.results) >= 1000, 300, "1000 answers")
+    with Load(instances, threads=8, total=600) as load:
+        wait_for(lambda: len(load.results) >= 600, 300, "600 answers")
     answers = load.since(0)
     assert all(s == 200 for s, _ in answers), Counter(s for s, _ in answers)
     arms = Counter(b["arm"] for _, b in answers)
@@ -278,13 +278,14 @@ def test_per_arm_metrics_reach_prometheus(app, ray_cluster):
         latency = [lb for lb, _ in _samples(text, "ray_mlp_serve_latency_ms_bucket")]
         scores = [lb for lb, _ in _samples(text, "ray_mlp_serve_score_bucket")]
         served = sum(reqs.values())
-        if served < 1000 or not latency or not scores or shadow == 0:
+        if served < 600 or not latency or not scores or shadow == 0:
             return None
         return reqs, shadow, served, text
 
     reqs, shadow, served, text = wait_for(exported, 90, "per-arm metrics in Prometheus")
-    assert {arm for arm, _ in reqs} >= {"champion", "challenger"} and "idle" not in {
-        arm for arm, _ in reqs}
+    assert {arm for arm, _ in reqs} == {"champion", "challenger", "idle"}
+    # The 0-weight arm served only the one request pinned to it (test_pinning...).
+    assert sum(v for (arm, _), v in reqs.items() if arm == "idle") == 1
     # Shadow copies: 30 % of the predictions (sampled by request id), within 5 sd.
     assert abs(shadow - 0.3 * served) < 5 * (served * 0.3 * 0.7) ** 0.5, (shadow, served)
     assert _samples(text, "ray_mlp_serve_shadow_disagreements_total")
@@ -300,7 +301,7 @@ def test_live_weight_change_under_load_fails_nothing(app, instances, ray_cluster
         wait_for(lambda: _arms_ready({"champion": 30, "challenger": 70, "idle": 0}), 120,
                  "the Router to take the new weights")
         changed = time.monotonic()
-        wait_for(lambda: len(load.since(changed)) >= 400, 300, "400 answers after the change")
+        wait_for(lambda: len(load.since(changed)) >= 250, 300, "250 answers after the change")
     statuses = Counter(s for _, s, _ in load.results)
     assert statuses == {200: sum(statuses.values())}, statuses
     after = Counter(b["arm"] for _, b in load.since(changed))
@@ -351,7 +352,8 @@ def test_a_bad_router_config_is_refused_and_the_running_one_stays(app, instances
     out = subprocess.run([str(BIN / "mlp"), "serve", "deploy", str(path), "--address",
                           ray_cluster["address"]], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "RAY_AUTH_MODE": "token"}, cwd=REPO)
-    assert out.returncode == 2 and "weight" in out.stderr and "unique" in out.stderr, out.stderr
+    assert out.returncode == 2 and "'arms.0.weight'" in out.stderr, out.stderr
+    assert "nothing deployed" in out.stderr
     before = _models()
     # ... and a raw `serve deploy` of it leaves the Router on its previous config.
     _serve_deploy(ray_cluster, path)

@@ -1,0 +1,317 @@
+"""The apps and models that ``serving.py`` measures (uvicorn, one-deployment Serve, composed).
+
+- :func:`uvicorn_app`: one FastAPI app for plain uvicorn (``--factory``);
+- :func:`serve_app`: the same routes as a one-replica Serve deployment (``@serve.batch`` or not);
+- :func:`train_model`: the synthetic booster (the fraud job's parameters, on random data);
+- :func:`prepare_fraud`: the real registered model and online store (``run_spine``), and one
+  transaction: its raw request body for the composed app and its 21 model inputs for the rest;
+- :func:`router_overhead`: the Router's arm choice, timed in-process;
+- the servers: :func:`uvicorn_server` (a process) and :func:`serve_instance` (Serve behind its
+  default proxy or HAProxy), and what proves which ingress answered (:func:`listener`,
+  :func:`haproxy_counts`).
+
+``serving.py`` registers this module with Ray's cloudpickle by value: the Serve replicas get the
+deployment class with everything it uses, without importing ``_serving_apps``.
+"""
+
+# No `from __future__ import annotations`: the Serve replica re-reads the routes' annotations,
+# and a string "Row" it cannot resolve there turns the JSON body into a query parameter (422).
+import contextlib
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import timeit
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from mlplatform.serving.haproxy import haproxy_env
+
+HERE = Path(__file__).parent
+
+N_FEATURES = 21
+COLUMNS = [f"f{i}" for i in range(N_FEATURES)]
+#: The fraud job's booster (jobs/configs/fraud_xgb.yaml + training.config.DEFAULT_XGB_PARAMS).
+XGB_PARAMS = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": 6, "eta": 0.1,
+              "subsample": 0.8, "colsample_bytree": 0.8, "seed": 0}
+XGB_ROUNDS = 300
+#: One thread per predict call: a 1-row call gains nothing from more, and on a small box the
+#: threads would fight the proxy for the cores.
+PREDICT_THREADS = 1
+#: ServingConfig's @serve.batch defaults (also the composed app's, serve_configs/fraud.yaml).
+MAX_BATCH_SIZE, BATCH_WAIT_S = 32, 0.005
+#: Per replica: above the highest concurrency measured, so that requests reach the replica
+#: (and @serve.batch can fill its batches) rather than queue in the proxy. Same for every row.
+MAX_ONGOING_REQUESTS = 64
+#: The spine behind the composed app (registered model + online store), kept small.
+SPINE_ROWS, SPINE_SEED, SPINE_ROUNDS = 5000, 3, 300
+MODEL_REF = "fraud@champion"
+#: The 90/10 split whose arm choice is timed (as in the Router's user_config).
+SPLIT = {"arms": [{"name": "champion", "model": "fraud@champion", "weight": 90},
+                  {"name": "challenger", "model": "fraud@challenger", "weight": 10}]}
+
+
+class Row(BaseModel):
+    """The body of ``POST /predict`` and ``POST /fraud``: one row of model inputs."""
+
+    features: list[float]
+
+
+class _Scorer:
+    """A booster, scoring rows as the ModelServer does: one DataFrame, one model call."""
+
+    def __init__(self, model_path: str, columns: list[str]):
+        import xgboost as xgb
+
+        self._booster = xgb.Booster(model_file=model_path)
+        self._booster.set_param({"nthread": PREDICT_THREADS})
+        self._columns = columns
+
+    def score(self, rows: list[list[float]]) -> list[float]:
+        import pandas as pd
+        import xgboost as xgb
+
+        frame = pd.DataFrame(rows, columns=self._columns)
+        return self._booster.predict(xgb.DMatrix(frame)).tolist()
+
+
+def uvicorn_app():
+    """The app of the ``uvicorn`` rows: ``uvicorn --factory _serving_apps:uvicorn_app``, with
+    the model files in ``MLP_BENCH_MODEL`` / ``MLP_BENCH_FRAUD_MODEL`` and the fraud model's
+    input names (JSON) in ``MLP_BENCH_FRAUD_COLUMNS``."""
+    from fastapi import FastAPI
+
+    api = FastAPI()
+    synthetic = _Scorer(os.environ["MLP_BENCH_MODEL"], COLUMNS)
+    fraud = _Scorer(os.environ["MLP_BENCH_FRAUD_MODEL"],
+                    json.loads(os.environ["MLP_BENCH_FRAUD_COLUMNS"]))
+
+    @api.get("/noop")
+    async def noop() -> dict:
+        return {"ok": True}
+
+    @api.post("/predict")
+    async def predict(row: Row) -> dict:
+        return {"score": synthetic.score([row.features])[0]}
+
+    @api.post("/fraud")
+    async def score_fraud(row: Row) -> dict:
+        return {"score": fraud.score([row.features])[0]}
+
+    return api
+
+
+def serve_app(model_path: str, fraud_path: str, fraud_columns: list[str], batched: bool):
+    """The same app as a one-replica Serve deployment; ``/predict`` and ``/fraud`` through
+    ``@serve.batch`` when ``batched``."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(name="Bench")
+    @serve.ingress(api)
+    class Bench:
+        def __init__(self, model_path: str, fraud_path: str, fraud_columns: list[str],
+                     batched: bool):
+            self._synthetic = _Scorer(model_path, COLUMNS)
+            self._fraud = _Scorer(fraud_path, fraud_columns)
+            self._batched = batched
+
+        @api.get("/noop")
+        async def noop(self) -> dict:
+            return {"ok": True}
+
+        @api.post("/predict")
+        async def predict(self, row: Row) -> dict:
+            if self._batched:
+                return {"score": await self._synthetic_batch(row.features)}
+            return {"score": self._synthetic.score([row.features])[0]}
+
+        @api.post("/fraud")
+        async def score_fraud(self, row: Row) -> dict:
+            if self._batched:
+                return {"score": await self._fraud_batch(row.features)}
+            return {"score": self._fraud.score([row.features])[0]}
+
+        @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
+        async def _synthetic_batch(self, rows: list[list[float]]) -> list[float]:
+            return self._synthetic.score(rows)
+
+        @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
+        async def _fraud_batch(self, rows: list[list[float]]) -> list[float]:
+            return self._fraud.score(rows)
+
+    return Bench.options(num_replicas=1, max_ongoing_requests=MAX_ONGOING_REQUESTS).bind(
+        model_path, fraud_path, fraud_columns, batched)
+
+
+def train_model(path: Path) -> list[float]:
+    """Train the synthetic booster, save it to ``path``; return the row to score."""
+    import numpy as np
+    import xgboost as xgb
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20_000, N_FEATURES)).astype(np.float32)
+    logit = x @ rng.normal(size=N_FEATURES) + x[:, 0] * x[:, 1] - 2
+    y = rng.random(len(x)) < 1 / (1 + np.exp(-logit))
+    xgb.train({**XGB_PARAMS, "nthread": os.cpu_count()},
+              xgb.DMatrix(x, label=y, feature_names=COLUMNS),
+              num_boost_round=XGB_ROUNDS).save_model(path)
+    return [round(float(v), 4) for v in x[0]]
+
+
+@dataclass(frozen=True)
+class FraudTarget:
+    """The registered model, saved as a booster file, and one transaction to score."""
+
+    platform: dict[str, Any]       # PlatformConfig (JSON) for deploy()'s args.platform
+    model_path: Path               # the registered version's booster
+    columns: list[str]             # its inputs (FEATURE_COLUMNS)
+    version: str                   # e.g. models:/fraud/1
+    instance: dict[str, Any]       # the composed app's request body: one raw transaction
+    features: list[float]          # that transaction's model inputs (FeatureLookup's output)
+
+
+def prepare_fraud(work: Path, say) -> FraudTarget:
+    """Run the spine into ``work/store`` (needs the connected Ray), load ``fraud@champion``
+    and compute the model inputs of the last transaction as the composed app's FeatureLookup
+    does (same online store, same code)."""
+    import pandas as pd
+
+    from mlplatform.config import PlatformConfig
+    from mlplatform.demo import to_instances
+    from mlplatform.features import REQUEST_COLUMNS
+    from mlplatform.pipelines import run_spine
+    from mlplatform.registry import ModelRegistry, load_model
+    from mlplatform.serving.deployments import FeatureLookup
+    from mlplatform.serving.schemas import transaction_model, validate_instances
+    from mlplatform.training import TrainConfig
+
+    platform = PlatformConfig(storage_root=work / "store")
+    spine = run_spine(platform, n_rows=SPINE_ROWS, seed=SPINE_SEED, on_step=say,
+                      train_config=TrainConfig(num_boost_round=SPINE_ROUNDS,
+                                               early_stopping_rounds=SPINE_ROUNDS))
+    loaded = load_model(ModelRegistry(platform), MODEL_REF)
+    model_path = work / "fraud.ubj"
+    loaded.booster.save_model(model_path)
+    raw = pd.read_parquet(spine.raw_path, columns=REQUEST_COLUMNS).tail(1)
+    raw["event_timestamp"] = raw["event_timestamp"].map(lambda t: t.isoformat())
+    instance = to_instances(raw)[0]
+    plat = platform.model_dump(mode="json")
+    records = validate_instances(transaction_model(), [instance], True)
+    matrix = FeatureLookup.func_or_class(plat).features(records)["matrix"]
+    return FraudTarget(plat, model_path, loaded.feature_names, loaded.version.uri, instance,
+                       [float(v) for v in matrix[0]])
+
+
+def router_overhead(number: int = 20_000, repeat: int = 5) -> dict[str, float]:
+    """Microseconds per ``Splitter.choose()`` (weighted random) and ``choose(key)`` (sticky:
+    a SHA-256 of the key) on the 90/10 split, best of ``repeat`` timeit runs."""
+    from mlplatform.serving.routing import RouterConfig, Splitter
+
+    splitter = Splitter(RouterConfig.from_user_config({**SPLIT, "sticky_key": "user_id"}),
+                        seed=0)
+    keys = [f"u-{i}" for i in range(1000)]
+
+    def sticky() -> None:
+        for k in keys:
+            splitter.choose(k)
+
+    random_us = min(timeit.repeat(splitter.choose, number=number, repeat=repeat)) / number
+    sticky_us = min(timeit.repeat(sticky, number=number // len(keys), repeat=repeat)) / number
+    return {"choose_us": random_us * 1e6, "choose_key_us": sticky_us * 1e6}
+
+
+# ------------------------------------------------------------------ the servers ----------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listener(port: int) -> str:
+    """Name of the process listening on ``port`` (the proof of which ingress answers)."""
+    import psutil
+
+    for c in psutil.net_connections(kind="tcp"):
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid:
+            return psutil.Process(c.pid).name()
+    return "?"
+
+
+def haproxy_counts(stats_port: int) -> dict[str, int]:
+    """From HAProxy's stats page: requests its HTTP frontend received, and the sessions it sent
+    to the replicas' own HTTP servers vs to the fallback Serve proxy."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/stats;csv", timeout=5) as r:
+        rows = list(csv.DictReader(io.StringIO(r.read().decode().lstrip("# "))))
+    count = {"frontend": 0, "sessions_to_replicas": 0, "sessions_to_fallback_proxy": 0}
+    for row in rows:
+        if row["pxname"] == "http_frontend" and row["svname"] == "FRONTEND":
+            count["frontend"] += int(row["req_tot"] or 0)
+        elif row["svname"].startswith("SERVE_REPLICA"):
+            count["sessions_to_replicas"] += int(row["stot"] or 0)
+        elif row["svname"].startswith("SERVE_PROXY_ACTOR"):
+            count["sessions_to_fallback_proxy"] += int(row["stot"] or 0)
+    return count
+
+
+@contextlib.contextmanager
+def uvicorn_server(model_path: Path, fraud: FraudTarget, work: Path) -> Iterator[int]:
+    """One uvicorn process (its own process group) serving ``uvicorn_app``; yields the port."""
+    port = _free_port()
+    with open(work / "uvicorn.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "_serving_apps:uvicorn_app", "--factory", "--app-dir",
+             str(HERE), "--host", "127.0.0.1", "--port", str(port)],
+            env={**os.environ, "MLP_BENCH_MODEL": str(model_path),
+                 "MLP_BENCH_FRAUD_MODEL": str(fraud.model_path),
+                 "MLP_BENCH_FRAUD_COLUMNS": json.dumps(fraud.columns)}, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield port
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@contextlib.contextmanager
+def serve_instance(ingress: str, work: Path) -> Iterator[tuple[int, int | None, dict | None]]:
+    """Serve on the connected Ray, behind ``ingress``; yields (HTTP port, HAProxy stats port,
+    the controller's env)."""
+    from ray import serve
+
+    port, stats, env = _free_port(), None, None
+    if ingress == "serve-haproxy":
+        ports = {"stats": _free_port(), "metrics": _free_port(), "fallback": _free_port()}
+        stats, env = ports["stats"], haproxy_env(work, ports)
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                controller_options={"runtime_env": {"env_vars": env}} if env else None)
+    try:
+        yield port, stats, env
+    finally:
+        serve.shutdown()
+
+
+def kill_strays(work: Path) -> list[int]:
+    """HAProxy processes still running on this run's config after Ray is down (should be none)."""
+    import psutil
+
+    strays = [p for p in psutil.process_iter(["name", "cmdline"])
+              if p.info["name"] == "haproxy" and str(work) in " ".join(p.info["cmdline"] or [])]
+    for p in strays:
+        p.kill()
+    return [p.pid for p in strays]

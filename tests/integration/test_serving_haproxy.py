@@ -1,0 +1,105 @@
+"""The same app behind Ray Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``, the
+recommended production setting): auth, 4xx handling, live reconfiguration and metrics."""
+
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import requests
+
+from mlplatform.demo import to_instances
+from mlplatform.features import REQUEST_COLUMNS
+from tests.conftest import free_port, wait_for
+from tests.integration.conftest import AUTH
+
+
+@pytest.fixture(scope="module")
+def url(spine, platform):
+    from ray import serve
+
+    from mlplatform.serving import deploy
+    from mlplatform.serving.haproxy import haproxy_env
+
+    serve.shutdown()
+    work = Path(tempfile.mkdtemp(prefix="mh", dir="/tmp"))   # HAProxy's socket paths are short
+    env = haproxy_env(work, {"stats": free_port(), "metrics": free_port(),
+                             "fallback": free_port()})
+    port = free_port()
+    base = deploy(args_overrides={"platform": platform.model_dump(mode="json")},
+                  http_port=port, controller_env=env)
+    yield base
+    serve.shutdown()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def instance(spine):
+    raw = pd.read_parquet(spine.raw_path, columns=REQUEST_COLUMNS).tail(20)
+    raw["event_timestamp"] = raw["event_timestamp"].map(lambda t: t.isoformat())
+    return to_instances(raw)
+
+
+def test_haproxy_is_what_answers_on_the_http_port(url):
+    port = int(url.rsplit(":", 1)[1])
+    listeners = {c.pid for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    assert listeners and {psutil.Process(p).name() for p in listeners} == {"haproxy"}
+
+
+def test_auth_and_4xx_behind_haproxy(url, instance, spine):
+    assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
+    assert requests.post(f"{url}/predict", json=instance[0], timeout=30).status_code == 401
+    ok = requests.post(f"{url}/predict", json=instance[0], headers=AUTH, timeout=30)
+    assert ok.status_code == 200 and ok.json()["arm"] == "champion"
+    assert ok.json()["model_version"] == spine.model_version.version
+    bad = requests.post(f"{url}/predict", json={**instance[0], "amount": "lots"}, headers=AUTH,
+                        timeout=30)
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "amount"
+    big = requests.post(f"{url}/predict", data=b'{"x": "' + b"a" * 1_100_000 + b'"}',
+                        headers=AUTH, timeout=30)
+    assert big.status_code == 413
+
+
+def test_live_reconfiguration_and_metrics_behind_haproxy(url, instance, platform, ray_cluster):
+    from mlplatform.serving import deploy
+    from tests.integration.test_serving_routing import _metrics, _samples
+
+    results: list[tuple[float, int, str]] = []
+    stop = threading.Event()
+
+    def load():
+        with requests.Session() as http:
+            while not stop.is_set():
+                r = http.post(f"{url}/predict", json=instance[len(results) % 20], headers=AUTH,
+                              timeout=60)
+                results.append((time.monotonic(), r.status_code, r.json().get("arm", "")))
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: len(results) >= 30, 120, "load before the change")
+        deploy(args_overrides={"platform": platform.model_dump(mode="json")},
+               router_config={"arms": [{"name": "main", "model": "fraud@champion",
+                                        "weight": 1}]})
+        wait_for(lambda: results and results[-1][2] == "main", 120, "the new arm name")
+        changed = time.monotonic()
+        wait_for(lambda: sum(t >= changed for t, _, _ in results) >= 50, 120, "answers after")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert Counter(s for _, s, _ in results) == {200: len(results)}
+    assert {a for t, _, a in results if t >= changed} == {"main"}
+
+    def exported():
+        return {lb["arm"] for lb, _ in _samples(_metrics(ray_cluster),
+                                                "ray_mlp_serve_requests_total")} >= {"main"}
+
+    wait_for(exported, 90, "the new arm's metrics")

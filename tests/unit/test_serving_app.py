@@ -1,0 +1,115 @@
+"""The Serve app's config checks (pure logic: no Ray, no Serve)."""
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlplatform.errors import ConfigError
+from mlplatform.serving.app import (
+    AppArgs,
+    _app_args,
+    check_serve_config,
+    default_router_config,
+    server_name,
+)
+
+CONFIGS = Path(__file__).resolve().parents[2] / "serve_configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_serve_configs_pass_serve_schema_and_our_checks(path):
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load(path.read_text())
+    ServeDeploySchema.model_validate(raw)
+    check_serve_config(raw)
+    app = raw["applications"][0]
+    names = {d["name"] for d in app["deployments"]}
+    assert {server_name(m) for m in app["args"]["models"]} <= names
+    router = next(d for d in app["deployments"] if d["name"] == "Router")
+    assert router["ray_actor_options"]["num_cpus"] < 1     # fractional: small machines
+
+
+def test_server_names_follow_the_model_reference():
+    assert server_name("fraud@champion") == "ModelServer-fraud-champion"
+    assert server_name("fraud/3") == "ModelServer-fraud-v3"
+    with pytest.raises(ValueError, match="invalid model reference"):
+        server_name("fraud@@x")
+
+
+def test_default_routing_sends_everything_to_the_first_model():
+    assert default_router_config(["fraud/7", "fraud@challenger"]) == {
+        "arms": [{"name": "v7", "model": "fraud/7", "weight": 100}]}
+    assert AppArgs().served == ["fraud@champion"]
+    assert AppArgs(models=["a@x", "a@x", "b@y"]).served == ["a@x", "b@y"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    ({"max_items": 0}, "max_items"),
+    ({"modle": "fraud@champion"}, "modle"),
+    ({"models": ["fraud@@bad"]}, "invalid model reference"),
+    ({"token_env": "lower-case"}, "token_env"),
+])
+def test_bad_app_args_are_named(args, needle):
+    with pytest.raises(ConfigError, match=needle):
+        _app_args(args)
+
+
+def _ab() -> dict:
+    return yaml.safe_load((CONFIGS / "fraud-ab.yaml").read_text())
+
+
+def _router(raw: dict) -> dict:
+    return next(d for d in raw["applications"][0]["deployments"] if d["name"] == "Router")
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda r: _router(r)["user_config"]["arms"][0].update(weight=-1), "arms.0.weight"),
+    (lambda r: [a.update(weight=0) for a in _router(r)["user_config"]["arms"]],
+     "positive weight"),
+    (lambda r: _router(r)["user_config"]["arms"][1].update(name="champion"), "unique"),
+    (lambda r: _router(r)["user_config"]["arms"][1].update(model="fraud@other"),
+     "no ModelServer serves"),
+    (lambda r: _router(r)["user_config"].update(shadow={"model": "fraud@nope", "sample": 0.5}),
+     "no ModelServer serves"),
+    (lambda r: _router(r)["user_config"]["shadow"].update(sample=1.5), "shadow.sample"),
+    (lambda r: r["applications"][0]["deployments"].append({"name": "ModelServer-fraud-x"}),
+     "do not exist"),
+])
+def test_bad_router_configs_are_refused_before_serve_sees_them(mutate, needle):
+    raw = _ab()
+    mutate(raw)
+    with pytest.raises(ConfigError, match=needle):
+        check_serve_config(raw)
+
+
+def test_the_ab_config_is_accepted_unchanged():
+    raw = _ab()
+    before = copy.deepcopy(raw)
+    check_serve_config(raw)
+    assert raw == before
+
+
+def test_serve_tokens_are_not_platform_config_keys(monkeypatch):
+    from mlplatform.config import PlatformConfig
+
+    for name in ("MLP_SERVE_TOKEN", "MLP_SERVE_ADMIN_TOKEN", "MLP_SERVE_FRAUD_TOKEN"):
+        monkeypatch.setenv(name, "secret")
+    assert PlatformConfig.load().storage_root    # loads: the variables are the Serve app's
+    assert "secret" not in repr(PlatformConfig.load().to_display_dict())
+    assert os.environ["MLP_SERVE_TOKEN"] == "secret"
+
+
+def test_haproxy_env_keeps_its_files_and_ports_private(tmp_path):
+    from mlplatform.serving.haproxy import haproxy_env
+
+    env = haproxy_env(Path("/tmp/mh1"), {"stats": 1, "metrics": 2, "fallback": 3})
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert env["RAY_SERVE_HAPROXY_SOCKET_PATH"].startswith("/tmp/mh1/h/")
+    assert (env["RAY_SERVE_HAPROXY_STATS_PORT"], env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"]) == (
+        "1", "3")
+    with pytest.raises(ValueError, match="too long"):
+        haproxy_env(tmp_path / ("x" * 40), {"stats": 1, "metrics": 2, "fallback": 3})
