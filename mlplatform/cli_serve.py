@@ -34,6 +34,16 @@ def _connect(address: str) -> None:
     ray.init(address=address, log_to_driver=False)
 
 
+def _on_cluster(address: str, fn, *args):
+    """Connect, run ``fn(*args)``; a RuntimeError (Serve's reason) exits 1 with its message."""
+    _connect(address)
+    try:
+        return fn(*args)
+    except RuntimeError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
 @serve_app.command("deploy")
 def deploy_cmd(config: Path = ServeConfigArg, address: str = AddressOpt) -> None:
     """Validate and deploy a Serve YAML on a running cluster; wait until it is RUNNING."""
@@ -47,12 +57,7 @@ def deploy_cmd(config: Path = ServeConfigArg, address: str = AddressOpt) -> None
     except ConfigError as exc:
         typer.secho(f"refused, nothing deployed: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
-    _connect(address)
-    try:
-        url = deploy(config)
-    except RuntimeError as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(1) from None
+    url = _on_cluster(address, deploy, config)
     typer.secho(f"deployed {config} -> {url}", fg="green")
 
 
@@ -61,12 +66,7 @@ def reload_cmd(app: str = AppOpt, address: str = AddressOpt) -> None:
     """Make every ModelServer re-resolve its alias now; print the arms and loaded versions."""
     from mlplatform.serving.app import reload_models
 
-    _connect(address)
-    try:
-        view = reload_models(app)
-    except RuntimeError as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(1) from None
+    view = _on_cluster(address, reload_models, app)
     for arm in view["arms"]:
         state = (f"v{arm['model_version']}" if arm.get("ready")
                  else f"NOT READY: {arm.get('error')}")

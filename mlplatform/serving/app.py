@@ -227,9 +227,30 @@ def deploy(
                                     if controller_env else None))
     _get_global_client().deploy_apps(schema)
     wait_until_running([a.name for a in schema.applications], timeout_s)
+    for app in schema.applications:
+        if app.import_path == "mlplatform.serving.app:build_app":
+            wait_until_routable(app.name, timeout_s)
     host = schema.http_options.host
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return f"http://{host}:{schema.http_options.port}"
+
+
+def wait_until_routable(app_name: str, timeout_s: float) -> dict[str, Any]:
+    """Block until the app's Router has a ready model for every arm with weight > 0 (RUNNING
+    means every replica started; the Router still has to probe its arms once)."""
+    from ray import serve
+
+    router = serve.get_deployment_handle("Router", app_name)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        view = router.models.remote().result()
+        waiting = {a["name"]: a.get("error") for a in view["arms"]
+                   if a["weight"] > 0 and not a["ready"]}
+        if not waiting:
+            return view
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"arms not ready after {timeout_s}s: {waiting}")
+        time.sleep(0.5)   # polling interval of the wait-for-condition loop
 
 
 def wait_until_running(app_names: list[str], timeout_s: float) -> None:

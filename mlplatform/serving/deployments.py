@@ -400,6 +400,20 @@ class Router:
         return [arms[self._live.choose(None if r.get(key) is None else str(r.get(key)))]
                 for r in records]
 
+    async def _route(self, records: list[dict[str, Any]], request_id: str, pin: str | None
+                     ) -> tuple[list[Any], dict[str, Any] | None]:
+        """(arm per record, None), or ([], the answer for an unknown pinned arm / no arm)."""
+        if self._live is None:    # e.g. just started: probe now rather than answer 503
+            await self._probe_all()
+        try:
+            return self._arms_for(records, request_id, pin), None
+        except KeyError:
+            return [], {"rejected": RequestRejected(
+                400, f"unknown arm '{pin}' in {PIN_HEADER}",
+                _arm_errors(pin, self._config)).to_dict()}
+        except ArmUnavailable as exc:
+            return [], {"unavailable": str(exc)}
+
     async def _call(self, arm, matrix: np.ndarray) -> dict[str, Any]:
         """Score on ``arm``'s ModelServer; one retry (a replica that died mid-request)."""
         handle = self._servers[arm.model]
@@ -430,13 +444,9 @@ class Router:
         Returns ``{"predictions": [...]}``, or ``{"rejected": {...}}`` for an unknown pinned
         arm, or ``{"unavailable": "..."}`` when no arm can serve (the Ingress answers 503).
         """
-        try:
-            arms = self._arms_for(records, request_id, pin)
-        except KeyError:
-            return {"rejected": RequestRejected(400, f"unknown arm '{pin}' in {PIN_HEADER}",
-                                                _arm_errors(pin, self._config)).to_dict()}
-        except ArmUnavailable as exc:
-            return {"unavailable": str(exc)}
+        arms, answer = await self._route(records, request_id, pin)
+        if answer is not None:
+            return answer
         matrix = features["matrix"]
         groups: dict[str, list[int]] = {}
         for i, arm in enumerate(arms):
@@ -477,13 +487,9 @@ class Router:
     async def explain(self, features: dict[str, Any], records: list[dict[str, Any]],
                       request_id: str, pin: str | None = None) -> dict[str, Any]:
         """SHAP values from the version that the chosen arm serves (same choice as predict)."""
-        try:
-            arms = self._arms_for(records, request_id, pin)
-        except KeyError:
-            return {"rejected": RequestRejected(400, f"unknown arm '{pin}' in {PIN_HEADER}",
-                                                _arm_errors(pin, self._config)).to_dict()}
-        except ArmUnavailable as exc:
-            return {"unavailable": str(exc)}
+        arms, answer = await self._route(records, request_id, pin)
+        if answer is not None:
+            return answer
         matrix, out = features["matrix"], []
         for i, arm in enumerate(arms):
             info = self._ready[arm.model]
@@ -641,6 +647,7 @@ class Ingress:
         denied = self._check(request, request_id)
         if denied is not None:
             return denied, request_id, False
+        single = False
         try:
             instances, single = parse_body(await request.body(), self._max_items,
                                            self._max_body_bytes)
