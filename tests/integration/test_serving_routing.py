@@ -271,12 +271,17 @@ def test_explain_adds_up_to_the_served_margin(app, instances, versions):
 def test_per_arm_metrics_reach_prometheus(app, ray_cluster):
     def exported():
         text = _metrics(ray_cluster)
+        # Counters are per node and cumulative: keep this module's model (other test modules
+        # served "fraud" on this cluster before).
         reqs = {(lb["arm"], lb["model_version"]): v
-                for lb, v in _samples(text, "ray_mlp_serve_requests_total")}
+                for lb, v in _samples(text, "ray_mlp_serve_requests_total")
+                if lb["model_name"] == MODEL}
         shadow = sum(v for lb, v in _samples(text, "ray_mlp_serve_shadow_requests_total")
                      if lb["model"] == CANDIDATE)
-        latency = [lb for lb, _ in _samples(text, "ray_mlp_serve_latency_ms_bucket")]
-        scores = [lb for lb, _ in _samples(text, "ray_mlp_serve_score_bucket")]
+        latency = [lb for lb, _ in _samples(text, "ray_mlp_serve_latency_ms_bucket")
+                   if lb["arm"] == "challenger"]
+        scores = [lb for lb, _ in _samples(text, "ray_mlp_serve_score_bucket")
+                  if lb["arm"] == "challenger"]
         served = sum(reqs.values())
         if served < 400 or not latency or not scores or shadow == 0:
             return None
