@@ -1,7 +1,8 @@
 """The apps and models that ``serving.py`` measures (uvicorn, one-deployment Serve, composed).
 
 - :func:`uvicorn_app`: one FastAPI app for plain uvicorn (``--factory``);
-- :func:`serve_app`: the same routes as a one-replica Serve deployment (``@serve.batch`` or not);
+- :func:`serve_app`: the same routes as a one-replica Serve deployment, each also through
+  ``@serve.batch``;
 - :func:`train_model`: the synthetic booster (the fraud job's parameters, on random data);
 - :func:`prepare_fraud`: the real registered model and online store (``run_spine``), and one
   transaction: its raw request body for the composed app and its 21 model inputs for the rest;
@@ -110,9 +111,9 @@ def uvicorn_app():
     return api
 
 
-def serve_app(model_path: str, fraud_path: str, fraud_columns: list[str], batched: bool):
-    """The same app as a one-replica Serve deployment; ``/predict`` and ``/fraud`` through
-    ``@serve.batch`` when ``batched``."""
+def serve_app(model_path: str, fraud_path: str, fraud_columns: list[str]):
+    """The same app as a one-replica Serve deployment, plus ``/predict-batched`` and
+    ``/fraud-batched``: the same scoring through ``@serve.batch``."""
     from fastapi import FastAPI
     from ray import serve
 
@@ -121,11 +122,9 @@ def serve_app(model_path: str, fraud_path: str, fraud_columns: list[str], batche
     @serve.deployment(name="Bench")
     @serve.ingress(api)
     class Bench:
-        def __init__(self, model_path: str, fraud_path: str, fraud_columns: list[str],
-                     batched: bool):
+        def __init__(self, model_path: str, fraud_path: str, fraud_columns: list[str]):
             self._synthetic = _Scorer(model_path, COLUMNS)
             self._fraud = _Scorer(fraud_path, fraud_columns)
-            self._batched = batched
 
         @api.get("/noop")
         async def noop(self) -> dict:
@@ -133,15 +132,19 @@ def serve_app(model_path: str, fraud_path: str, fraud_columns: list[str], batche
 
         @api.post("/predict")
         async def predict(self, row: Row) -> dict:
-            if self._batched:
-                return {"score": await self._synthetic_batch(row.features)}
             return {"score": self._synthetic.score([row.features])[0]}
 
         @api.post("/fraud")
         async def score_fraud(self, row: Row) -> dict:
-            if self._batched:
-                return {"score": await self._fraud_batch(row.features)}
             return {"score": self._fraud.score([row.features])[0]}
+
+        @api.post("/predict-batched")
+        async def predict_batched(self, row: Row) -> dict:
+            return {"score": await self._synthetic_batch(row.features)}
+
+        @api.post("/fraud-batched")
+        async def fraud_batched(self, row: Row) -> dict:
+            return {"score": await self._fraud_batch(row.features)}
 
         @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
         async def _synthetic_batch(self, rows: list[list[float]]) -> list[float]:
@@ -152,7 +155,7 @@ def serve_app(model_path: str, fraud_path: str, fraud_columns: list[str], batche
             return self._fraud.score(rows)
 
     return Bench.options(num_replicas=1, max_ongoing_requests=MAX_ONGOING_REQUESTS).bind(
-        model_path, fraud_path, fraud_columns, batched)
+        model_path, fraud_path, fraud_columns)
 
 
 def train_model(path: Path) -> list[float]:
@@ -180,12 +183,14 @@ class FraudTarget:
     version: str                   # e.g. models:/fraud/1
     instance: dict[str, Any]       # the composed app's request body: one raw transaction
     features: list[float]          # that transaction's model inputs (FeatureLookup's output)
+    lookup_ms: float               # FeatureLookup.features for it, in-process (median)
+    spine_s: dict[str, float]      # run_spine's steps
 
 
 def prepare_fraud(work: Path, say) -> FraudTarget:
     """Run the spine into ``work/store`` (needs the connected Ray), load ``fraud@champion``
     and compute the model inputs of the last transaction as the composed app's FeatureLookup
-    does (same online store, same code)."""
+    does (same online store, same code); time that lookup."""
     import pandas as pd
 
     from mlplatform.config import PlatformConfig
@@ -209,9 +214,12 @@ def prepare_fraud(work: Path, say) -> FraudTarget:
     instance = to_instances(raw)[0]
     plat = platform.model_dump(mode="json")
     records = validate_instances(transaction_model(), [instance], True)
-    matrix = FeatureLookup.func_or_class(plat).features(records)["matrix"]
+    lookup = FeatureLookup.func_or_class(plat)
+    matrix = lookup.features(records)["matrix"]
+    times = sorted(timeit.repeat(lambda: lookup.features(records), number=1, repeat=50))
     return FraudTarget(plat, model_path, loaded.feature_names, loaded.version.uri, instance,
-                       [float(v) for v in matrix[0]])
+                       [float(v) for v in matrix[0]], times[len(times) // 2] * 1000,
+                       {k: round(v, 1) for k, v in spine.timings_s.items()})
 
 
 def router_overhead(number: int = 20_000, repeat: int = 5) -> dict[str, float]:
@@ -240,12 +248,17 @@ def _free_port() -> int:
 
 
 def listener(port: int) -> str:
-    """Name of the process listening on ``port`` (the proof of which ingress answers)."""
+    """Name of the process listening on ``port`` (the proof of which ingress answers).
+
+    A listener that exits meanwhile is skipped: HAProxy reloads by starting a new process that
+    takes over the port, and the old one leaves once its connections are done.
+    """
     import psutil
 
     for c in psutil.net_connections(kind="tcp"):
         if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid:
-            return psutil.Process(c.pid).name()
+            with contextlib.suppress(psutil.NoSuchProcess):
+                return psutil.Process(c.pid).name()
     return "?"
 
 
@@ -313,5 +326,6 @@ def kill_strays(work: Path) -> list[int]:
     strays = [p for p in psutil.process_iter(["name", "cmdline"])
               if p.info["name"] == "haproxy" and str(work) in " ".join(p.info["cmdline"] or [])]
     for p in strays:
-        p.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
     return [p.pid for p in strays]

