@@ -42,7 +42,7 @@ def versions(spine, platform):
     registry = ModelRegistry(platform)
     out = {}
     for alias, rounds, kwargs in (("champion", 20, {}), ("challenger", 6, {"threshold": 0.2}),
-                                  ("candidate", 12, {"threshold": 0.1}),
+                                  ("candidate", 12, {"threshold": 0.0}),
                                   ("faulty", 3, {"faulty": True}),
                                   ("broken", 3, {"columns": FEATURE_COLUMNS[:5]})):
         uri = log_xgboost(platform, spine.features_path, rounds, seed=rounds, **kwargs)
@@ -283,7 +283,10 @@ def test_per_arm_metrics_reach_prometheus(app, ray_cluster):
         scores = [lb for lb, _ in _samples(text, "ray_mlp_serve_score_bucket")
                   if lb["arm"] == "challenger"]
         served = sum(reqs.values())
-        if served < 400 or not latency or not scores or shadow == 0:
+        # The candidate decides at 0.0 ("fraud" for every row), so it disagrees with nearly
+        # every served "legit"; a counter is exported only after its first increment.
+        disagreements = _samples(text, "ray_mlp_serve_shadow_disagreements_total")
+        if served < 400 or not latency or not scores or shadow == 0 or not disagreements:
             return None
         return reqs, shadow, served, text
 
@@ -293,7 +296,8 @@ def test_per_arm_metrics_reach_prometheus(app, ray_cluster):
     assert sum(v for (arm, _), v in reqs.items() if arm == "idle") == 1
     # Shadow copies: 30 % of the predictions (sampled by request id), within 5 sd.
     assert abs(shadow - 0.3 * served) < 5 * (served * 0.3 * 0.7) ** 0.5, (shadow, served)
-    assert _samples(text, "ray_mlp_serve_shadow_disagreements_total")
+    assert sum(v for lb, v in _samples(text, "ray_mlp_serve_shadow_disagreements_total")
+               if lb["model"] == CANDIDATE) > 0.5 * shadow
 
 
 def test_live_weight_change_under_load_fails_nothing(app, instances, ray_cluster, platform):
