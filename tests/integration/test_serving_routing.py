@@ -286,7 +286,10 @@ def test_per_arm_metrics_reach_prometheus(app, ray_cluster):
         # The candidate decides at 0.0 ("fraud" for every row), so it disagrees with nearly
         # every served "legit"; a counter is exported only after its first increment.
         disagreements = _samples(text, "ray_mlp_serve_shadow_disagreements_total")
-        if served < 400 or not latency or not scores or shadow == 0 or not disagreements:
+        # A new series is exported a cycle after the first increment: wait for every series
+        # asserted on below (the 0-weight arm's single pinned request included).
+        if (served < 400 or not latency or not scores or shadow == 0 or not disagreements
+                or {arm for arm, _ in reqs} != {"champion", "challenger", "idle"}):
             return None
         return reqs, shadow, served, text
 
