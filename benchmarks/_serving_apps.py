@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel
 
 from mlplatform.serving.haproxy import haproxy_env
@@ -68,7 +69,7 @@ class Row(BaseModel):
 
 
 class _Scorer:
-    """A booster, scoring rows as the ModelServer does: one DataFrame, one model call."""
+    """A booster, scoring rows as the ModelServer does: one in-place model call on the rows."""
 
     def __init__(self, model_path: str, columns: list[str]):
         import xgboost as xgb
@@ -78,11 +79,8 @@ class _Scorer:
         self._columns = columns
 
     def score(self, rows: list[list[float]]) -> list[float]:
-        import pandas as pd
-        import xgboost as xgb
-
-        frame = pd.DataFrame(rows, columns=self._columns)
-        return self._booster.predict(xgb.DMatrix(frame)).tolist()
+        matrix = np.asarray(rows, dtype=np.float64).reshape(-1, len(self._columns))
+        return self._booster.inplace_predict(matrix, validate_features=False).tolist()
 
 
 def uvicorn_app():
@@ -214,7 +212,7 @@ def prepare_fraud(work: Path, say) -> FraudTarget:
     instance = to_instances(raw)[0]
     plat = platform.model_dump(mode="json")
     records = validate_instances(transaction_model(), [instance], True)
-    lookup = FeatureLookup.func_or_class(plat)
+    lookup = FeatureLookup(plat)
     matrix = lookup.features(records)["matrix"]
     times = sorted(timeit.repeat(lambda: lookup.features(records), number=1, repeat=50))
     return FraudTarget(plat, model_path, loaded.feature_names, loaded.version.uri, instance,

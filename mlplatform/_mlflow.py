@@ -70,6 +70,12 @@ def run_json(config: PlatformConfig, run_id: str | None, path: str):
         return json.loads(Path(local).read_text())
 
 
+def run_threshold(config: PlatformConfig, run_id: str | None) -> float | None:
+    """The decision threshold a training run chose (``evaluation/metrics.json``), if logged."""
+    metrics = run_json(config, run_id, "evaluation/metrics.json")
+    return None if metrics is None or "threshold" not in metrics else float(metrics["threshold"])
+
+
 @contextmanager
 def resumed_run(run_id: str) -> Iterator[Any]:
     """``mlflow.start_run(run_id=...)`` that works whatever experiment the caller made active.

@@ -33,6 +33,7 @@ from mlplatform.features.transforms import (
     VOCABULARIES,
     encode,
     model_inputs,
+    model_inputs_matrix,
 )
 from mlplatform.features.validation import (
     CheckResult,
@@ -54,5 +55,6 @@ __all__ = [
     "OnlineStore", "RowCount",
     "RedisOnlineStore", "SQLiteOnlineStore", "Source", "TrainingSet", "ValidationReport",
     "build_training_set", "encode", "gate", "load_contract", "load_repo", "model_inputs",
+    "model_inputs_matrix",
     "open_online_store", "validate",
 ]

@@ -62,6 +62,22 @@ class LoadedModel:
 
         return self.model.predict(xgboost.DMatrix(frame[self.feature_names]))
 
+    def predict_matrix(self, matrix: Any) -> Any:
+        """Fraud probability for each row of ``matrix`` (float array, columns in
+        :attr:`feature_names` order): the serving path, without a DataFrame or a DMatrix.
+
+        For XGBoost a DMatrix straight from the array (~0.2 ms for a row, against ~1.4 ms from
+        a DataFrame), named with the signature's columns so that XGBoost still checks them
+        against the booster's own feature names on every call.
+        """
+        if self.kind == "torch":
+            import pandas as pd
+
+            return self.model.predict(pd.DataFrame(matrix, columns=self.feature_names))
+        import xgboost
+
+        return self.model.predict(xgboost.DMatrix(matrix, feature_names=self.feature_names))
+
 
 def load_model(registry: ModelRegistry, ref: str) -> LoadedModel:
     """Resolve ``ref`` (e.g. ``fraud@champion``) and load its model and signature.

@@ -299,10 +299,10 @@ class ModelRegistry:
         tags["run_id"] = run_id
         from mlplatform import _mlflow
 
-        threshold = _mlflow.run_json(self.config, run_id, "evaluation/metrics.json")
-        if threshold is not None and "threshold" in threshold:
+        threshold = _mlflow.run_threshold(self.config, run_id)
+        if threshold is not None:
             # Serving's decision threshold: the one the training run chose on validation rows.
-            tags["decision_threshold"] = f"{float(threshold['threshold']):.6f}"
+            tags["decision_threshold"] = f"{threshold:.6f}"
         try:
             sig = mlflow.models.get_model_info(model_uri).signature
             if sig is not None:

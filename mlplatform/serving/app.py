@@ -93,7 +93,7 @@ def _app_args(args: Mapping[str, Any] | None) -> AppArgs:
 
 
 def build_app(args: Mapping[str, Any] | None = None):
-    """Build ``Ingress -> FeatureLookup -> Router -> ModelServer-<model>`` (+ ``Explainer``).
+    """Build ``Ingress (+ FeatureLookup) -> Router -> ModelServer-<model>`` (+ ``Explainer``).
 
     Every served model is resolved here, so a missing model fails the deploy with a clear
     message instead of starting replicas that cannot load.
@@ -108,7 +108,6 @@ def build_app(args: Mapping[str, Any] | None = None):
     from mlplatform.registry import ModelRegistry
     from mlplatform.serving.deployments import (
         Explainer,
-        FeatureLookup,
         Ingress,
         ModelServer,
         Router,
@@ -132,8 +131,8 @@ def build_app(args: Mapping[str, Any] | None = None):
         for ref in a.served}
     default = default_router_config(a.served)
     router = Router.options(user_config=default).bind(servers, Explainer.bind(plat), default)
-    return Ingress.bind(FeatureLookup.bind(plat), router, a.max_items, a.max_body_bytes, a.auth,
-                        a.token_env, a.admin_token_env)
+    return Ingress.bind(plat, router, a.max_items, a.max_body_bytes, a.auth, a.token_env,
+                        a.admin_token_env)
 
 
 def check_serve_config(raw: Mapping[str, Any]) -> None:
@@ -162,13 +161,14 @@ def check_serve_config(raw: Mapping[str, Any]) -> None:
             if missing:
                 raise ConfigError(f"{where}: the Router routes to {missing}, which no ModelServer "
                                   f"serves; add them to args.models (now {args.served})")
-        names = {server_name(r) for r in args.served} | {
-            "Ingress", "FeatureLookup", "Router", "Explainer"}
+        names = {server_name(r) for r in args.served} | {"Ingress", "Router", "Explainer"}
         unknown = [d.get("name") for d in app.get("deployments") or []
                    if d.get("name") not in names]
         if unknown:
+            hint = (" (the feature lookup runs inside the Ingress replicas: size the Ingress "
+                    "instead)" if "FeatureLookup" in unknown else "")
             raise ConfigError(f"{where}: deployments {unknown} do not exist in this app; "
-                              f"its deployments are {sorted(names)}")
+                              f"its deployments are {sorted(names)}{hint}")
 
 
 def deploy(

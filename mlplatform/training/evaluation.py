@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlplatform import _mlflow
 from mlplatform.errors import DataValidationError
 from mlplatform.features.transforms import FEATURE_COLUMNS, LABEL_COLUMN
 from mlplatform.training import behaviour, plots
@@ -175,7 +176,7 @@ def evaluate(model_uri: str, dataset, *, platform=None, threshold: float | None 
         raise DataValidationError(f"evaluate: the dataset {_describe(dataset)} has no rows")
     source = "given"
     if threshold is None:
-        threshold = _run_threshold(model.version.run_id, platform)
+        threshold = _mlflow.run_threshold(platform, model.version.run_id)
         source = "run" if threshold is not None else "max_f1"
     y, s = rows["label"].to_numpy(), rows["score"].to_numpy()
     overall = evaluation_report(y, s, threshold)
@@ -252,9 +253,3 @@ def _slices(rows: pd.DataFrame, column: str, threshold: float) -> dict[str, dict
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["rows"]))
 
 
-def _run_threshold(run_id: str | None, platform) -> float | None:
-    """The threshold the training run chose (``evaluation/metrics.json``), if it logged one."""
-    from mlplatform._mlflow import run_json
-
-    metrics = run_json(platform, run_id, "evaluation/metrics.json")
-    return None if metrics is None else float(metrics["threshold"])

@@ -34,10 +34,9 @@ def log_xgboost(platform, features_path: Path, rounds: int, seed: int,
     sample = frame[columns].head(20)
     scores = booster.predict(xgboost.DMatrix(train.head(20)))
     experiment = _mlflow.ensure_experiment(platform, "serving-tests")
-    with mlflow.start_run(experiment_id=experiment) as run:
+    with mlflow.start_run(experiment_id=experiment):
         mlflow.set_tag("features_path", str(features_path))
         mlflow.log_dict({"threshold": threshold}, "evaluation/metrics.json")
         info = mlflow.xgboost.log_model(booster, name="model", model_format="ubj",
                                         signature=signature_for(sample, np.asarray(scores)))
-    del run
     return info.model_uri

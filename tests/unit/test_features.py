@@ -1,6 +1,7 @@
 """Feature definitions (YAML), and the on-demand model-input transformation."""
 
 import copy
+from datetime import timedelta, timezone
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from mlplatform.features import (
     encode,
     load_repo,
     model_inputs,
+    model_inputs_matrix,
 )
 from mlplatform.features.definitions import parse_duration
 from mlplatform.features.pipeline import bucket_of
@@ -124,8 +126,41 @@ def test_model_inputs_names_missing_columns():
         model_inputs(_request().drop(columns=["merchant_fraud_rate_30d"]))
 
 
+def test_request_rows_get_the_same_inputs_as_the_training_set():
+    """The serving path (records -> numpy) equals model_inputs on a frame, cell for cell:
+    unknown users, unknown categories, naive (= UTC) and offset timestamps, every hour and day."""
+    rng = np.random.default_rng(7)
+    n = 400
+    start = pd.Timestamp("2025-12-28T00:00:00Z").timestamp()
+    event_s = start + rng.uniform(0, 21 * 86400, n)
+    frame = pd.DataFrame({
+        "transaction_id": [f"t{i}" for i in range(n)], "user_id": "u", "merchant_id": "m",
+        "event_timestamp": pd.to_datetime(event_s, unit="s", utc=True),
+        "amount": rng.gamma(2.0, 40.0, n),
+        "merchant_category": rng.choice(["jewelry", "grocery", "unheard-of"], n),
+        "country": rng.choice(["NG", "US", "ZZ"], n),
+        "device_type": rng.choice(["tablet", "desktop", "smart_fridge"], n)})
+    for c in VIEW_FEATURES:
+        values = rng.uniform(0, 50, n)
+        values[rng.random(n) < 0.25] = np.nan          # unknown entity / expired row
+        frame[c] = values
+    frame["user_last_event_at"] = event_s - rng.uniform(0, 3600 * 800, n)
+    frame.loc[rng.random(n) < 0.25, "user_last_event_at"] = np.nan
+    records = frame.to_dict("records")
+    for i, r in enumerate(records):   # requests carry datetimes: aware, or naive meaning UTC
+        ts = r["event_timestamp"].to_pydatetime()
+        r["event_timestamp"] = (ts.replace(tzinfo=None) if i % 3 == 0
+                                else ts.astimezone(timezone(timedelta(hours=-5))))
+    looked_up = {c: [None if np.isnan(r[c]) else r[c] for r in records] for c in VIEW_FEATURES}
+    matrix = model_inputs_matrix(records, looked_up)
+    assert matrix.shape == (n, len(FEATURE_COLUMNS)) and matrix.dtype == np.float64
+    np.testing.assert_array_equal(matrix, model_inputs(frame).to_numpy(), strict=True)
+
+
 def test_encode_unknown_is_minus_one():
     assert encode("device_type", pd.Series(["desktop", "smart_fridge"])).tolist() == [
+        encode("device_type", pd.Series(["desktop"]))[0], -1]
+    assert encode("device_type", ["desktop", "smart_fridge"]).tolist() == [
         encode("device_type", pd.Series(["desktop"]))[0], -1]
 
 

@@ -113,3 +113,56 @@ def test_haproxy_env_keeps_its_files_and_ports_private(tmp_path):
         "1", "3")
     with pytest.raises(ValueError, match="too long"):
         haproxy_env(tmp_path / ("x" * 40), {"stats": 1, "metrics": 2, "fallback": 3})
+
+
+class _CountingModel:
+    """A model that records the size of every call (stands in for XGBoost: pure logic here)."""
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def predict_matrix(self, matrix):
+        self.calls.append(len(matrix))
+        return matrix[:, 0] / 10
+
+
+def _model_server(batch_wait_s: float, max_batch_size: int):
+    """A ModelServer replica object around a counting model (its batching logic, no registry)."""
+    from mlplatform.serving.deployments import ModelServer
+
+    server = object.__new__(ModelServer.func_or_class)
+    model = _CountingModel()
+    server._state = {"model": model, "model_name": "m", "model_version": "1", "threshold": 0.5}
+    server._in_flight = 0
+    server._score_batch.set_max_batch_size(max_batch_size)
+    server._score_batch.set_batch_wait_timeout_s(batch_wait_s)
+    return server, model
+
+
+def test_a_lone_request_is_scored_at_once_and_concurrent_ones_are_batched(monkeypatch):
+    import asyncio
+    from types import SimpleNamespace
+
+    import numpy as np
+    from ray.serve import batching
+
+    # Outside a replica, @serve.batch's queue asks for the replica's max_ongoing_requests (to
+    # warn when batches can never fill): answer it as a replica configured so would.
+    replica = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
+    monkeypatch.setattr(batching.serve, "get_replica_context", lambda: replica)
+
+    async def scenario():
+        # A batch window far longer than a direct call, and batches that fill at 8 requests.
+        server, model = _model_server(batch_wait_s=5.0, max_batch_size=8)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        lone = await server.predict(np.array([[3.0, 1.0]]))
+        assert loop.time() - started < 2.5          # it did not wait out the batch window
+        assert model.calls == [1] and lone["scores"] == [0.3]
+        many = await asyncio.gather(*(server.predict(np.array([[float(i), 0.0]]))
+                                      for i in range(8)))
+        assert [m["scores"] for m in many] == [[i / 10] for i in range(8)]
+        assert model.calls[1:] == [8]            # one model call for the 8 concurrent requests
+        assert server._in_flight == 0
+
+    asyncio.run(scenario())

@@ -158,3 +158,14 @@ def test_import_is_light():
             "print(sorted(m for m in ('shap', 'xgboost', 'torch', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_serving_path_scores_like_predict(cancer, torch_model):
+    """predict_matrix (in-place XGBoost, no DataFrame) gives predict's scores, for both kinds."""
+    loaded, x = cancer
+    frame = x.iloc[:50]
+    np.testing.assert_allclose(loaded.predict_matrix(frame.to_numpy(dtype=np.float64)),
+                               loaded.predict(frame), rtol=1e-6)
+    tframe = make_frame(20)[torch_model.feature_names]
+    np.testing.assert_allclose(torch_model.predict_matrix(tframe.to_numpy(dtype=np.float64)),
+                               torch_model.predict(tframe), rtol=1e-6)
