@@ -324,8 +324,9 @@ def notes(rows: list[dict], scores: dict[str, dict[str, float]], facts: dict) ->
         "concurrent ones go through @serve.batch), so at c=1 the like-for-like line is 'no "
         "@serve.batch'.",
         "Composed app as serve_configs/fraud.yaml deploys it: Ingress (with the feature "
-        "lookup in-process), Router, Explainer one replica each; ModelServer-fraud-champion autoscaling 1-4 replicas "
-        "(target 16 ongoing requests); fractional num_cpus; auth on (bearer token). One "
+        "lookup in-process), Router, Explainer one replica each; ModelServer-fraud-champion "
+        "autoscaling 1-4 replicas (target 16 ongoing requests); fractional num_cpus; auth on "
+        "(bearer token). One "
         "transaction per request, its features looked up in the online store on every request; "
         f"the same transaction's inputs, precomputed, are the fraud-model rows' body. Model: "
         f"{facts['fraud_model']['version']} (run_spine, {apps.SPINE_ROWS:,} rows, "
