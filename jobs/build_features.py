@@ -3,14 +3,17 @@
     ray job submit --working-dir . -- python jobs/build_features.py \
         --config jobs/configs/build_features.yaml
 
-Prints each new offline version and the online watermark; exits non-zero with a clear message
-when the data fails its contract (nothing is written then) or the config is wrong.
+Prints each new offline version and the online watermark; a successful build is recorded as an
+MLflow run (tag mlplatform.job=build_features) with the feature versions and the job's cost.
+Exits non-zero with a clear message when the data fails its contract (nothing is written then,
+no MLflow run) or the config is wrong.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -54,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from mlplatform._ray import init_ray
+    from mlplatform.cluster.cost import data_usage, record_job_run
     from mlplatform.config import PlatformConfig
     from mlplatform.errors import MLPlatformError
     from mlplatform.features import FeatureStore
@@ -68,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         init_ray(platform)
+        t0 = time.time()
         ensure_raw_data(platform, job.data.generate_rows, job.data.seed)
         if job.build.validate_source:
             report = store.validate_source()
@@ -86,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     except MLPlatformError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    # Only a build that succeeded gets an MLflow run: it carries the versions and the cost.
+    record_job_run(platform, data_usage(time.time() - t0, job.build.num_buckets, since=t0),
+                   job="build_features", params={"num_buckets": job.build.num_buckets},
+                   tags={"mlplatform.feature_build": "true",
+                         **{f"feature_version.{n}": m.version for n, m in built.items()}})
     return 0
 
 

@@ -6,6 +6,18 @@ import os
 
 from mlplatform.config import PlatformConfig
 
+#: Custom resources of the cluster YAMLs in ``cluster/`` (one scheme on AWS, GCP and the local
+#: fake cluster). CPU workers advertise both; the head and GPU workers neither.
+#: ``serve_cpu``: CPU kept for Serve replicas, which ask for ``num_cpus: 0`` plus a share of it
+#: (:func:`serve_actor_options`), so training and data work, which ask for CPU, never take it.
+SERVE_RESOURCE = "serve_cpu"
+#: ``cpu_node``: a marker (1000 per CPU worker); Ray Data tasks ask a token share of it
+#: (:func:`data_remote_args`) to stay on CPU workers.
+CPU_NODE_RESOURCE = "cpu_node"
+#: The share of ``PlatformConfig.data_placement_resource`` each Ray Data task asks for: it
+#: decides where tasks may run, never how many (their CPU request still does that).
+DATA_PLACEMENT_AMOUNT = 0.001
+
 #: Logical CPUs for a local Ray started by mlplatform on a small machine: more than the cores,
 #: so a Serve app, a Train run and Ray Data tasks fit side by side (they mostly wait on I/O).
 MIN_LOCAL_CPUS = 8
@@ -47,3 +59,36 @@ def read_parquet(paths, **kwargs):
         return ray.data.read_parquet(paths, **kwargs)
     finally:
         ctx.use_datasource_v2 = previous
+
+
+def data_remote_args(config: PlatformConfig) -> dict:
+    """``ray_remote_args`` that keep Ray Data tasks where ``config`` wants them.
+
+    With ``data_placement_resource`` set (``cpu_node`` on the clusters of ``cluster/``), every
+    task asks for :data:`DATA_PLACEMENT_AMOUNT` of it, so it runs only on nodes that advertise
+    it (CPU workers: never the head or a GPU worker). Unset (the laptop default): ``{}``.
+    Pass it to reads and per-row operators (``read_parquet(..., **args)``,
+    ``map_batches(..., **args)``, ``map_groups(..., **args)``); Ray Data's all-to-all steps
+    (repartition, sort, shuffle, aggregate) take no remote args in Ray 2.60 and run on any
+    node with a free CPU.
+
+    Example:
+        >>> from mlplatform.config import PlatformConfig
+        >>> data_remote_args(PlatformConfig(data_placement_resource="cpu_node"))
+        {'resources': {'cpu_node': 0.001}}
+    """
+    if not config.data_placement_resource:
+        return {}
+    return {"resources": {config.data_placement_resource: DATA_PLACEMENT_AMOUNT}}
+
+
+def serve_actor_options(serve_cpus: float) -> dict:
+    """``ray_actor_options`` of a Serve replica that reserves ``serve_cpus`` of a CPU worker's
+    :data:`SERVE_RESOURCE` and no plain CPU, so it runs only on CPU workers. A Serve config
+    says the same in YAML: ``ray_actor_options: {num_cpus: 0, resources: {serve_cpu: 0.5}}``.
+
+    Example:
+        >>> serve_actor_options(0.5)
+        {'num_cpus': 0, 'resources': {'serve_cpu': 0.5}}
+    """
+    return {"num_cpus": 0, "resources": {SERVE_RESOURCE: serve_cpus}}

@@ -17,6 +17,8 @@ app.add_typer(features_app, name="features")
 
 def _add_subcommands() -> None:
     """The registry, audit, pipeline and serve commands live in their own modules."""
+    from mlplatform.cli_cluster import cluster_app
+    from mlplatform.cli_jobs import register_job_commands
     from mlplatform.cli_pipeline import pipeline_app
     from mlplatform.cli_registry import audit_app, registry_app
     from mlplatform.cli_serve import serve_app
@@ -25,6 +27,8 @@ def _add_subcommands() -> None:
     app.add_typer(audit_app, name="audit")
     app.add_typer(pipeline_app, name="pipeline")
     app.add_typer(serve_app, name="serve")
+    app.add_typer(cluster_app, name="cluster")
+    register_job_commands(app)  # `mlp submit`, `mlp cost`
 
 
 _add_subcommands()

@@ -85,6 +85,12 @@ class PlatformConfig(BaseModel):
         default="redis://127.0.0.1:6379/0",
         description="Redis server of the online store when online_store is 'redis'.",
     )
+    data_placement_resource: str | None = Field(
+        default=None,
+        description="Custom Ray resource that Ray Data tasks ask a token share of (0.001), so "
+        "they run only on nodes that advertise it: 'cpu_node' on the clusters of cluster/*.yaml "
+        "(CPU workers; `mlp cluster up-local` sets it). None: wherever a CPU is free.",
+    )
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> PlatformConfig:

@@ -36,16 +36,21 @@ def transformation(view: FeatureView) -> Callable[..., pd.DataFrame]:
 
 # ---------------------------------------------------------------- build ----------------------
 def compute_view(source, view: FeatureView, join_keys: list[str], source_ts: str, start, end,
-                 num_buckets: int, shuffle: str):
-    """Lazy Ray Dataset of ``view``'s rows (plus a ``date`` column) from the source Dataset."""
+                 num_buckets: int, shuffle: str, ray_remote_args: dict | None = None):
+    """Lazy Ray Dataset of ``view``'s rows (plus a ``date`` column) from the source Dataset.
+
+    ``ray_remote_args`` go to its map tasks (e.g. ``mlplatform._ray.data_remote_args``, which
+    keeps them on CPU workers).
+    """
     from mlplatform.features.offline import DATE_COL
 
     lo = None if start is None else start - view.lookback
     ds = source.map_batches(_prepare_source, batch_format="pandas", fn_kwargs={
         "join_keys": join_keys, "source_ts": source_ts, "view_ts": view.timestamp_field,
-        "lo": lo, "end": end, "num_buckets": num_buckets})
+        "lo": lo, "end": end, "num_buckets": num_buckets}, **(ray_remote_args or {}))
     return grouped(ds, shuffle, num_buckets).map_groups(_view_of_bucket, batch_format="pandas", fn_kwargs={
-        "view": view, "join_keys": join_keys, "start": start, "end": end, "date_col": DATE_COL})
+        "view": view, "join_keys": join_keys, "start": start, "end": end, "date_col": DATE_COL},
+        **(ray_remote_args or {}))
 
 
 def _prepare_source(batch: pd.DataFrame, join_keys, source_ts, view_ts, lo, end, num_buckets):
@@ -76,12 +81,16 @@ def day_strings(ts: pd.Series) -> np.ndarray:
 
 
 # ------------------------------------------------------------- latest per entity -------------
-def latest_per_entity(ds, keys: list[str], ts: str, num_buckets: int, shuffle: str):
-    """The newest row of every entity (ties: any one of the newest)."""
+def latest_per_entity(ds, keys: list[str], ts: str, num_buckets: int, shuffle: str,
+                      ray_remote_args: dict | None = None):
+    """The newest row of every entity (ties: any one of the newest); ``ray_remote_args`` go to
+    its map tasks, as in :func:`compute_view`."""
     ds = ds.map_batches(_add_bucket, batch_format="pandas",
-                        fn_kwargs={"join_keys": keys, "num_buckets": num_buckets})
+                        fn_kwargs={"join_keys": keys, "num_buckets": num_buckets},
+                        **(ray_remote_args or {}))
     return grouped(ds, shuffle, num_buckets).map_groups(_latest_of_bucket, batch_format="pandas",
-                                         fn_kwargs={"join_keys": keys, "ts": ts})
+                                         fn_kwargs={"join_keys": keys, "ts": ts},
+                                         **(ray_remote_args or {}))
 
 
 def _add_bucket(batch: pd.DataFrame, join_keys, num_buckets):

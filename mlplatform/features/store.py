@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlplatform._ray import read_parquet
+from mlplatform._ray import data_remote_args, read_parquet
 from mlplatform.config import PlatformConfig
 from mlplatform.errors import DataValidationError
 from mlplatform.features.definitions import FeatureRepo, FeatureView, load_repo
@@ -59,6 +59,9 @@ class FeatureStore:
         self.offline = OfflineStore(config.path(*OFFLINE_DIR))
         self._online = None
         self._shuffle = shuffle
+        # Ray Data tasks of builds and materializations stay where the config wants them
+        # (CPU workers on the clusters of cluster/; anywhere by default).
+        self._placement = data_remote_args(config) or None
 
     # ------------------------------------------------------------------ offline build --------
     def build(self, view_names: Sequence[str] | None = None, start: Any = None, end: Any = None,
@@ -93,9 +96,11 @@ class FeatureStore:
                 self.validate_source(source_name)
             for view in (v for v in views if v.source == source_name):
                 t0 = time.perf_counter()
-                ds = read_parquet(str(path), columns=self._source_columns(view, src))
+                ds = read_parquet(str(path), columns=self._source_columns(view, src),
+                                  **(self._placement or {}))
                 rows = compute_view(ds, view, self.repo.join_keys(view), src.timestamp_field,
-                                    start, end, num_buckets, self._shuffle)
+                                    start, end, num_buckets, self._shuffle,
+                                    ray_remote_args=self._placement)
                 out[view.name] = self._write_version(view, rows, path, start, end,
                                                      time.perf_counter() - t0)
         return out
@@ -307,10 +312,11 @@ class FeatureStore:
             e = pads.field(ts) < end.to_pydatetime()
             flt = e if flt is None else flt & e
         ds = read_parquet(files, partitioning=None, columns=[*keys, ts, *view.feature_names],
-                          **({} if flt is None else {"filter": flt}))
+                          **(self._placement or {}), **({} if flt is None else {"filter": flt}))
         n, latest = 0, None
         latest_rows = latest_per_entity(ds, keys, ts, max(8, min(512, m.num_rows // _ROWS_PER_BUCKET
-                                                                 + 1)), self._shuffle)
+                                                                 + 1)), self._shuffle,
+                                        ray_remote_args=self._placement)
         for batch in latest_rows.iter_batches(batch_size=10_000, batch_format="pandas"):
             n += self.online.write(view.name, batch, keys, timestamp_column=ts)
             bmax = pd.to_datetime(batch[ts], utc=True).max()

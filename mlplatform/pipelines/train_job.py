@@ -6,11 +6,13 @@
     register:  registered model name and alias
 
 Steps: raw data (if missing) -> contract gate -> feature store -> training set -> Ray Train ->
-MLflow run -> registry. Failing data stops at the gate: no MLflow run, no model.
+MLflow run (with the job's cost, :mod:`mlplatform.cluster.cost`) -> registry. Failing data
+stops at the gate: no MLflow run, no model.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,6 +62,7 @@ class TrainJobConfig(BaseModel):
 def run_train_job(job: TrainJobConfig, platform: PlatformConfig,
                   echo: Callable[[str], object] = print):
     """Run the job on the connected Ray cluster; returns the TrainResult and the ModelVersion."""
+    from mlplatform.cluster.cost import record_cost, scaling_usage
     from mlplatform.features.training_set import read_training_set_manifest
     from mlplatform.pipelines.spine import build_spine_features, ensure_raw_data, register_model
     from mlplatform.training import train
@@ -80,7 +83,13 @@ def run_train_job(job: TrainJobConfig, platform: PlatformConfig,
         cfg = cfg.model_copy(update={"features_path": tset.path})
     echo(f"training {cfg.model} on {cfg.scaling.num_workers} worker(s)"
          f"{' with GPUs' if cfg.scaling.use_gpu else ''}")
+    t0 = time.monotonic()
     result = train(cfg, platform)
+    s = cfg.scaling
+    record_cost(platform, result.run_id,
+                scaling_usage(s.resources_per_worker, s.num_workers, s.use_gpu,
+                              time.monotonic() - t0),
+                job="train", model=job.registration.name or platform.model_name, echo=echo)
     mv = register_model(platform, result, name=job.registration.name, alias=job.registration.alias,
                         feature_versions=versions)
     return result, mv

@@ -5,11 +5,13 @@
     tune:   the arguments of mlplatform.training.sweep
 
 Steps: raw data (if missing) -> contract gate -> feature store -> training set -> Ray Tune
-sweep (one MLflow child run per trial) -> the best trial's model logged.
+sweep (one MLflow child run per trial) -> the best trial's model logged; the parent run gets
+the sweep's cost (:mod:`mlplatform.cluster.cost`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -73,6 +75,7 @@ def run_tune_job(job: TuneJobConfig, platform: PlatformConfig,
                  echo: Callable[[str], object] = print):
     """Run the sweep on the connected Ray cluster; returns the trials DataFrame (best first,
     ``df.attrs``: parent_run_id, best_trial_id, best_run_id, best_model_uri)."""
+    from mlplatform.cluster.cost import record_cost, trials_usage
     from mlplatform.pipelines.spine import build_spine_features, ensure_raw_data
     from mlplatform.training.tuning import sweep
 
@@ -84,8 +87,15 @@ def run_tune_job(job: TuneJobConfig, platform: PlatformConfig,
              f"(feature versions {tset.feature_versions})")
         if cfg.feature_views is None:
             cfg = cfg.model_copy(update={"features_path": tset.path})
-    return sweep(cfg, platform=platform, seed=job.tune.seed,
-                 **job.tune.model_dump(exclude={"seed"}))
+    t0 = time.monotonic()
+    df = sweep(cfg, platform=platform, seed=job.tune.seed,
+               **job.tune.model_dump(exclude={"seed"}))
+    s = cfg.scaling
+    record_cost(platform, df.attrs["parent_run_id"],
+                trials_usage(s.resources_per_worker, s.use_gpu, df["time_s"],
+                             time.monotonic() - t0),
+                job="tune", model=platform.model_name, echo=echo)
+    return df
 
 
 def summary(df, metric: str) -> list[str]:

@@ -1,0 +1,433 @@
+"""``mlp cluster validate``: Ray's own schema check of a cluster-launcher YAML, then mlplatform's rules.
+
+Ray's part is the autoscaler's :func:`ray.autoscaler._private.util.validate_config` (the JSON
+schema ``ray/autoscaler/ray-schema.json`` plus Ray's checks of ``head_node_type`` and the
+workers' totals), run on the config filled out with the provider's defaults as ``ray up`` does
+(:func:`~ray.autoscaler._private.util.prepare_config`: it reads a defaults file shipped in the
+wheel and needs no cloud credentials or network). When the schema fails, every schema error is
+listed, not only the first, and an unknown key comes with its closest allowed name.
+
+mlplatform's rules (listed in cluster/README.md, "Validate before you launch") check the resource
+scheme on every provider (head ``CPU: 0``, GPU types with ``min_workers: 0``, ``serve_cpu`` and
+``cpu_node`` on CPU workers only) and, except on ``fake_multinode`` (whose "nodes" inherit the
+environment of your ``ray start``, which the file cannot show), the nodes' environment: token
+auth, shared storage, an MLflow server and a Redis every node reaches, the same known ``MLP_*``
+settings everywhere; plus pinned images and a price table. The environment is read from the
+setup/start commands and docker options: literal ``NAME=value`` assignments such as the
+``export MLP_STORAGE_ROOT=/mnt/mlp`` lines of the cloud YAMLs' env file.
+
+Example:
+    >>> from pathlib import Path
+    >>> from mlplatform.cluster.validate import validate_cluster_config
+    >>> validate_cluster_config(Path("cluster/aws-gpu.yaml"))      # doctest: +SKIP
+    []
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+#: Providers whose nodes all run on this machine (env rules skipped, see the module docstring).
+FAKE_PROVIDERS = frozenset({"fake_multinode", "fake_multinode_docker"})
+#: The resource scheme shared by every cluster YAML (cluster/README.md).
+SERVE_RESOURCE, DATA_RESOURCE = "serve_cpu", "cpu_node"
+_KNOWN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory", SERVE_RESOURCE, DATA_RESOURCE)
+#: AWS instance families with NVIDIA GPUs (Ray autodetects their GPUs when resources is empty).
+_AWS_GPU_FAMILY = re.compile(r"^(g4dn|g5|g6|g6e|gr6|p3|p3dn|p4d|p4de|p5|p5e|p5en|p6)\.")
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "0.0.0.0", "::1", "[::1]"})
+_ASSIGNMENT = re.compile(r"(?<![\w$-])([A-Z][A-Z0-9_]*)=(\"[^\"]*\"|'[^']*'|[^\s;&|)]*)")
+_MOUNT_WORDS = ("mount", "gcsfuse", "s3fs")
+
+
+def validate_cluster_config(path: Path) -> list[str]:
+    """Check a cluster-launcher YAML against Ray's schema and mlplatform's rules.
+
+    Args:
+        path: A ``ray up`` YAML, e.g. ``cluster/aws-gpu.yaml`` or ``cluster/local-fake.yaml``.
+
+    Returns:
+        Human-readable problems, each naming the key or node type and the fix; empty if the
+        file is good. A missing, unreadable or non-mapping file is one problem, not an exception.
+    """
+    config, problems = _load(Path(path))
+    if config is None:
+        return problems
+    problems += _schema_problems(config)
+    try:
+        problems += _node_type_problems(config)
+        if _provider_type(config) not in FAKE_PROVIDERS:
+            problems += _environment_problems(config) + _docker_and_price_problems(config)
+    except (AttributeError, TypeError, ValueError) as exc:  # a malformed file the schema flagged
+        problems.append(f"mlplatform's rules could not be checked ({exc}): fix the errors above")
+    return list(dict.fromkeys(problems))
+
+
+# ------------------------------------------------------------------------------ loading -------
+def _load(path: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    if not path.is_file():
+        return None, [f"{path} does not exist or is not a file; pass a cluster-launcher YAML "
+                      "such as cluster/aws-gpu.yaml"]
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [f"{path} cannot be read: {exc}"]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        return None, [f"{path} is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}"]
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else type(data).__name__
+        return None, [f"{path} must be a mapping of cluster settings (cluster_name, provider, "
+                      f"available_node_types, ...), got {got}"]
+    return data, []
+
+
+def _m(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a mapping, else an empty one (the schema check reports the rest)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _provider_type(config: Mapping[str, Any]) -> str:
+    return str(_m(config.get("provider")).get("type", ""))
+
+
+def _node_types(config: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {str(k): v for k, v in _m(config.get("available_node_types")).items()
+            if isinstance(v, Mapping)}
+
+
+# ------------------------------------------------------------------------ Ray's schema -------
+def _schema_problems(config: dict[str, Any]) -> list[str]:
+    import jsonschema
+    from ray.autoscaler._private import util as ray_util
+
+    problems: list[str] = []
+    prepared = _prepare(config, problems)
+    try:
+        ray_util.validate_config(prepared)
+    except jsonschema.ValidationError:
+        with open(Path(ray_util.__file__).parents[1] / "ray-schema.json") as f:
+            schema = json.load(f)
+        validator = jsonschema.validators.validator_for(schema)(schema)
+        errors = sorted(validator.iter_errors(prepared), key=lambda e: list(map(str, e.path)))
+        for error in errors:
+            problems += _describe_schema_error(error)
+    except (ValueError, RuntimeError, KeyError, TypeError, AssertionError) as exc:
+        problems.append(f"Ray rejects the config: {exc}")
+    return problems
+
+
+def _prepare(config: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """The config filled out with the provider's defaults, as ``ray up`` validates it."""
+    from ray.autoscaler._private import util as ray_util
+    from ray.autoscaler._private.providers import _DEFAULT_CONFIGS
+
+    ptype = _provider_type(config)
+    if ptype and ptype != "external" and ptype not in _DEFAULT_CONFIGS:
+        hint = difflib.get_close_matches(ptype, list(_DEFAULT_CONFIGS), n=1)
+        problems.append(f"provider.type '{ptype}' is not a Ray node provider"
+                        + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                        + f"; known: {', '.join(sorted(_DEFAULT_CONFIGS))}")
+    elif ptype:
+        quiet = logging.getLogger(ray_util.__name__)
+        level, quiet.level = quiet.level, logging.WARNING  # "setting max workers for ..."
+        try:
+            return ray_util.prepare_config(copy.deepcopy(config))
+        except FileNotFoundError:
+            pass  # fake_multinode's defaults file is not shipped in the wheel: validate as is
+        except Exception as exc:  # noqa: BLE001 - Ray raises many types; report, don't crash
+            problems.append(f"Ray could not fill in the {ptype} defaults: {exc}")
+        finally:
+            quiet.level = level
+    # What ray_util.fillout_defaults would add that the schema check needs.
+    return {"cluster_synced_files": [], "file_mounts": {}, "max_workers": 0,
+            **copy.deepcopy(config)}
+
+
+def _describe_schema_error(error: Any) -> list[str]:
+    where = ".".join(str(p) for p in error.absolute_path)
+    place = f"in {where}" if where else "at the top level"
+    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+        allowed = list(error.schema.get("properties") or {})
+        patterns = list(error.schema.get("patternProperties") or {})
+        extras = [k for k in error.instance
+                  if k not in allowed and not any(re.search(p, str(k)) for p in patterns)]
+        out = []
+        for key in extras:
+            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
+            out.append(f"unknown key '{key}' {place} ({hint})")
+        return out
+    return [f"{where or '<top level>'}: {error.message} (Ray's cluster schema)"]
+
+
+# ---------------------------------------------------------------- node types & resources -----
+def _gpu_count(node_type: Mapping[str, Any]) -> int:
+    resources, node_config = _m(node_type.get("resources")), _m(node_type.get("node_config"))
+    if resources.get("GPU"):
+        return int(resources["GPU"])
+    accelerators = node_config.get("guestAccelerators") or []
+    if accelerators:
+        return sum(int(a.get("acceleratorCount", 1)) for a in accelerators if isinstance(a, dict))
+    return int(bool(_AWS_GPU_FAMILY.match(str(node_config.get("InstanceType", "")))))
+
+
+def _node_type_problems(config: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for key, what in (("idle_timeout_minutes", "how long an idle worker (a GPU!) keeps running"),
+                      ("max_workers", "the most workers the autoscaler may start")):
+        if key not in config:
+            problems.append(f"'{key}' is not set: set it explicitly ({what}); Ray's default "
+                            "is not a decision anyone made")
+    types, head = _node_types(config), str(config.get("head_node_type", ""))
+    if head in types:
+        res = _m(types[head].get("resources"))
+        if res.get("CPU") != 0:
+            problems.append(f"head node type '{head}' must advertise resources: {{CPU: 0}} "
+                            f"(has {res or 'autodetected CPUs'}): otherwise training and data "
+                            "tasks are scheduled on the head, next to the GCS and MLflow")
+        extra = [r for r in ("GPU", SERVE_RESOURCE, DATA_RESOURCE) if res.get(r)]
+        if extra:
+            problems.append(f"head node type '{head}' advertises {extra}: remove them, the head "
+                            "runs no Serve replicas, data tasks or GPU work")
+    workers = {k: v for k, v in types.items() if k != head}
+    gpu_types = [k for k, v in workers.items() if _gpu_count(v) > 0]
+    if not gpu_types:
+        problems.append("no worker node type has a GPU: add one (resources: {GPU: N}, GCP "
+                        "node_config.guestAccelerators, or an AWS GPU instance type) with "
+                        "min_workers: 0 so that training with use_gpu: true can run")
+    for name in gpu_types:
+        node_type = workers[name]
+        if node_type.get("min_workers", 0) != 0:
+            problems.append(f"GPU node type '{name}' has min_workers: "
+                            f"{node_type.get('min_workers')}; set available_node_types.{name}."
+                            "min_workers: 0 so idle GPUs cost nothing (the autoscaler starts "
+                            "them when work asks for a GPU)")
+        res = _m(node_type.get("resources"))
+        if not res.get("GPU") and (res or _provider_type(config) != "aws"):  # AWS fills it in
+            problems.append(f"node type '{name}' has GPUs but its resources lack 'GPU': the "
+                            f"autoscaler would never start it for GPU work; add GPU: "
+                            f"{_gpu_count(node_type)}")
+        taken = [r for r in (SERVE_RESOURCE, DATA_RESOURCE) if res.get(r)]
+        if taken:
+            problems.append(f"GPU node type '{name}' advertises {taken}: Serve replicas and "
+                            "Ray Data tasks would keep GPU nodes alive; keep them on CPU workers")
+    cpu_types = [k for k in workers if k not in gpu_types]
+    for resource, who in ((SERVE_RESOURCE, "Serve replicas (num_cpus: 0 + resources: "
+                           f"{{{SERVE_RESOURCE}: <share>}})"),
+                          (DATA_RESOURCE, "Ray Data tasks (a 0.001 share of it)")):
+        if not any(_m(workers[k].get("resources")).get(resource) for k in cpu_types):
+            problems.append(f"no CPU worker type advertises '{resource}': {who} could never be "
+                            f"placed; add it to a CPU worker's resources (see cluster/README.md)")
+    for name, node_type in types.items():
+        for res_name in _m(node_type.get("resources")):
+            close = difflib.get_close_matches(str(res_name), _KNOWN_RESOURCES, n=1, cutoff=0.75)
+            if close and close[0] != res_name:
+                problems.append(f"node type '{name}' advertises resource '{res_name}': did you "
+                                f"mean '{close[0]}'?")
+    return problems
+
+
+# ------------------------------------------------------------------ the nodes' environment ----
+def _text(commands: Any) -> str:
+    items = commands if isinstance(commands, list) else []
+    lines = "\n".join(str(c) for c in items).splitlines()
+    return "\n".join(re.sub(r"(^|\s)#.*$", "", line) for line in lines)
+
+
+def _node_text(config: Mapping[str, Any], name: str, is_head: bool) -> str:
+    """Every command (and docker option) that runs on a node of this type, as text."""
+    node_type, docker = _node_types(config).get(name, {}), _m(config.get("docker"))
+    init = node_type.get("initialization_commands", config.get("initialization_commands"))
+    if is_head:
+        parts = [init, config.get("setup_commands"), config.get("head_setup_commands"),
+                 config.get("head_start_ray_commands"), docker.get("run_options"),
+                 docker.get("head_run_options")]
+    else:
+        setup = node_type.get("worker_setup_commands")
+        if setup is None:
+            setup = (config.get("setup_commands") or []) + (config.get("worker_setup_commands") or [])
+        node_docker = _m(node_type.get("docker"))
+        parts = [init, setup, config.get("worker_start_ray_commands"), docker.get("run_options"),
+                 node_docker.get("worker_run_options", docker.get("worker_run_options"))]
+    return "\n".join(_text(p) for p in parts)
+
+
+def _env(text: str) -> dict[str, str]:
+    return {m.group(1): m.group(2).strip("\"'") for m in _ASSIGNMENT.finditer(text)}
+
+
+def _environment_problems(config: Mapping[str, Any]) -> list[str]:
+    head = str(config.get("head_node_type", ""))
+    texts = {n: _node_text(config, n, n == head) for n in _node_types(config)}
+    envs = {n: _env(t) for n, t in texts.items()}
+    found: dict[str, list[str]] = {}  # problem -> node types it applies to
+    for name, env in envs.items():
+        for problem in _node_env_problems(config, env):
+            found.setdefault(problem, []).append(name)
+    mlp_keys = {n: {k for k in e if k.startswith("MLP_")} for n, e in envs.items()}
+    everywhere = set.union(*mlp_keys.values()) if mlp_keys else set()
+    for name, keys in mlp_keys.items():
+        if everywhere - keys:
+            found.setdefault(f"does not get {sorted(everywhere - keys)}, which other nodes do: "
+                             "every node must see the same MLP_* settings", []).append(name)
+    problems = []
+    for problem, names in found.items():
+        who = ("every node type" if len(names) == len(envs) > 1 else
+               f"node type{'s' if len(names) > 1 else ''} {', '.join(repr(n) for n in names)}")
+        problems.append(f"{who}: {problem}")
+    return problems + _head_command_problems(texts.get(head, ""))
+
+
+def _node_env_problems(config: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
+    from mlplatform.config import ENV_PREFIX, PROCESS_ENV, SERVE_ENV_PREFIX, allowed_keys
+
+    known = sorted({ENV_PREFIX + k.upper() for k in allowed_keys()} | set(PROCESS_ENV))
+    problems = _auth_problems(config, env)
+    for var in sorted(env):
+        if var.startswith(ENV_PREFIX) and var not in known and not var.startswith(SERVE_ENV_PREFIX):
+            close = difflib.get_close_matches(var, known, n=1)
+            problems.append(f"sets {var}, which mlplatform does not know, so every "
+                            "PlatformConfig.load() there would fail"
+                            + (f" (did you mean {close[0]}?)" if close else ""))
+    problems += _storage_problems(config, env.get("MLP_STORAGE_ROOT"))
+    for var in ("MLP_MLFLOW_TRACKING_URI", "MLP_MLFLOW_REGISTRY_URI"):
+        problems += _mlflow_problems(var, env.get(var), required=var == "MLP_MLFLOW_TRACKING_URI")
+    if env.get("MLP_ONLINE_STORE") != "redis":
+        problems.append(f"MLP_ONLINE_STORE is {env.get('MLP_ONLINE_STORE', 'unset (sqlite)')}: "
+                        "a SQLite file per node; set MLP_ONLINE_STORE=redis and MLP_REDIS_URL")
+    elif (urlparse(env.get("MLP_REDIS_URL", "")).hostname or "localhost") in _LOCAL_HOSTS:
+        problems.append(f"MLP_REDIS_URL={env.get('MLP_REDIS_URL', '(unset: localhost)')} is not a "
+                        "server the other nodes reach; point it at a shared Redis")
+    if env.get("MLP_DATA_PLACEMENT_RESOURCE") != DATA_RESOURCE and any(
+            _m(t.get("resources")).get(DATA_RESOURCE) for t in _node_types(config).values()):
+        problems.append(f"set MLP_DATA_PLACEMENT_RESOURCE={DATA_RESOURCE} so Ray Data tasks stay "
+                        "on the CPU workers that advertise it")
+    return problems
+
+
+def _auth_problems(config: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
+    mode = env.get("RAY_AUTH_MODE")
+    if mode != "token":
+        state = f"RAY_AUTH_MODE={mode}" if mode else "no RAY_AUTH_MODE"
+        return [f"Ray starts with {state}: anyone who reaches the cluster could run code on it; "
+                "export RAY_AUTH_MODE=token before `ray start`"]
+    if env.get("RAY_AUTH_TOKEN"):
+        return []
+    targets = [str(t).rstrip("/") for t in _m(config.get("file_mounts"))]
+    token_path = env.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")
+    token_path = re.sub(r"^(\$HOME|\$\{HOME\}|/home/[^/]+|/root)(?=/)", "~", token_path)
+    if not any(token_path == t or token_path.startswith(t + "/") for t in targets):
+        return [f"token auth is on but nothing puts the token at {token_path}; add a file_mounts "
+                "entry for it (the token comes from `ray get-auth-token --generate` on your "
+                "laptop, see cluster/README.md)"]
+    return []
+
+
+def _mount_points(config: Mapping[str, Any]) -> list[str]:
+    docker = _m(config.get("docker"))
+    options = " ".join(str(o) for key in ("run_options", "head_run_options", "worker_run_options")
+                       for o in docker.get(key) or [])
+    points = re.findall(r"(?:-v|--volume)[ =]\S+:(/[^\s:]+)", options)
+    commands = [config.get(k) for k in ("initialization_commands", "setup_commands")]
+    commands += [t.get("initialization_commands") for t in _node_types(config).values()]
+    for line in "\n".join(_text(c) for c in commands).splitlines():
+        if any(w in line for w in _MOUNT_WORDS):
+            points += re.findall(r"(?<=\s)(/[\w./-]+)", line)
+    return points
+
+
+def _storage_problems(config: Mapping[str, Any], root: str | None) -> list[str]:
+    from mlplatform.config import PlatformConfig
+
+    if not root:
+        return ["MLP_STORAGE_ROOT is not set: Ray Train checkpoints, features and "
+                "the prediction log would stay on each node's disk; set it to shared storage"]
+    if "://" in root:
+        kept = str(PlatformConfig(storage_root=root).storage_root)
+        if "://" not in kept:
+            return [f"MLP_STORAGE_ROOT={root}: mlplatform's storage_root is a file "
+                    f"system path (PlatformConfig turns it into {kept}); mount the bucket or a "
+                    "shared file system (EFS/Filestore/NFS) on every node and use the mount point"]
+        return []
+    if not root.startswith(("/", "~", "$HOME", "${HOME}")):
+        return [f"MLP_STORAGE_ROOT={root} is relative: each process would resolve it "
+                "against its own working directory; use the absolute shared mount point"]
+    if not any(root == p or root.startswith(p.rstrip("/") + "/") for p in _mount_points(config)):
+        return [f"MLP_STORAGE_ROOT={root} is not on anything the YAML mounts (an "
+                "initialization/setup command with `mount`, or a docker `-v` run option): a "
+                "local disk is not shared, so workers could not read each other's checkpoints"]
+    return []
+
+
+def _mlflow_problems(var: str, uri: str | None, required: bool) -> list[str]:
+    if not uri:
+        return [f"{var} is not set: runs would go to a SQLite file on each node; set "
+                f"{var}=http://$RAY_HEAD_IP:5000 (the MLflow server on the head)"] if required else []
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file", "sqlite"):
+        kind = "SQLite database" if parsed.scheme == "sqlite" else "local path"
+        return [f"{var}={uri} is a {kind} on that node's disk, which workers cannot "
+                "share; run `mlflow server` on the head and use http://$RAY_HEAD_IP:5000"]
+    if parsed.scheme in ("http", "https") and (parsed.hostname or "") in _LOCAL_HOSTS:
+        return [f"{var}={uri} points at the node itself: a worker would look for "
+                "MLflow on its own localhost; use the head's address (http://$RAY_HEAD_IP:5000)"]
+    return []
+
+
+def _head_command_problems(head_text: str) -> list[str]:
+    problems = []
+    host = re.search(r"--dashboard-host[= ]+[\"']?([^\s\"';]+)", head_text)
+    if host and host.group(1) not in ("127.0.0.1", "localhost"):
+        problems.append(f"the head starts the dashboard with --dashboard-host={host.group(1)}: "
+                        "bind it to 127.0.0.1 and reach it with `ray dashboard <yaml>`")
+    backend = re.search(r"--backend-store-uri[= ]+[\"']?([^\s\"';]+)", head_text)
+    if backend and urlparse(backend.group(1)).scheme in ("", "file", "sqlite"):
+        problems.append(f"the MLflow server on the head stores runs in {backend.group(1)}: use "
+                        "a database server (PostgreSQL, e.g. RDS/Cloud SQL) that outlives the head")
+    return problems
+
+
+# --------------------------------------------------------------------- docker & prices -------
+def _docker_and_price_problems(config: Mapping[str, Any]) -> list[str]:
+    docker, problems = _m(config.get("docker")), []
+    images = [(f"docker.{k}", docker.get(k)) for k in ("image", "head_image", "worker_image")]
+    images += [(f"available_node_types.{n}.docker.worker_image",
+                _m(t.get("docker")).get("worker_image")) for n, t in _node_types(config).items()]
+    for key, image in images:
+        tag = str(image).rsplit("/", 1)[-1].partition(":")[2]
+        if image and (not tag or tag.startswith(("latest", "nightly"))):
+            problems.append(f"{key} is '{image}': pin a release tag (e.g. "
+                            "rayproject/ray:2.60.0-py311-gpu) so every node runs the same Ray")
+    if _provider_type(config) == "local":
+        return problems
+    prices = _m(config.get("metadata")).get("prices")
+    if not isinstance(prices, Mapping):
+        return problems + ["metadata.prices is missing: add the price table mlp cost reads "
+                           "({cpu_hour: <USD per vCPU-hour>, gpu_hour: {<accelerator>: <USD>}})"]
+    try:
+        from mlplatform.cluster.cost import PriceTable
+
+        PriceTable.from_mapping(prices, "metadata.prices")
+    except ImportError:
+        pass
+    except ValueError as exc:  # ConfigError: names the key
+        problems.append(str(exc))
+    priced = {str(k).lower() for k in _m(prices.get("gpu_hour"))}
+    for name, node_type in _node_types(config).items():
+        for res in _m(node_type.get("resources")):
+            kind = str(res).partition("accelerator_type:")[2]
+            if kind and kind.lower() not in priced:
+                problems.append(f"node type '{name}' has {res} but metadata.prices.gpu_hour has "
+                                f"no '{kind}': its jobs would be costed at the default GPU price")
+    return problems

@@ -1,0 +1,179 @@
+"""Laptop to cluster with token auth, and what every job costs (issue #7).
+
+Each check runs as a user would, from another process: ``mlp submit`` of a training job to the
+session's ``ray start --head`` cluster (token auth on) succeeds and its MLflow run carries the
+job's cost; a feature build submitted with ``--env`` gets its own MLflow run with its cost;
+without the token the raw ``ray job submit`` is refused with Ray's auth error; a failing job
+makes ``mlp submit`` exit 1 with the job's error; ``mlp cost`` sums the runs per model and job.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlplatform.registry import ModelRegistry
+
+REPO = Path(__file__).resolve().parents[2]
+MLP = str(Path(sys.executable).parent / "mlp")
+RAY = str(Path(sys.executable).parent / "ray")
+MODEL = "fraud-submit"            # not `fraud`: other modules own that one
+
+
+def _run(cmd: list[str], env: dict | None = None, timeout: float = 600,
+         drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in drop}
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=full, timeout=timeout)
+    out.log = out.stdout + out.stderr
+    return out
+
+
+def _pinned(ray_cluster) -> list[str]:
+    """Point the job's driver at this cluster: Ray's job supervisor sets the driver's
+    RAY_ADDRESS from ``auto``, i.e. /tmp/ray/ray_current_cluster, the last cluster *any* process
+    on this machine started (other test sessions sharing the machine overwrite it), and Ray's
+    state API follows RAY_ADDRESS unless RAY_API_SERVER_ADDRESS is set. Not needed where the
+    head has its own ``--temp-dir`` or is alone on its machine."""
+    return ["--env", f"MLP_RAY_ADDRESS={ray_cluster['address']}",
+            "--env", f"RAY_API_SERVER_ADDRESS={ray_cluster['dashboard']}"]
+
+
+def _mlflow_run(platform, run_id: str):
+    from mlplatform import _mlflow
+
+    return _mlflow.client(platform).get_run(run_id)
+
+
+@pytest.fixture(scope="module")
+def trained(spine, ray_cluster, tmp_path_factory):
+    """``mlp submit train`` of a small copy of jobs/configs/fraud_xgb.yaml."""
+    cfg = yaml.safe_load((REPO / "jobs/configs/fraud_xgb.yaml").read_text())
+    cfg["train"].update(num_boost_round=30, early_stopping_rounds=10)
+    cfg["register"] = {"name": MODEL, "alias": "candidate"}
+    path = tmp_path_factory.mktemp("submit") / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return _run([MLP, "submit", "train", "--config", str(path),
+                 "--address", ray_cluster["dashboard"], *_pinned(ray_cluster)])
+
+
+def test_mlp_submit_trains_registers_and_records_the_cost(trained, platform):
+    assert trained.returncode == 0, trained.log[-4000:]
+    assert re.search(r"^job_id: raysubmit_\w+$", trained.stdout, re.M), trained.stdout[-2000:]
+    assert "is outside the uploaded folder" in trained.stdout   # a tmp config: said, and works
+    assert "succeeded" in trained.stdout
+    run_id = re.search(r"run_id: (\w+)", trained.stdout).group(1)
+    assert ModelRegistry(platform).resolve(f"{MODEL}@candidate").run_id == run_id
+
+    run = _mlflow_run(platform, run_id)
+    m, t = run.data.metrics, run.data.tags
+    assert m["cost.wall_s"] > 0 and m["cost.gpu_hours"] == 0
+    # 2 workers x 1 CPU (the config's scaling) for the training's wall time
+    assert m["cost.cpu_hours"] == pytest.approx(2 * m["cost.wall_s"] / 3600)
+    assert m["cost.usd_estimate"] == pytest.approx(m["cost.cpu_hours"] * 0.048)
+    assert (t["mlplatform.job"], t["mlplatform.model"]) == ("train", MODEL)
+    assert (t["cost.gpu_type"], t["cost.method"]) == ("none", "scaling")
+    assert run.data.params["cost.cpus"] == "2"
+
+
+def test_feature_build_job_gets_a_run_with_its_cost(ray_cluster, tmp_path):
+    """``--env`` reaches the job; the build's Ray tasks are counted from the state API."""
+    from mlplatform.config import PlatformConfig
+
+    cfg = yaml.safe_load((REPO / "jobs/configs/build_features.yaml").read_text())
+    cfg["data"]["generate_rows"] = 3000
+    cfg["build"]["num_buckets"] = 8
+    job = tmp_path / "build.yaml"
+    job.write_text(yaml.safe_dump(cfg))
+    root = tmp_path / "store"
+    out = _run([MLP, "submit", "build_features", "--config", str(job), "--address",
+                ray_cluster["dashboard"], "--env", f"MLP_STORAGE_ROOT={root}",
+                *_pinned(ray_cluster)])
+    assert out.returncode == 0, out.log[-4000:]
+    assert "built user_activity: version" in out.stdout
+
+    from mlplatform import _mlflow
+
+    client = _mlflow.client(PlatformConfig(storage_root=root))
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              "tags.`mlplatform.job` = 'build_features'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["mlplatform.feature_build"] == "true"
+    assert run.data.tags["cost.method"] == "ray_tasks"      # measured from the state API
+    assert run.data.tags["feature_version.user_activity"]
+    assert run.data.metrics["cost.cpu_hours"] > 0 and run.data.metrics["cost.wall_s"] > 0
+    assert run.info.status == "FINISHED"
+
+
+def test_raw_ray_job_submit_without_the_token_is_refused(ray_cluster, tmp_path):
+    empty_home = tmp_path / "home"
+    empty_home.mkdir()
+    cmd = [RAY, "job", "submit", "--address", ray_cluster["dashboard"], "--", "echo", "hi"]
+    token_vars = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    # RAY_AUTH_MODE=token and no token anywhere: Ray's client refuses to send the request
+    no_token = _run(cmd, {"HOME": str(empty_home), "RAY_AUTH_MODE": "token"}, 120, token_vars)
+    assert no_token.returncode != 0
+    assert ("AuthenticationError: Token authentication is enabled but Ray couldn't find an "
+            "authentication token" in no_token.log), no_token.log[-3000:]
+    # a client without token mode sends no token: the cluster answers 401
+    no_mode = _run(cmd, {"HOME": str(empty_home)}, 120, (*token_vars, "RAY_AUTH_MODE"))
+    assert no_mode.returncode != 0
+    assert "Authentication required" in no_mode.log, no_mode.log[-3000:]
+    assert "Token authentication is enabled but no authentication token was found" in no_mode.log
+    # the wrong token: 403
+    wrong = _run(cmd, {"RAY_AUTH_TOKEN": "not-the-token", "RAY_AUTH_MODE": "token"}, 120)
+    assert wrong.returncode != 0
+    assert "Authentication failed" in wrong.log
+    assert "the authentication token is invalid or incorrect" in wrong.log, wrong.log[-3000:]
+
+    config = str(REPO / "jobs/configs/fraud_xgb.yaml")
+    mlp = _run([MLP, "submit", "train", "--config", config, "--address",
+                ray_cluster["dashboard"]], {"HOME": str(empty_home)}, 120, token_vars)
+    assert mlp.returncode == 2
+    assert "no Ray auth token" in mlp.stderr and "ray start --head` writes" in mlp.stderr
+    mlp_wrong = _run([MLP, "submit", "train", "--config", config, "--address",
+                      ray_cluster["dashboard"]], {"RAY_AUTH_TOKEN": "not-the-token"}, 120)
+    assert mlp_wrong.returncode == 1
+    assert "refused the token" in mlp_wrong.stderr and "Authentication failed" in mlp_wrong.stderr
+
+
+def test_mlp_submit_of_a_failing_job_exits_1_with_its_error(ray_cluster, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {num_boost_rounds: 5}\n")          # a typo the job refuses
+    out = _run([MLP, "submit", "train", "--config", str(bad), "--address",
+                ray_cluster["dashboard"]])
+    assert out.returncode == 1, out.log[-3000:]
+    assert re.search(r"error: job raysubmit_\w+ failed \(driver exit code 2\)", out.stderr), \
+        out.stderr[-3000:]
+    assert "num_boost_rounds" in out.stderr                    # the job's own error, relayed
+
+
+def test_mlp_submit_argument_errors_exit_2():
+    unknown = _run([MLP, "submit", "trian", "--config", "jobs/configs/fraud_xgb.yaml"])
+    assert unknown.returncode == 2
+    assert "unknown job 'trian'" in unknown.stderr and "build_features" in unknown.stderr
+    missing = _run([MLP, "submit", "train", "--config", "jobs/configs/nope.yaml"])
+    assert missing.returncode == 2 and "nope.yaml does not exist" in missing.stderr
+
+
+def test_mlp_cost_sums_per_model_and_job(trained, storage_root, tmp_path):
+    assert trained.returncode == 0, trained.log[-2000:]
+    env = {"MLP_STORAGE_ROOT": str(storage_root)}
+    out = _run([MLP, "cost", "--since", "7d"], env, 120)
+    assert out.returncode == 0, out.log
+    row = next(line for line in out.stdout.splitlines() if line.startswith(MODEL + " "))
+    runs, wall_h, cpu_h = row.split()[1:4]
+    assert int(runs) >= 1 and float(cpu_h) > 0, out.stdout
+    assert re.search(r"^train\s+\d+", out.stdout, re.M) and "total" in out.stdout
+
+    by_job = _run([MLP, "cost", "--since", "24h", "--by", "job"], env, 120)
+    assert by_job.returncode == 0 and by_job.stdout.count("total") == 1
+    assert not any(line.startswith(MODEL) for line in by_job.stdout.splitlines())
+    future = _run([MLP, "cost", "--since", "2999-01-01"], env, 120)
+    assert future.returncode == 0 and "no runs" in future.stdout
+    bad = _run([MLP, "cost", "--since", "last week"], env, 120)
+    assert bad.returncode == 2 and "7d, 24h, 30m" in bad.stderr

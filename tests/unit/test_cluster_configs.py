@@ -1,0 +1,329 @@
+"""The cluster configs in cluster/: every launcher YAML passes Ray's schema and mlplatform's
+rules, a broken copy is reported by name, and the KubeRay manifests agree with the launcher
+YAMLs (images, Ray resources, MLP_* settings, pinned version) and embed a valid Serve config.
+
+No Ray cluster: Ray's schema check and Serve's config models are plain Python."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mlplatform.cli import app
+from mlplatform.cluster.validate import validate_cluster_config
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCHER_YAMLS = sorted((REPO / "cluster").glob("*.yaml"))
+CLOUD_YAMLS = [REPO / "cluster" / "aws-gpu.yaml", REPO / "cluster" / "gcp-gpu.yaml"]
+KUBERAY = REPO / "cluster" / "kuberay"
+#: The gpu_worker type's counts in both cloud YAMLs (unique there).
+GPU_WORKER_COUNTS = "    min_workers: 0\n    max_workers: 4\n"
+VERSION = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)[1]
+
+#: A minimal valid fake-provider cluster (the shape of cluster/local-fake.yaml).
+FAKE = {
+    "cluster_name": "t", "max_workers": 2, "idle_timeout_minutes": 0.25,
+    "provider": {"type": "fake_multinode", "use_node_id_as_ip": True,
+                 "disable_node_updaters": True, "disable_launch_config_check": True},
+    "head_node_type": "ray.head.default",
+    "available_node_types": {
+        "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+        "cpu_worker": {"resources": {"CPU": 2, "serve_cpu": 2, "cpu_node": 1000},
+                       "node_config": {}, "min_workers": 1, "max_workers": 1},
+        "gpu_worker": {"resources": {"CPU": 2, "GPU": 1}, "node_config": {},
+                       "min_workers": 0, "max_workers": 1},
+    },
+    "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
+    "head_start_ray_commands": [], "worker_start_ray_commands": [],
+}
+
+
+def variant(tmp_path: Path, source: Path, old: str, new: str) -> Path:
+    """A copy of ``source`` with ``old`` replaced (which must be there: no silent no-op)."""
+    text = source.read_text()
+    assert old in text, f"{old!r} not in {source.name}: update this test with the YAML"
+    out = tmp_path / source.name
+    out.write_text(text.replace(old, new))
+    return out
+
+
+def problems_of(tmp_path: Path, config: dict) -> list[str]:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return validate_cluster_config(path)
+
+
+def joined(problems: list[str]) -> str:
+    return "\n".join(problems)
+
+
+# ------------------------------------------------------------------ the shipped YAMLs -------
+def test_the_cloud_yamls_exist():
+    assert set(CLOUD_YAMLS) <= set(LAUNCHER_YAMLS)
+
+
+@pytest.mark.parametrize("path", LAUNCHER_YAMLS, ids=lambda p: p.name)
+def test_every_cluster_yaml_passes_rays_schema_and_our_rules(path):
+    assert validate_cluster_config(path) == []
+
+
+def test_a_minimal_fake_provider_cluster_passes(tmp_path):
+    assert problems_of(tmp_path, FAKE) == []
+
+
+# --------------------------------------------------------------------- Ray's schema ----------
+@pytest.mark.parametrize("path", CLOUD_YAMLS, ids=lambda p: p.name)
+def test_typod_key_in_a_node_type_is_named_with_the_fix(tmp_path, path):
+    bad = variant(tmp_path, path, GPU_WORKER_COUNTS, GPU_WORKER_COUNTS.replace("min_workers",
+                                                                             "min_worker"))
+    problems = validate_cluster_config(bad)
+    assert ("unknown key 'min_worker' in available_node_types.gpu_worker "
+            "(did you mean 'min_workers'?)") in problems
+
+
+def test_typod_top_level_key_is_named(tmp_path):
+    bad = variant(tmp_path, CLOUD_YAMLS[0], "idle_timeout_minutes: 10", "idle_timeout_minute: 10")
+    text = joined(validate_cluster_config(bad))
+    assert "unknown key 'idle_timeout_minute' at the top level" in text
+    assert "did you mean 'idle_timeout_minutes'?" in text
+    assert "'idle_timeout_minutes' is not set" in text
+
+
+def test_wrong_type_and_unknown_provider_are_reported(tmp_path):
+    bad = variant(tmp_path, CLOUD_YAMLS[0], "max_workers: 8", "max_workers: many")
+    assert "max_workers: 'many' is not of type 'integer'" in joined(validate_cluster_config(bad))
+    bad = variant(tmp_path, CLOUD_YAMLS[0], "type: aws", "type: awss")
+    assert "provider.type 'awss' is not a Ray node provider (did you mean 'aws'?)" in joined(
+        validate_cluster_config(bad))
+
+
+# ---------------------------------------------------------------------- our rules -----------
+@pytest.mark.parametrize("path", CLOUD_YAMLS, ids=lambda p: p.name)
+def test_gpu_type_with_min_workers_above_zero_is_reported(tmp_path, path):
+    bad = variant(tmp_path, path, GPU_WORKER_COUNTS, GPU_WORKER_COUNTS.replace("0", "1"))
+    text = joined(validate_cluster_config(bad))
+    assert "GPU node type 'gpu_worker' has min_workers: 1" in text
+    assert "min_workers: 0" in text
+
+
+def test_rules_hold_on_the_fake_provider_too(tmp_path):
+    config = json.loads(json.dumps(FAKE))
+    config["available_node_types"]["gpu_worker"]["min_workers"] = 1
+    config["available_node_types"]["ray.head.default"]["resources"] = {"CPU": 4}
+    del config["available_node_types"]["cpu_worker"]["resources"]["serve_cpu"]
+    text = joined(problems_of(tmp_path, config))
+    assert "GPU node type 'gpu_worker' has min_workers: 1" in text
+    assert "head node type 'ray.head.default' must advertise resources: {CPU: 0}" in text
+    assert "no CPU worker type advertises 'serve_cpu'" in text
+    config = json.loads(json.dumps(FAKE))
+    config["available_node_types"]["gpu_worker"]["resources"] = {"CPU": 2}
+    assert "no worker node type has a GPU" in joined(problems_of(tmp_path, config))
+
+
+def test_auth_off_is_reported(tmp_path):
+    bad = variant(tmp_path, CLOUD_YAMLS[0], "export RAY_AUTH_MODE=token",
+                  "export RAY_AUTH_MODE=disabled")
+    assert ("every node type: Ray starts with RAY_AUTH_MODE=disabled"
+            in joined(validate_cluster_config(bad)))
+
+
+def test_token_not_shipped_to_the_nodes_is_reported(tmp_path):
+    bad = variant(tmp_path, CLOUD_YAMLS[0],
+                  '"~/.mlplatform/cluster-secrets": "~/.mlplatform/cluster-secrets"', "")
+    text = joined(validate_cluster_config(bad))
+    assert "token auth is on but nothing puts the token at ~/.mlplatform/cluster-secrets" in text
+
+
+def test_sqlite_mlflow_uri_is_reported(tmp_path):
+    bad = variant(tmp_path, CLOUD_YAMLS[0],
+                  'export MLP_MLFLOW_TRACKING_URI="http://${RAY_HEAD_IP}:5000"',
+                  "export MLP_MLFLOW_TRACKING_URI=sqlite:////mnt/mlp/mlflow.db")
+    text = joined(validate_cluster_config(bad))
+    assert "MLP_MLFLOW_TRACKING_URI=sqlite:////mnt/mlp/mlflow.db is a SQLite database" in text
+
+
+def test_localhost_mlflow_uri_is_reported(tmp_path):
+    bad = variant(tmp_path, CLOUD_YAMLS[1],
+                  'export MLP_MLFLOW_TRACKING_URI="http://${RAY_HEAD_IP}:5000"',
+                  "export MLP_MLFLOW_TRACKING_URI=http://127.0.0.1:5000")
+    assert "points at the node itself" in joined(validate_cluster_config(bad))
+
+
+def test_missing_storage_is_reported(tmp_path):
+    bad = variant(tmp_path, CLOUD_YAMLS[0], "export MLP_STORAGE_ROOT=/mnt/mlp\n", "")
+    assert "MLP_STORAGE_ROOT is not set" in joined(validate_cluster_config(bad))
+
+
+@pytest.mark.parametrize("root, expected", [
+    ("/data/mlp", "is not on anything the YAML mounts"),
+    ("s3://bucket/mlp", "storage_root is a file system path"),
+    ("mlp", "is relative"),
+])
+def test_unshared_storage_is_reported(tmp_path, root, expected):
+    bad = variant(tmp_path, CLOUD_YAMLS[0], "export MLP_STORAGE_ROOT=/mnt/mlp\n",
+                  f"export MLP_STORAGE_ROOT={root}\n")
+    assert expected in joined(validate_cluster_config(bad))
+
+
+def test_unknown_mlp_variable_and_unpinned_image_are_reported(tmp_path):
+    bad = variant(tmp_path, CLOUD_YAMLS[0], "export MLP_CLUSTER_AUTOSCALES=1",
+                  "export MLP_CLUSTER_AUTOSCALES=1\n    export MLP_STORAGE_ROOTS=/x")
+    assert "sets MLP_STORAGE_ROOTS, which mlplatform does not know" in joined(
+        validate_cluster_config(bad))
+    bad = variant(tmp_path, CLOUD_YAMLS[0], "image: rayproject/ray:2.60.0-py311-gpu",
+                  "image: rayproject/ray:latest-gpu")
+    assert "docker.image is 'rayproject/ray:latest-gpu': pin a release tag" in joined(
+        validate_cluster_config(bad))
+
+
+def test_public_dashboard_and_missing_prices_are_reported(tmp_path):
+    bad = variant(tmp_path, CLOUD_YAMLS[0], "--dashboard-host=127.0.0.1",
+                  "--dashboard-host=0.0.0.0")
+    assert "--dashboard-host=0.0.0.0" in joined(validate_cluster_config(bad))
+    text = CLOUD_YAMLS[0].read_text().split("\nmetadata:")[0]
+    (tmp_path / "noprice.yaml").write_text(text)
+    assert "metadata.prices is missing" in joined(validate_cluster_config(tmp_path / "noprice.yaml"))
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "does not exist"),
+    ("a: [b\n", "is not valid YAML (line 2, column 1)"),
+    ("- a\n- b\n", "must be a mapping of cluster settings"),
+])
+def test_unreadable_files_are_one_clear_problem(tmp_path, content, expected):
+    path = tmp_path / "c.yaml"
+    if content is not None:
+        path.write_text(content)
+    problems = validate_cluster_config(path)
+    assert len(problems) == 1 and expected in problems[0]
+
+
+def test_cli_exits_0_on_a_good_file_and_1_naming_the_problem(tmp_path):
+    runner = CliRunner()
+    good = runner.invoke(app, ["cluster", "validate", str(CLOUD_YAMLS[0])])
+    assert good.exit_code == 0, good.output
+    assert "aws-gpu.yaml: ok" in good.output
+    bad_file = variant(tmp_path, CLOUD_YAMLS[0], "idle_timeout_minutes: 10", "idle_timeout_minute: 10")
+    bad = runner.invoke(app, ["cluster", "validate", str(CLOUD_YAMLS[1]), str(bad_file)])
+    assert bad.exit_code == 1
+    assert "gcp-gpu.yaml: ok" in bad.output
+    assert "unknown key 'idle_timeout_minute'" in bad.output
+
+
+# --------------------------------------------------------------- prices for mlp cost ---------
+@pytest.mark.parametrize("path", CLOUD_YAMLS, ids=lambda p: p.name)
+def test_price_table_is_what_mlp_cost_reads(path):
+    from mlplatform.cluster.cost import PriceTable
+
+    config = yaml.safe_load(path.read_text())
+    prices = PriceTable.from_mapping(config["metadata"]["prices"], path.name)
+    for name, node_type in config["available_node_types"].items():
+        for res in node_type["resources"]:
+            if res.startswith("accelerator_type:"):
+                kind = res.split(":", 1)[1]
+                assert kind in prices.gpu_hour, (name, kind)
+                assert prices.gpu_price(kind) == config["metadata"]["node_prices"][name][
+                    "usd_per_hour"] / node_type["resources"]["GPU"]
+
+
+# -------------------------------------------------------------------------- KubeRay ----------
+def kuberay(name: str) -> list[dict]:
+    return list(yaml.safe_load_all((KUBERAY / name).read_text()))
+
+
+def ray_cluster_spec(doc: dict) -> dict:
+    return {"RayCluster": lambda s: s, "RayJob": lambda s: s["rayClusterSpec"],
+            "RayService": lambda s: s["rayClusterConfig"]}[doc["kind"]](doc["spec"])
+
+
+def ray_docs() -> list[dict]:
+    docs = [d for f in ("raycluster.yaml", "rayjob.yaml", "rayservice.yaml") for d in kuberay(f)]
+    return [d for d in docs if d["apiVersion"] == "ray.io/v1"]
+
+
+def groups(spec: dict) -> dict[str, dict]:
+    out = {"head": spec["headGroupSpec"]}
+    out.update({g["groupName"]: g for g in spec["workerGroupSpecs"]})
+    return out
+
+
+def test_kuberay_manifests_parse_with_the_right_kinds():
+    assert [(d["apiVersion"], d["kind"]) for d in kuberay("raycluster.yaml")] == [
+        ("v1", "ConfigMap"), ("v1", "PersistentVolumeClaim"), ("ray.io/v1", "RayCluster")]
+    assert [(d["apiVersion"], d["kind"]) for d in kuberay("rayjob.yaml")] == [("ray.io/v1", "RayJob")]
+    assert [(d["apiVersion"], d["kind"]) for d in kuberay("rayservice.yaml")] == [
+        ("ray.io/v1", "RayService")]
+    job = kuberay("rayjob.yaml")[0]["spec"]
+    assert job["entrypoint"] == "python jobs/train.py --config jobs/configs/fraud_xgb.yaml"
+    assert (REPO / "jobs" / "configs" / "fraud_xgb.yaml").is_file()
+    for doc in ray_docs():
+        spec = ray_cluster_spec(doc)
+        assert spec["authOptions"] == {"mode": "token"}, doc["kind"]
+        assert spec["rayVersion"] == "2.60.0"
+
+
+def test_rayservice_serve_config_passes_serves_schema_and_ours():
+    from ray.serve.schema import ServeDeploySchema
+
+    from mlplatform.serving.app import check_serve_config
+
+    raw = yaml.safe_load(kuberay("rayservice.yaml")[0]["spec"]["serveConfigV2"])
+    schema = ServeDeploySchema.model_validate(raw)
+    check_serve_config(raw)
+    app_ = schema.applications[0]
+    assert app_.import_path == "mlplatform.serving.app:build_app"
+    for dep in app_.deployments:     # the serve_cpu scheme: no CPU, a share of serve_cpu
+        assert dep.ray_actor_options.num_cpus == 0, dep.name
+        assert 0 < dep.ray_actor_options.resources["serve_cpu"] <= 2, dep.name
+
+
+def launcher_env_keys(path: Path) -> set[str]:
+    return set(re.findall(r"export (MLP_[A-Z_]+)=", path.read_text()))
+
+
+def launcher_images(path: Path) -> set[str]:
+    return set(re.findall(r"image: (rayproject/ray:\S+)", path.read_text()))
+
+
+def test_kuberay_agrees_with_the_launcher_yamls():
+    aws = yaml.safe_load(CLOUD_YAMLS[0].read_text())
+    keys = launcher_env_keys(CLOUD_YAMLS[0])
+    assert keys == launcher_env_keys(CLOUD_YAMLS[1])
+    images = launcher_images(CLOUD_YAMLS[0])
+    assert images == launcher_images(CLOUD_YAMLS[1])
+    configmap = kuberay("raycluster.yaml")[0]
+    assert set(configmap["data"]) == {k for k in keys if not k.startswith("MLP_SERVE_")}
+    launcher_types = {"head": "head", "cpu-worker": "cpu_worker", "gpu-worker": "gpu_worker"}
+    for doc in ray_docs():
+        spec = ray_cluster_spec(doc)
+        assert spec["autoscalerOptions"]["idleTimeoutSeconds"] == 60 * aws["idle_timeout_minutes"]
+        for group_name, group in groups(spec).items():
+            where = f"{doc['kind']} {group_name}"
+            params = group["rayStartParams"]
+            advertised = {"CPU": int(params["num-cpus"])}
+            if "num-gpus" in params:
+                advertised["GPU"] = int(params["num-gpus"])
+            advertised.update(json.loads(json.loads(params.get("resources", '"{}"'))))
+            assert advertised == aws["available_node_types"][launcher_types[group_name]][
+                "resources"], where
+            (container,) = group["template"]["spec"]["containers"]
+            assert container["image"] in images, where
+            assert {"configMapRef": {"name": "mlplatform-env"}} in container["envFrom"], where
+            assert {"secretRef": {"name": "mlplatform-serve-tokens"}} in container["envFrom"], where
+            mounts = {m["mountPath"] for m in container["volumeMounts"]}
+            assert configmap["data"]["MLP_STORAGE_ROOT"] in mounts, where
+            if group_name == "gpu-worker":
+                assert group["minReplicas"] == 0, where
+                assert container["image"].endswith("-gpu"), where
+
+
+def test_every_config_pins_the_project_version():
+    for path in CLOUD_YAMLS:
+        assert f"mlplatform-{VERSION}-py3-none-any.whl" in path.read_text(), path.name
+    assert f"mlplatform=={VERSION}" in (KUBERAY / "rayjob.yaml").read_text()
+    assert f"/v{VERSION}.zip" in (KUBERAY / "rayjob.yaml").read_text()
+    raw = yaml.safe_load(kuberay("rayservice.yaml")[0]["spec"]["serveConfigV2"])
+    assert raw["applications"][0]["runtime_env"]["pip"] == [f"mlplatform=={VERSION}"]
