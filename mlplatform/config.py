@@ -91,6 +91,11 @@ class PlatformConfig(BaseModel):
         "they run only on nodes that advertise it: 'cpu_node' on the clusters of cluster/*.yaml "
         "(CPU workers; `mlp cluster up-local` sets it). None: wherever a CPU is free.",
     )
+    price_table: Path | None = Field(
+        default=None,
+        description="Price table YAML for the per-job cost estimates (cpu_hour, gpu_hour by "
+        "accelerator type; see mlplatform.cluster.cost). None: the built-in list prices.",
+    )
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> PlatformConfig:

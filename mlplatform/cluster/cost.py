@@ -37,9 +37,10 @@ names the file, else :data:`DEFAULT_PRICES` is used)::
       A100: 3.67
       default: 1.0           # any other type, and `unknown`
 
-The same mapping may sit under a top-level ``prices:`` key (e.g. in ``cluster/prices.yaml``
-next to other settings). Types match case-insensitively, and ``A100-80G`` falls back to
-``A100``. Estimated cost = ``cpu_hours x cpu_hour + gpu_hours x gpu_hour[type]``.
+The same mapping may sit under a top-level ``prices:`` key, or under ``metadata.prices`` as in
+the launcher YAMLs of ``cluster/`` (so ``MLP_PRICE_TABLE=cluster/aws-gpu.yaml`` works).
+Types match case-insensitively, and ``A100-80G`` falls back to ``A100``.
+Estimated cost = ``cpu_hours x cpu_hour + gpu_hours x gpu_hour[type]``.
 
 ``mlp cost`` sums these per model and per job (:mod:`mlplatform.cluster.cost_summary`).
 
@@ -100,6 +101,9 @@ class PriceTable:
     @classmethod
     def from_mapping(cls, data: Any, source: str) -> PriceTable:
         """Validate a price mapping (see the module docstring); errors name ``source``."""
+        if isinstance(data, Mapping) and isinstance(data.get("metadata"), Mapping) \
+                and "prices" in data["metadata"]:
+            data = data["metadata"]   # a launcher YAML of cluster/: its table is metadata.prices
         if isinstance(data, Mapping) and "prices" in data:
             data = data["prices"]
         if not isinstance(data, Mapping):
@@ -148,7 +152,8 @@ def load_price_table(path: str | os.PathLike[str] | None = None) -> PriceTable:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"price table {path} does not exist (set by ${PRICE_TABLE_ENV} or "
-                          "price_table); point it at a YAML file like cluster/prices.yaml or "
+                          "price_table); point it at a YAML file with the table (a launcher YAML of cluster/ "
+                          "holds one under metadata.prices) or "
                           "unset it for the built-in prices")
     try:
         data = yaml.safe_load(path.read_text())

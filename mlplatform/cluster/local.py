@@ -110,7 +110,7 @@ def up_local(config: Path = DEFAULT_CONFIG, *, port: int | None = None,
         _forget(state_dir, existing)       # left over from a cluster that is gone
     cfg = _load_fake_config(Path(config))
     state_dir.mkdir(parents=True, exist_ok=True)
-    _ensure_auth_token(echo)
+    ensure_auth_token(echo)
     for attempt in range(1, STARTUP_ATTEMPTS + 1):
         try:
             cluster, status = _start(cfg, Path(config), state_dir, port, dashboard_port,
@@ -176,7 +176,7 @@ def _load_fake_config(path: Path) -> dict:
     return cfg
 
 
-def _ensure_auth_token(echo: Callable[[str], object]) -> None:
+def ensure_auth_token(echo: Callable[[str], object] = print) -> None:
     """Make sure Ray finds an auth token: ``ray start`` with token auth refuses to start
     without one (it never generates it). Ray's own command creates ``~/.ray/auth_token``."""
     if (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")

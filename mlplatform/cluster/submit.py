@@ -11,9 +11,10 @@ status is the job's (0: SUCCEEDED, 1: FAILED or STOPPED, with the job's error me
 It uses Ray's own :class:`ray.job_submission.JobSubmissionClient` in-process. Token auth: Ray
 2.60 clusters refuse clients without the cluster's token. The token is read where Ray reads it
 (``$RAY_AUTH_TOKEN``, the file ``$RAY_AUTH_TOKEN_PATH``, then ``~/.ray/auth_token``) and sent as
-``Authorization: Bearer``; ``RAY_AUTH_MODE=token`` is set for the client. ``ray start --head``
-writes ``~/.ray/auth_token`` on the head; copy it from there to a laptop (on a launcher cluster:
-``ray rsync-down cluster/aws-gpu.yaml ~/.ray/auth_token ~/.ray/auth_token``).
+``Authorization: Bearer``; ``RAY_AUTH_MODE=token`` is set for the client. The token is made once
+with ``ray get-auth-token --generate`` (``ray start --head`` refuses token auth without one); the
+launcher YAMLs of ``cluster/`` ship the one made on the laptop to every node, or copy the head's
+(``ray rsync-down cluster/aws-gpu.yaml ~/.ray/auth_token ~/.ray/auth_token``).
 
 Example:
     >>> from mlplatform.cluster.submit import submit_job
@@ -38,8 +39,9 @@ JOBS_DIR = "jobs"
 #: Ray's job server answers this while its per-node agent is not (yet) registered.
 NO_AGENT = "No available agent to submit job"
 TOKEN_HELP = (
-    "The cluster's token comes from the head node: `ray start --head` writes ~/.ray/auth_token "
-    "there (and on a launcher cluster the YAML distributes it). Copy it to ~/.ray/auth_token on "
+    "The cluster's token is the one its head was started with (`ray get-auth-token --generate` "
+    "makes one; the launcher YAMLs of cluster/ ship it to every node). Copy it to "
+    "~/.ray/auth_token on "
     "this machine (e.g. `ray rsync-down cluster/aws-gpu.yaml ~/.ray/auth_token "
     "~/.ray/auth_token`), or set RAY_AUTH_TOKEN_PATH to a file holding it, or RAY_AUTH_TOKEN to "
     "the token itself.")

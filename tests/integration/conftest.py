@@ -44,6 +44,10 @@ def ray_cluster(storage_root, tmp_path_factory):
     """Start a head node (8 logical CPUs) and connect this process to it."""
     import ray
 
+    from mlplatform.cluster.local import ensure_auth_token
+
+    # `ray start --head` with token auth refuses to start without a token (it never makes one).
+    ensure_auth_token(echo=lambda line: None)
     gcs_port, dash_port = free_port(), free_port()
     # Job drivers run `python` from the head's PATH: make it this virtualenv's, as it is for a
     # user who started Ray from an activated venv.

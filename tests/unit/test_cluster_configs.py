@@ -216,10 +216,13 @@ def test_cli_exits_0_on_a_good_file_and_1_naming_the_problem(tmp_path):
 # --------------------------------------------------------------- prices for mlp cost ---------
 @pytest.mark.parametrize("path", CLOUD_YAMLS, ids=lambda p: p.name)
 def test_price_table_is_what_mlp_cost_reads(path):
-    from mlplatform.cluster.cost import PriceTable
+    from mlplatform.cluster.cost import PriceTable, load_price_table
 
     config = yaml.safe_load(path.read_text())
     prices = PriceTable.from_mapping(config["metadata"]["prices"], path.name)
+    # The launcher YAML itself is a price table for `mlp cost` (MLP_PRICE_TABLE / price_table).
+    whole = load_price_table(path)
+    assert (whole.cpu_hour, whole.gpu_hour) == (prices.cpu_hour, prices.gpu_hour)
     for name, node_type in config["available_node_types"].items():
         for res in node_type["resources"]:
             if res.startswith("accelerator_type:"):
