@@ -134,7 +134,7 @@ def test_raw_ray_job_submit_without_the_token_is_refused(ray_cluster, tmp_path):
     mlp = _run([MLP, "submit", "train", "--config", config, "--address",
                 ray_cluster["dashboard"]], {"HOME": str(empty_home)}, 120, token_vars)
     assert mlp.returncode == 2
-    assert "no Ray auth token" in mlp.stderr and "ray start --head` writes" in mlp.stderr
+    assert "no Ray auth token" in mlp.stderr and "ray get-auth-token --generate" in mlp.stderr
     mlp_wrong = _run([MLP, "submit", "train", "--config", config, "--address",
                       ray_cluster["dashboard"]], {"RAY_AUTH_TOKEN": "not-the-token"}, 120)
     assert mlp_wrong.returncode == 1
