@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlplatform.errors import ConfigError
 
@@ -31,6 +31,8 @@ PROCESS_ENV = frozenset({CONFIG_PATH_ENV, "MLP_ACTOR", "MLP_CLUSTER_AUTOSCALES",
                          "MLP_SERVE_TOKEN", "MLP_SERVE_ADMIN_TOKEN"})
 #: Any MLP_SERVE_* variable is the Serve app's (e.g. a token named by ``token_env``).
 SERVE_ENV_PREFIX = "MLP_SERVE_"
+#: URI schemes Ray Train can write checkpoints to (pyarrow file systems).
+CHECKPOINT_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")
 
 
 class PlatformConfig(BaseModel):
@@ -91,11 +93,34 @@ class PlatformConfig(BaseModel):
         "they run only on nodes that advertise it: 'cpu_node' on the clusters of cluster/*.yaml "
         "(CPU workers; `mlp cluster up-local` sets it). None: wherever a CPU is free.",
     )
+    checkpoint_storage: str | None = Field(
+        default=None,
+        description="Where Ray Train and Tune write run folders and checkpoints (their "
+        "storage_path): an object-store URI (s3://bucket/prefix, gs://bucket/prefix; an "
+        "S3-compatible server: s3://bucket/prefix?endpoint_override=host:port&scheme=http) or an "
+        "absolute path every node shares. Default: <storage_root>/ray_results.",
+    )
     price_table: Path | None = Field(
         default=None,
         description="Price table YAML for the per-job cost estimates (cpu_hour, gpu_hour by "
         "accelerator type; see mlplatform.cluster.cost). None: the built-in list prices.",
     )
+
+    @field_validator("checkpoint_storage")
+    @classmethod
+    def _storage_uri(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme and scheme not in CHECKPOINT_SCHEMES:
+            raise ValueError(f"'{value}' has the scheme '{scheme}://', which Ray Train cannot "
+                             f"write to; use one of {', '.join(s + '://' for s in CHECKPOINT_SCHEMES)}"
+                             " or an absolute path")
+        if not scheme and not os.path.isabs(os.path.expanduser(value)):
+            raise ValueError(f"'{value}' is a relative path: every Ray process would resolve it "
+                             "against its own working directory; use an absolute shared path or "
+                             "an s3:// / gs:// URI")
+        return os.path.expanduser(value) if not scheme else value
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> PlatformConfig:
@@ -159,6 +184,11 @@ class PlatformConfig(BaseModel):
                 parents=True, exist_ok=True
             )
         return self.storage_root
+
+    def train_storage_path(self) -> str:
+        """Ray Train / Tune ``storage_path``: ``checkpoint_storage``, else
+        ``<storage_root>/ray_results``."""
+        return self.checkpoint_storage or str(self.path("ray_results"))
 
     def path(self, *parts: str) -> Path:
         """A path under ``storage_root`` (not created)."""

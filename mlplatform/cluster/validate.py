@@ -12,9 +12,8 @@ scheme on every provider (head ``CPU: 0``, GPU types with ``min_workers: 0``, ``
 ``cpu_node`` on CPU workers only) and, except on ``fake_multinode`` (whose "nodes" inherit the
 environment of your ``ray start``, which the file cannot show), the nodes' environment: token
 auth, shared storage, an MLflow server and a Redis every node reaches, the same known ``MLP_*``
-settings everywhere; plus pinned images and a price table. The environment is read from the
-setup/start commands and docker options: literal ``NAME=value`` assignments such as the
-``export MLP_STORAGE_ROOT=/mnt/mlp`` lines of the cloud YAMLs' env file.
+settings everywhere (:mod:`mlplatform.cluster.validate_env`); plus pinned images and a price
+table.
 
 Example:
     >>> from pathlib import Path
@@ -33,20 +32,22 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import yaml
 
-#: Providers whose nodes all run on this machine (env rules skipped, see the module docstring).
-FAKE_PROVIDERS = frozenset({"fake_multinode", "fake_multinode_docker"})
-#: The resource scheme shared by every cluster YAML (cluster/README.md).
-SERVE_RESOURCE, DATA_RESOURCE = "serve_cpu", "cpu_node"
+from mlplatform.cluster._launcher_yaml import (
+    DATA_RESOURCE,
+    FAKE_PROVIDERS,
+    SERVE_RESOURCE,
+    as_mapping,
+    node_types,
+    provider_type,
+)
+from mlplatform.cluster.validate_env import environment_problems
+
 _KNOWN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory", SERVE_RESOURCE, DATA_RESOURCE)
 #: AWS instance families with NVIDIA GPUs (Ray autodetects their GPUs when resources is empty).
 _AWS_GPU_FAMILY = re.compile(r"^(g4dn|g5|g6|g6e|gr6|p3|p3dn|p4d|p4de|p5|p5e|p5en|p6)\.")
-_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "0.0.0.0", "::1", "[::1]"})
-_ASSIGNMENT = re.compile(r"(?<![\w$-])([A-Z][A-Z0-9_]*)=(\"[^\"]*\"|'[^']*'|[^\s;&|)]*)")
-_MOUNT_WORDS = ("mount", "gcsfuse", "s3fs")
 
 
 def validate_cluster_config(path: Path) -> list[str]:
@@ -65,8 +66,8 @@ def validate_cluster_config(path: Path) -> list[str]:
     problems += _schema_problems(config)
     try:
         problems += _node_type_problems(config)
-        if _provider_type(config) not in FAKE_PROVIDERS:
-            problems += _environment_problems(config) + _docker_and_price_problems(config)
+        if provider_type(config) not in FAKE_PROVIDERS:
+            problems += environment_problems(config) + _docker_and_price_problems(config)
     except (AttributeError, TypeError, ValueError) as exc:  # a malformed file the schema flagged
         problems.append(f"mlplatform's rules could not be checked ({exc}): fix the errors above")
     return list(dict.fromkeys(problems))
@@ -90,20 +91,6 @@ def _load(path: Path) -> tuple[dict[str, Any] | None, list[str]]:
         return None, [f"{path} must be a mapping of cluster settings (cluster_name, provider, "
                       f"available_node_types, ...), got {got}"]
     return data, []
-
-
-def _m(value: Any) -> Mapping[str, Any]:
-    """``value`` if it is a mapping, else an empty one (the schema check reports the rest)."""
-    return value if isinstance(value, Mapping) else {}
-
-
-def _provider_type(config: Mapping[str, Any]) -> str:
-    return str(_m(config.get("provider")).get("type", ""))
-
-
-def _node_types(config: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    return {str(k): v for k, v in _m(config.get("available_node_types")).items()
-            if isinstance(v, Mapping)}
 
 
 # ------------------------------------------------------------------------ Ray's schema -------
@@ -132,7 +119,7 @@ def _prepare(config: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     from ray.autoscaler._private import util as ray_util
     from ray.autoscaler._private.providers import _DEFAULT_CONFIGS
 
-    ptype = _provider_type(config)
+    ptype = provider_type(config)
     if ptype and ptype != "external" and ptype not in _DEFAULT_CONFIGS:
         hint = difflib.get_close_matches(ptype, list(_DEFAULT_CONFIGS), n=1)
         problems.append(f"provider.type '{ptype}' is not a Ray node provider"
@@ -173,7 +160,7 @@ def _describe_schema_error(error: Any) -> list[str]:
 
 # ---------------------------------------------------------------- node types & resources -----
 def _gpu_count(node_type: Mapping[str, Any]) -> int:
-    resources, node_config = _m(node_type.get("resources")), _m(node_type.get("node_config"))
+    resources, node_config = as_mapping(node_type.get("resources")), as_mapping(node_type.get("node_config"))
     if resources.get("GPU"):
         return int(resources["GPU"])
     accelerators = node_config.get("guestAccelerators") or []
@@ -189,9 +176,9 @@ def _node_type_problems(config: Mapping[str, Any]) -> list[str]:
         if key not in config:
             problems.append(f"'{key}' is not set: set it explicitly ({what}); Ray's default "
                             "is not a decision anyone made")
-    types, head = _node_types(config), str(config.get("head_node_type", ""))
+    types, head = node_types(config), str(config.get("head_node_type", ""))
     if head in types:
-        res = _m(types[head].get("resources"))
+        res = as_mapping(types[head].get("resources"))
         if res.get("CPU") != 0:
             problems.append(f"head node type '{head}' must advertise resources: {{CPU: 0}} "
                             f"(has {res or 'autodetected CPUs'}): otherwise training and data "
@@ -213,8 +200,8 @@ def _node_type_problems(config: Mapping[str, Any]) -> list[str]:
                             f"{node_type.get('min_workers')}; set available_node_types.{name}."
                             "min_workers: 0 so idle GPUs cost nothing (the autoscaler starts "
                             "them when work asks for a GPU)")
-        res = _m(node_type.get("resources"))
-        if not res.get("GPU") and (res or _provider_type(config) != "aws"):  # AWS fills it in
+        res = as_mapping(node_type.get("resources"))
+        if not res.get("GPU") and (res or provider_type(config) != "aws"):  # AWS fills it in
             problems.append(f"node type '{name}' has GPUs but its resources lack 'GPU': the "
                             f"autoscaler would never start it for GPU work; add GPU: "
                             f"{_gpu_count(node_type)}")
@@ -226,11 +213,11 @@ def _node_type_problems(config: Mapping[str, Any]) -> list[str]:
     for resource, who in ((SERVE_RESOURCE, "Serve replicas (num_cpus: 0 + resources: "
                            f"{{{SERVE_RESOURCE}: <share>}})"),
                           (DATA_RESOURCE, "Ray Data tasks (a 0.001 share of it)")):
-        if not any(_m(workers[k].get("resources")).get(resource) for k in cpu_types):
+        if not any(as_mapping(workers[k].get("resources")).get(resource) for k in cpu_types):
             problems.append(f"no CPU worker type advertises '{resource}': {who} could never be "
                             f"placed; add it to a CPU worker's resources (see cluster/README.md)")
     for name, node_type in types.items():
-        for res_name in _m(node_type.get("resources")):
+        for res_name in as_mapping(node_type.get("resources")):
             close = difflib.get_close_matches(str(res_name), _KNOWN_RESOURCES, n=1, cutoff=0.75)
             if close and close[0] != res_name:
                 problems.append(f"node type '{name}' advertises resource '{res_name}': did you "
@@ -238,180 +225,20 @@ def _node_type_problems(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-# ------------------------------------------------------------------ the nodes' environment ----
-def _text(commands: Any) -> str:
-    items = commands if isinstance(commands, list) else []
-    lines = "\n".join(str(c) for c in items).splitlines()
-    return "\n".join(re.sub(r"(^|\s)#.*$", "", line) for line in lines)
-
-
-def _node_text(config: Mapping[str, Any], name: str, is_head: bool) -> str:
-    """Every command (and docker option) that runs on a node of this type, as text."""
-    node_type, docker = _node_types(config).get(name, {}), _m(config.get("docker"))
-    init = node_type.get("initialization_commands", config.get("initialization_commands"))
-    if is_head:
-        parts = [init, config.get("setup_commands"), config.get("head_setup_commands"),
-                 config.get("head_start_ray_commands"), docker.get("run_options"),
-                 docker.get("head_run_options")]
-    else:
-        setup = node_type.get("worker_setup_commands")
-        if setup is None:
-            setup = (config.get("setup_commands") or []) + (config.get("worker_setup_commands") or [])
-        node_docker = _m(node_type.get("docker"))
-        parts = [init, setup, config.get("worker_start_ray_commands"), docker.get("run_options"),
-                 node_docker.get("worker_run_options", docker.get("worker_run_options"))]
-    return "\n".join(_text(p) for p in parts)
-
-
-def _env(text: str) -> dict[str, str]:
-    return {m.group(1): m.group(2).strip("\"'") for m in _ASSIGNMENT.finditer(text)}
-
-
-def _environment_problems(config: Mapping[str, Any]) -> list[str]:
-    head = str(config.get("head_node_type", ""))
-    texts = {n: _node_text(config, n, n == head) for n in _node_types(config)}
-    envs = {n: _env(t) for n, t in texts.items()}
-    found: dict[str, list[str]] = {}  # problem -> node types it applies to
-    for name, env in envs.items():
-        for problem in _node_env_problems(config, env):
-            found.setdefault(problem, []).append(name)
-    mlp_keys = {n: {k for k in e if k.startswith("MLP_")} for n, e in envs.items()}
-    everywhere = set.union(*mlp_keys.values()) if mlp_keys else set()
-    for name, keys in mlp_keys.items():
-        if everywhere - keys:
-            found.setdefault(f"does not get {sorted(everywhere - keys)}, which other nodes do: "
-                             "every node must see the same MLP_* settings", []).append(name)
-    problems = []
-    for problem, names in found.items():
-        who = ("every node type" if len(names) == len(envs) > 1 else
-               f"node type{'s' if len(names) > 1 else ''} {', '.join(repr(n) for n in names)}")
-        problems.append(f"{who}: {problem}")
-    return problems + _head_command_problems(texts.get(head, ""))
-
-
-def _node_env_problems(config: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
-    from mlplatform.config import ENV_PREFIX, PROCESS_ENV, SERVE_ENV_PREFIX, allowed_keys
-
-    known = sorted({ENV_PREFIX + k.upper() for k in allowed_keys()} | set(PROCESS_ENV))
-    problems = _auth_problems(config, env)
-    for var in sorted(env):
-        if var.startswith(ENV_PREFIX) and var not in known and not var.startswith(SERVE_ENV_PREFIX):
-            close = difflib.get_close_matches(var, known, n=1)
-            problems.append(f"sets {var}, which mlplatform does not know, so every "
-                            "PlatformConfig.load() there would fail"
-                            + (f" (did you mean {close[0]}?)" if close else ""))
-    problems += _storage_problems(config, env.get("MLP_STORAGE_ROOT"))
-    for var in ("MLP_MLFLOW_TRACKING_URI", "MLP_MLFLOW_REGISTRY_URI"):
-        problems += _mlflow_problems(var, env.get(var), required=var == "MLP_MLFLOW_TRACKING_URI")
-    if env.get("MLP_ONLINE_STORE") != "redis":
-        problems.append(f"MLP_ONLINE_STORE is {env.get('MLP_ONLINE_STORE', 'unset (sqlite)')}: "
-                        "a SQLite file per node; set MLP_ONLINE_STORE=redis and MLP_REDIS_URL")
-    elif (urlparse(env.get("MLP_REDIS_URL", "")).hostname or "localhost") in _LOCAL_HOSTS:
-        problems.append(f"MLP_REDIS_URL={env.get('MLP_REDIS_URL', '(unset: localhost)')} is not a "
-                        "server the other nodes reach; point it at a shared Redis")
-    if env.get("MLP_DATA_PLACEMENT_RESOURCE") != DATA_RESOURCE and any(
-            _m(t.get("resources")).get(DATA_RESOURCE) for t in _node_types(config).values()):
-        problems.append(f"set MLP_DATA_PLACEMENT_RESOURCE={DATA_RESOURCE} so Ray Data tasks stay "
-                        "on the CPU workers that advertise it")
-    return problems
-
-
-def _auth_problems(config: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
-    mode = env.get("RAY_AUTH_MODE")
-    if mode != "token":
-        state = f"RAY_AUTH_MODE={mode}" if mode else "no RAY_AUTH_MODE"
-        return [f"Ray starts with {state}: anyone who reaches the cluster could run code on it; "
-                "export RAY_AUTH_MODE=token before `ray start`"]
-    if env.get("RAY_AUTH_TOKEN"):
-        return []
-    targets = [str(t).rstrip("/") for t in _m(config.get("file_mounts"))]
-    token_path = env.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")
-    token_path = re.sub(r"^(\$HOME|\$\{HOME\}|/home/[^/]+|/root)(?=/)", "~", token_path)
-    if not any(token_path == t or token_path.startswith(t + "/") for t in targets):
-        return [f"token auth is on but nothing puts the token at {token_path}; add a file_mounts "
-                "entry for it (the token comes from `ray get-auth-token --generate` on your "
-                "laptop, see cluster/README.md)"]
-    return []
-
-
-def _mount_points(config: Mapping[str, Any]) -> list[str]:
-    docker = _m(config.get("docker"))
-    options = " ".join(str(o) for key in ("run_options", "head_run_options", "worker_run_options")
-                       for o in docker.get(key) or [])
-    points = re.findall(r"(?:-v|--volume)[ =]\S+:(/[^\s:]+)", options)
-    commands = [config.get(k) for k in ("initialization_commands", "setup_commands")]
-    commands += [t.get("initialization_commands") for t in _node_types(config).values()]
-    for line in "\n".join(_text(c) for c in commands).splitlines():
-        if any(w in line for w in _MOUNT_WORDS):
-            points += re.findall(r"(?<=\s)(/[\w./-]+)", line)
-    return points
-
-
-def _storage_problems(config: Mapping[str, Any], root: str | None) -> list[str]:
-    from mlplatform.config import PlatformConfig
-
-    if not root:
-        return ["MLP_STORAGE_ROOT is not set: Ray Train checkpoints, features and "
-                "the prediction log would stay on each node's disk; set it to shared storage"]
-    if "://" in root:
-        kept = str(PlatformConfig(storage_root=root).storage_root)
-        if "://" not in kept:
-            return [f"MLP_STORAGE_ROOT={root}: mlplatform's storage_root is a file "
-                    f"system path (PlatformConfig turns it into {kept}); mount the bucket or a "
-                    "shared file system (EFS/Filestore/NFS) on every node and use the mount point"]
-        return []
-    if not root.startswith(("/", "~", "$HOME", "${HOME}")):
-        return [f"MLP_STORAGE_ROOT={root} is relative: each process would resolve it "
-                "against its own working directory; use the absolute shared mount point"]
-    if not any(root == p or root.startswith(p.rstrip("/") + "/") for p in _mount_points(config)):
-        return [f"MLP_STORAGE_ROOT={root} is not on anything the YAML mounts (an "
-                "initialization/setup command with `mount`, or a docker `-v` run option): a "
-                "local disk is not shared, so workers could not read each other's checkpoints"]
-    return []
-
-
-def _mlflow_problems(var: str, uri: str | None, required: bool) -> list[str]:
-    if not uri:
-        return [f"{var} is not set: runs would go to a SQLite file on each node; set "
-                f"{var}=http://$RAY_HEAD_IP:5000 (the MLflow server on the head)"] if required else []
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file", "sqlite"):
-        kind = "SQLite database" if parsed.scheme == "sqlite" else "local path"
-        return [f"{var}={uri} is a {kind} on that node's disk, which workers cannot "
-                "share; run `mlflow server` on the head and use http://$RAY_HEAD_IP:5000"]
-    if parsed.scheme in ("http", "https") and (parsed.hostname or "") in _LOCAL_HOSTS:
-        return [f"{var}={uri} points at the node itself: a worker would look for "
-                "MLflow on its own localhost; use the head's address (http://$RAY_HEAD_IP:5000)"]
-    return []
-
-
-def _head_command_problems(head_text: str) -> list[str]:
-    problems = []
-    host = re.search(r"--dashboard-host[= ]+[\"']?([^\s\"';]+)", head_text)
-    if host and host.group(1) not in ("127.0.0.1", "localhost"):
-        problems.append(f"the head starts the dashboard with --dashboard-host={host.group(1)}: "
-                        "bind it to 127.0.0.1 and reach it with `ray dashboard <yaml>`")
-    backend = re.search(r"--backend-store-uri[= ]+[\"']?([^\s\"';]+)", head_text)
-    if backend and urlparse(backend.group(1)).scheme in ("", "file", "sqlite"):
-        problems.append(f"the MLflow server on the head stores runs in {backend.group(1)}: use "
-                        "a database server (PostgreSQL, e.g. RDS/Cloud SQL) that outlives the head")
-    return problems
-
-
 # --------------------------------------------------------------------- docker & prices -------
 def _docker_and_price_problems(config: Mapping[str, Any]) -> list[str]:
-    docker, problems = _m(config.get("docker")), []
+    docker, problems = as_mapping(config.get("docker")), []
     images = [(f"docker.{k}", docker.get(k)) for k in ("image", "head_image", "worker_image")]
     images += [(f"available_node_types.{n}.docker.worker_image",
-                _m(t.get("docker")).get("worker_image")) for n, t in _node_types(config).items()]
+                as_mapping(t.get("docker")).get("worker_image")) for n, t in node_types(config).items()]
     for key, image in images:
         tag = str(image).rsplit("/", 1)[-1].partition(":")[2]
         if image and (not tag or tag.startswith(("latest", "nightly"))):
             problems.append(f"{key} is '{image}': pin a release tag (e.g. "
                             "rayproject/ray:2.60.0-py311-gpu) so every node runs the same Ray")
-    if _provider_type(config) == "local":
+    if provider_type(config) == "local":
         return problems
-    prices = _m(config.get("metadata")).get("prices")
+    prices = as_mapping(config.get("metadata")).get("prices")
     if not isinstance(prices, Mapping):
         return problems + ["metadata.prices is missing: add the price table mlp cost reads "
                            "({cpu_hour: <USD per vCPU-hour>, gpu_hour: {<accelerator>: <USD>}})"]
@@ -423,9 +250,9 @@ def _docker_and_price_problems(config: Mapping[str, Any]) -> list[str]:
         pass
     except ValueError as exc:  # ConfigError: names the key
         problems.append(str(exc))
-    priced = {str(k).lower() for k in _m(prices.get("gpu_hour"))}
-    for name, node_type in _node_types(config).items():
-        for res in _m(node_type.get("resources")):
+    priced = {str(k).lower() for k in as_mapping(prices.get("gpu_hour"))}
+    for name, node_type in node_types(config).items():
+        for res in as_mapping(node_type.get("resources")):
             kind = str(res).partition("accelerator_type:")[2]
             if kind and kind.lower() not in priced:
                 problems.append(f"node type '{name}' has {res} but metadata.prices.gpu_hour has "

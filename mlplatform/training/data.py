@@ -170,7 +170,7 @@ def train_run_config(config: TrainConfig, platform: PlatformConfig, trainer: str
 
     name = f"{config.run_name or trainer}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     return ray.train.RunConfig(
-        name=name, storage_path=str(platform.path("ray_results")),
+        name=name, storage_path=platform.train_storage_path(),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.checkpoint.num_to_keep),
         failure_config=ray.train.FailureConfig(max_failures=config.failure.max_failures))
 

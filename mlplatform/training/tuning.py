@@ -148,7 +148,7 @@ def sweep(config: TrainConfig, search_space: Mapping[str, Any], num_samples: int
                 # A trial is seconds of work: starting an actor for each costs as much.
                 reuse_actors=True),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(platform.path("ray_results")),
+                name=name, storage_path=platform.train_storage_path(),
                 callbacks=[logger], verbose=verbose))
         # Tune's own per-result CSV/JSON/TensorBoard files would repeat what the trials' MLflow
         # runs hold; without them 100 short trials on 2 CPUs run 1.10x ideal instead of 1.18x

@@ -23,6 +23,9 @@ N_ROWS = 20_000
 #: The Serve app's bearer tokens on the test cluster (set before `ray start`, as a user would).
 SERVE_TOKEN, SERVE_ADMIN_TOKEN = "test-serve-token", "test-serve-admin-token"
 os.environ["MLP_SERVE_TOKEN"], os.environ["MLP_SERVE_ADMIN_TOKEN"] = SERVE_TOKEN, SERVE_ADMIN_TOKEN
+#: Credentials the session's S3 server accepts (any will do; it checks signatures, not users).
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "mlp-test", "AWS_SECRET_ACCESS_KEY": "mlp-test-secret",
+                  "AWS_EC2_METADATA_DISABLED": "true"}
 AUTH = {"Authorization": f"Bearer {SERVE_TOKEN}"}
 ADMIN = {"Authorization": f"Bearer {SERVE_ADMIN_TOKEN}"}
 
@@ -51,7 +54,10 @@ def ray_cluster(storage_root, tmp_path_factory):
     gcs_port, dash_port = free_port(), free_port()
     # Job drivers run `python` from the head's PATH: make it this virtualenv's, as it is for a
     # user who started Ray from an activated venv.
-    env = {**os.environ, "MLP_STORAGE_ROOT": str(storage_root), "RAY_AUTH_MODE": "token",
+    # S3 credentials of the session's S3 server (`s3_server`), as an instance profile gives
+    # cloud nodes theirs: Train workers write checkpoints there when a test asks for it.
+    env = {**os.environ, **S3_CREDENTIALS, "MLP_STORAGE_ROOT": str(storage_root),
+           "RAY_AUTH_MODE": "token",
            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     log_path = tmp_path_factory.mktemp("ray-head") / "head.log"
@@ -154,10 +160,42 @@ def redis_url(tmp_path_factory):
         yield url
     finally:
         client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 API server (moto's, over HTTP on a free port): ``s3_uri(bucket, prefix)`` gives
+    the ``s3://`` URI that pyarrow, and so Ray Train, reach it with."""
+    import requests
+
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("s3") / "moto.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {proc.returncode}: "
+                               + log_path.read_text()[-2000:])
+        return requests.get(f"http://127.0.0.1:{port}/", timeout=2).ok
+
+    try:
+        wait_for(answers, 60, "the S3 server to answer", interval_s=0.1,
+                 ignore=(requests.ConnectionError,))
+        yield lambda bucket, prefix: (f"s3://{bucket}/{prefix}?endpoint_override=127.0.0.1:{port}"
+                                      "&scheme=http&region=us-east-1")
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

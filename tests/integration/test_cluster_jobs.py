@@ -1,10 +1,12 @@
 """Laptop to cluster with token auth, and what every job costs (issue #7).
 
-Each check runs as a user would, from another process: ``mlp submit`` of a training job to the
-session's ``ray start --head`` cluster (token auth on) succeeds and its MLflow run carries the
-job's cost; a feature build submitted with ``--env`` gets its own MLflow run with its cost;
-without the token the raw ``ray job submit`` is refused with Ray's auth error; a failing job
-makes ``mlp submit`` exit 1 with the job's error; ``mlp cost`` sums the runs per model and job.
+Each check runs as a user would, from another process: the raw ``ray job submit`` of
+jobs/train.py to the session's ``ray start --head`` cluster (token auth on) succeeds, registers
+the model and its MLflow run carries the job's cost; ``mlp submit`` of a feature build (with
+``--env``) follows it to success and the build gets its own MLflow run with its cost; without
+the token both are refused with Ray's auth error; a failing job makes ``mlp submit`` exit 1 with
+the job's error (``--no-follow`` exits 0 and prints how to follow it); ``mlp cost`` sums the
+runs per model and job.
 """
 
 import os
@@ -17,6 +19,7 @@ import pytest
 import yaml
 
 from mlplatform.registry import ModelRegistry
+from tests.integration.conftest import submit_job
 
 REPO = Path(__file__).resolve().parents[2]
 MLP = str(Path(sys.executable).parent / "mlp")
@@ -49,24 +52,27 @@ def _mlflow_run(platform, run_id: str):
 
 
 @pytest.fixture(scope="module")
-def trained(spine, ray_cluster, tmp_path_factory):
-    """``mlp submit train`` of a small copy of jobs/configs/fraud_xgb.yaml."""
+def trained(spine, ray_cluster, platform, tmp_path_factory):
+    """The raw door, as the README shows it: ``ray job submit --working-dir . -- python
+    jobs/train.py --config <a small copy of jobs/configs/fraud_xgb.yaml>``."""
     cfg = yaml.safe_load((REPO / "jobs/configs/fraud_xgb.yaml").read_text())
     cfg["train"].update(num_boost_round=30, early_stopping_rounds=10)
     cfg["register"] = {"name": MODEL, "alias": "candidate"}
     path = tmp_path_factory.mktemp("submit") / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return _run([MLP, "submit", "train", "--config", str(path),
-                 "--address", ray_cluster["dashboard"], *_pinned(ray_cluster)])
+    versions_before = {v.version for v in ModelRegistry(platform).list_versions(MODEL)}
+    out = submit_job(ray_cluster, ["python", "jobs/train.py", "--config", str(path)])
+    out.log = out.stdout + out.stderr
+    out.versions_before = versions_before
+    return out
 
 
-def test_mlp_submit_trains_registers_and_records_the_cost(trained, platform):
+def test_ray_job_submit_trains_registers_and_records_the_cost(trained, platform):
     assert trained.returncode == 0, trained.log[-4000:]
-    assert re.search(r"^job_id: raysubmit_\w+$", trained.stdout, re.M), trained.stdout[-2000:]
-    assert "is outside the uploaded folder" in trained.stdout   # a tmp config: said, and works
-    assert "succeeded" in trained.stdout
-    run_id = re.search(r"run_id: (\w+)", trained.stdout).group(1)
-    assert ModelRegistry(platform).resolve(f"{MODEL}@candidate").run_id == run_id
+    assert "succeeded" in trained.log
+    run_id = re.search(r"run_id: (\w+)", trained.log).group(1)
+    mv = ModelRegistry(platform).resolve(f"{MODEL}@candidate")
+    assert mv.run_id == run_id and mv.version not in trained.versions_before
 
     run = _mlflow_run(platform, run_id)
     m, t = run.data.metrics, run.data.tags
@@ -79,8 +85,19 @@ def test_mlp_submit_trains_registers_and_records_the_cost(trained, platform):
     assert run.data.params["cost.cpus"] == "2"
 
 
-def test_feature_build_job_gets_a_run_with_its_cost(ray_cluster, tmp_path):
-    """``--env`` reaches the job; the build's Ray tasks are counted from the state API."""
+def test_a_job_with_a_bad_config_fails_clearly(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {num_boost_rounds: 5}\n")
+    out = subprocess.run([sys.executable, str(REPO / "jobs/train.py"), "--config", str(bad)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "num_boost_rounds" in out.stderr
+
+
+def test_mlp_submit_builds_features_and_the_run_has_its_cost(ray_cluster, tmp_path):
+    """The wrapper: prints the job id, says the config is outside the uploaded folder (and
+    ships it), follows the logs, exits 0. ``--env`` reaches the job; the build's Ray tasks are
+    counted from the state API."""
     from mlplatform.config import PlatformConfig
 
     cfg = yaml.safe_load((REPO / "jobs/configs/build_features.yaml").read_text())
@@ -93,7 +110,10 @@ def test_feature_build_job_gets_a_run_with_its_cost(ray_cluster, tmp_path):
                 ray_cluster["dashboard"], "--env", f"MLP_STORAGE_ROOT={root}",
                 *_pinned(ray_cluster)])
     assert out.returncode == 0, out.log[-4000:]
-    assert "built user_activity: version" in out.stdout
+    assert re.search(r"^job_id: raysubmit_\w+$", out.stdout, re.M), out.stdout[-2000:]
+    assert "is outside the uploaded folder" in out.stdout
+    assert "built user_activity: version" in out.stdout          # the job's logs, followed
+    assert re.search(r"^job raysubmit_\w+ succeeded$", out.stdout, re.M)
 
     from mlplatform import _mlflow
 
@@ -144,8 +164,17 @@ def test_raw_ray_job_submit_without_the_token_is_refused(ray_cluster, tmp_path):
 def test_mlp_submit_of_a_failing_job_exits_1_with_its_error(ray_cluster, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: {num_boost_rounds: 5}\n")          # a typo the job refuses
-    out = _run([MLP, "submit", "train", "--config", str(bad), "--address",
-                ray_cluster["dashboard"]])
+    submit = [MLP, "submit", "train", "--config", str(bad), "--address", ray_cluster["dashboard"]]
+    # --no-follow: submitted, the id and how to follow it printed, exit 0 at once
+    detached = _run([*submit, "--no-follow"])
+    assert detached.returncode == 0, detached.log[-3000:]
+    follow = re.search(r"^follow it with: (ray job logs --follow --address \S+ (raysubmit_\w+))$",
+                       detached.stdout, re.M)
+    assert follow and f"job_id: {follow.group(2)}" in detached.stdout, detached.stdout
+    logs = _run(follow.group(1).replace("ray", RAY, 1).split(), {"RAY_AUTH_MODE": "token"}, 300)
+    assert "num_boost_rounds" in logs.log, logs.log[-3000:]    # the printed command works
+    # followed: the job's status is the exit status, its error relayed
+    out = _run(submit)
     assert out.returncode == 1, out.log[-3000:]
     assert re.search(r"error: job raysubmit_\w+ failed \(driver exit code 2\)", out.stderr), \
         out.stderr[-3000:]

@@ -19,16 +19,33 @@ def _kill(marker):
              "kwargs": {"at_round": KILL_AT, "rank": 1, "marker": str(marker)}}]
 
 
-def test_a_killed_worker_resumes_from_the_latest_checkpoint(spine, platform, tmp_path):
+def test_a_killed_worker_resumes_from_the_latest_checkpoint_on_s3(
+        spine, platform, s3_server, tmp_path, monkeypatch):
+    """The interrupted run keeps its checkpoints on object storage (``checkpoint_storage`` =
+    an ``s3://`` URI, the launcher YAMLs' setting), served over HTTP by a real S3 API server:
+    the restarted workers resume from what they read back from there."""
+    import pyarrow.fs
     from mlflow import MlflowClient
 
+    from mlplatform.config import PlatformConfig
     from mlplatform.training import train_xgboost
+    from tests.integration.conftest import S3_CREDENTIALS
 
     clean = train_xgboost(_config(spine, run_name="uninterrupted"), platform)
+    for key, value in S3_CREDENTIALS.items():      # the workers got them from their node's env
+        monkeypatch.setenv(key, value)
+    uri = s3_server("mlp-checkpoints", "ray_results")
+    s3, _ = pyarrow.fs.FileSystem.from_uri(uri + "&allow_bucket_creation=true")
+    s3.create_dir("mlp-checkpoints")               # the bucket, made beforehand as on a cloud
+    on_s3 = PlatformConfig(**{**platform.model_dump(), "checkpoint_storage": uri})
     marker = tmp_path / "killed"
     resumed = train_xgboost(_config(spine, run_name="killed-once", failure={"max_failures": 2},
-                                    xgb_callbacks=_kill(marker)), platform)
+                                    xgb_callbacks=_kill(marker)), on_s3)
     assert marker.exists(), "the worker was never killed: the test did not test anything"
+    # The run folder and its checkpoints are in the bucket, nothing under the local root.
+    assert resumed.checkpoint_path.startswith("mlp-checkpoints/ray_results/killed-once-")
+    assert s3.get_file_info(f"{resumed.checkpoint_path}/model.ubj").size > 0
+    assert not list(platform.path("ray_results").glob("killed-once-*"))
     # Resumed once, from a checkpoint taken before the kill (Ray Train registers checkpoints
     # asynchronously, so the newest one may not have landed yet), not from scratch.
     (at,) = resumed.params["resumed_at_rounds"]

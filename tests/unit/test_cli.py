@@ -45,3 +45,7 @@ def test_shipped_training_job_configs_load():
     torch = TrainJobConfig.from_yaml("jobs/configs/fraud_torch.yaml")
     assert (xgb.train.model, torch.train.model) == ("xgboost", "torch")
     assert torch.train.failure.max_failures > 0 and xgb.registration.alias == "champion"
+    gpu = TrainJobConfig.from_yaml("jobs/configs/fraud_torch_gpu.yaml")
+    assert gpu.train.scaling.use_gpu and gpu.train.scaling.resources_per_worker["GPU"] == 1
+    # the GPU job is the CPU one with other scaling, nothing else
+    assert gpu.train.model_copy(update={"scaling": torch.train.scaling}) == torch.train

@@ -137,19 +137,16 @@ def test_token_not_shipped_to_the_nodes_is_reported(tmp_path):
     assert "token auth is on but nothing puts the token at ~/.mlplatform/cluster-secrets" in text
 
 
-def test_sqlite_mlflow_uri_is_reported(tmp_path):
-    bad = variant(tmp_path, CLOUD_YAMLS[0],
+@pytest.mark.parametrize("yaml_path, uri, expected", [
+    (CLOUD_YAMLS[0], "sqlite:////mnt/mlp/mlflow.db",
+     "MLP_MLFLOW_TRACKING_URI=sqlite:////mnt/mlp/mlflow.db is a SQLite database"),
+    (CLOUD_YAMLS[1], "http://127.0.0.1:5000", "points at the node itself"),
+])
+def test_mlflow_uri_workers_cannot_reach_is_reported(tmp_path, yaml_path, uri, expected):
+    bad = variant(tmp_path, yaml_path,
                   'export MLP_MLFLOW_TRACKING_URI="http://${RAY_HEAD_IP}:5000"',
-                  "export MLP_MLFLOW_TRACKING_URI=sqlite:////mnt/mlp/mlflow.db")
-    text = joined(validate_cluster_config(bad))
-    assert "MLP_MLFLOW_TRACKING_URI=sqlite:////mnt/mlp/mlflow.db is a SQLite database" in text
-
-
-def test_localhost_mlflow_uri_is_reported(tmp_path):
-    bad = variant(tmp_path, CLOUD_YAMLS[1],
-                  'export MLP_MLFLOW_TRACKING_URI="http://${RAY_HEAD_IP}:5000"',
-                  "export MLP_MLFLOW_TRACKING_URI=http://127.0.0.1:5000")
-    assert "points at the node itself" in joined(validate_cluster_config(bad))
+                  f"export MLP_MLFLOW_TRACKING_URI={uri}")
+    assert expected in joined(validate_cluster_config(bad))
 
 
 def test_missing_storage_is_reported(tmp_path):
@@ -166,6 +163,25 @@ def test_unshared_storage_is_reported(tmp_path, root, expected):
     bad = variant(tmp_path, CLOUD_YAMLS[0], "export MLP_STORAGE_ROOT=/mnt/mlp\n",
                   f"export MLP_STORAGE_ROOT={root}\n")
     assert expected in joined(validate_cluster_config(bad))
+
+
+@pytest.mark.parametrize("where, expected", [
+    ("/data/ckpt", "is not on anything the YAML mounts"),
+    ("ftp://host/ckpt", "Ray Train cannot write to 'ftp://'"),
+    ("ckpt", "is relative"),
+    ("/mnt/mlp/ray_results", None),               # on the shared mount
+    ("gs://bucket/ray_results", None),
+    (None, None),                                  # unset: <MLP_STORAGE_ROOT>/ray_results
+])
+def test_checkpoint_storage_must_survive_a_node(tmp_path, where, expected):
+    line = "export MLP_CHECKPOINT_STORAGE=s3://CHANGE-ME-mlplatform-bucket/ray_results\n"
+    path = variant(tmp_path, CLOUD_YAMLS[0], line,
+                   f"export MLP_CHECKPOINT_STORAGE={where}\n" if where else "")
+    problems = [p for p in validate_cluster_config(path) if "CHECKPOINT" in p]
+    if expected is None:
+        assert problems == []
+    else:
+        assert expected in joined(problems)
 
 
 def test_unknown_mlp_variable_and_unpinned_image_are_reported(tmp_path):

@@ -94,3 +94,25 @@ def test_import_does_no_work(tmp_path):
                          text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("s3://bucket/ray_results?endpoint_override=127.0.0.1:9000&scheme=http",
+     "s3://bucket/ray_results?endpoint_override=127.0.0.1:9000&scheme=http"),
+    ("gs://bucket/ray_results", "gs://bucket/ray_results"),
+    ("/mnt/shared/ray_results", "/mnt/shared/ray_results"),
+    (None, "{root}/ray_results"),
+])
+def test_train_storage_path(tmp_path, value, expected):
+    config = PlatformConfig.load(overrides={"storage_root": str(tmp_path),
+                                            "checkpoint_storage": value}, env={})
+    assert config.train_storage_path() == expected.format(root=tmp_path)
+
+
+@pytest.mark.parametrize("value, match", [
+    ("ray_results", "relative path"),
+    ("ftp://host/ray_results", "scheme 'ftp://'"),
+])
+def test_checkpoint_storage_rejects_what_ray_train_cannot_share(value, match):
+    with pytest.raises(ConfigError, match=match):
+        PlatformConfig.load(overrides={"checkpoint_storage": value}, env={})
