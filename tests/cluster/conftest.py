@@ -1,6 +1,6 @@
 """The local fake autoscaling cluster of ``cluster/local-fake.yaml`` for the cluster tests.
 
-Started once per session with ``mlplatform.cluster.local.up_local`` (what ``mlp cluster
+Started once for tests/cluster with ``mlplatform.cluster.local.up_local`` (what ``mlp cluster
 up-local`` runs: Ray's fake_multinode provider, token auth, free ports, its own temp dir) and
 stopped with ``down_local``, which must leave none of its processes behind. Each test module
 connects to it for its own duration (``fake_ray``), so modules that start other clusters in
@@ -17,9 +17,10 @@ REPO = Path(__file__).resolve().parents[2]
 FAKE_YAML = REPO / "cluster" / "local-fake.yaml"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fake_cluster(tmp_path_factory):
-    """The running fake cluster (a ``LocalCluster``: ``address``, ``dashboard_url``, ...)."""
+    """The running fake cluster (a ``LocalCluster``: ``address``, ``dashboard_url``, ...),
+    stopped after the last test of tests/cluster, not at the end of the whole run."""
     from mlplatform.cluster.local import cluster_processes, down_local, up_local
 
     state_dir = tmp_path_factory.mktemp("fake-cluster")

@@ -148,7 +148,7 @@ def test_request_rows_get_the_same_inputs_as_the_training_set():
     frame.loc[rng.random(n) < 0.25, "user_last_event_at"] = np.nan
     records = frame.to_dict("records")
     for i, r in enumerate(records):   # requests carry datetimes: aware, or naive meaning UTC
-        ts = r["event_timestamp"].to_pydatetime()
+        ts = r["event_timestamp"].floor("us").to_pydatetime()   # datetime: microseconds
         r["event_timestamp"] = (ts.replace(tzinfo=None) if i % 3 == 0
                                 else ts.astimezone(timezone(timedelta(hours=-5))))
     looked_up = {c: [None if np.isnan(r[c]) else r[c] for r in records] for c in VIEW_FEATURES}
