@@ -6,6 +6,7 @@ resolves the same MLflow DB, exactly as ``MLP_*`` variables set on cluster nodes
 Terminating the ``--block`` process stops only this cluster's processes.
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -77,11 +78,14 @@ def ray_cluster(storage_root, tmp_path_factory):
     finally:
         ray.shutdown()
         if head.poll() is None:
+            # SIGTERM: `ray start --block` stops its processes gracefully (30-40 s here, most
+            # of it waiting on idle workers); after 10 s the rest of the group is killed.
             os.killpg(head.pid, signal.SIGTERM)
-            try:
-                head.wait(timeout=60)
-            except subprocess.TimeoutExpired:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                head.wait(timeout=10)
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
         log.close()
 
 

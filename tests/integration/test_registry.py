@@ -5,6 +5,7 @@ processes, the hash-chained audit trail, idempotent registration and path safety
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -27,24 +28,25 @@ def candidates(spine, platform, tmp_path_factory):
     from mlplatform.training import TrainConfig, train_xgboost
 
     base = {"num_boost_round": 30, "early_stopping_rounds": 0, "scaling": {"num_workers": 1}}
-    weak = train_xgboost(TrainConfig(
-        features_path=spine.features_path, run_name="weak", **{**base, "num_boost_round": 2},
-        params={"objective": "binary:logistic", "eval_metric": ["aucpr"], "max_depth": 1,
-                "eta": 0.01, "tree_method": "hist"}), platform)
-    fewer = train_xgboost(TrainConfig(
-        features_path=spine.features_path, run_name="fewer-inputs",
-        feature_columns=[c for c in FEATURE_COLUMNS if c != "device_type_code"], **base),
-        platform)
     frame = pd.read_parquet(spine.features_path)
     # Fraud that "prefers" small amounts: a model that learns it lowers scores as amounts grow.
     frame["is_fraud"] = (frame["amount"] < frame["amount"].quantile(0.05)).astype("int64")
     flipped = tmp_path_factory.mktemp("flipped") / "training_set"
     flipped.mkdir()
     frame.to_parquet(flipped / "part-0.parquet")
-    misbehaving = train_xgboost(TrainConfig(features_path=flipped, run_name="misbehaving",
-                                            **base), platform)
-    return {"strong": spine.train.run_id, "weak": weak.run_id, "fewer": fewer.run_id,
-            "misbehaving": misbehaving.run_id}
+    configs = {
+        "weak": TrainConfig(
+            features_path=spine.features_path, run_name="weak", **{**base, "num_boost_round": 2},
+            params={"objective": "binary:logistic", "eval_metric": ["aucpr"], "max_depth": 1,
+                    "eta": 0.01, "tree_method": "hist"}),
+        "fewer": TrainConfig(
+            features_path=spine.features_path, run_name="fewer-inputs",
+            feature_columns=[c for c in FEATURE_COLUMNS if c != "device_type_code"], **base),
+        "misbehaving": TrainConfig(features_path=flipped, run_name="misbehaving", **base)}
+    # Three small one-worker runs at once: each is mostly Ray Train's start-up, which overlaps.
+    with ThreadPoolExecutor(len(configs)) as pool:
+        runs = {k: pool.submit(train_xgboost, c, platform) for k, c in configs.items()}
+        return {"strong": spine.train.run_id, **{k: f.result().run_id for k, f in runs.items()}}
 
 
 @pytest.fixture(scope="module")
