@@ -106,12 +106,9 @@ def build_app(args: Mapping[str, Any] | None = None):
     import os
 
     from mlplatform.registry import ModelRegistry
-    from mlplatform.serving.deployments import (
-        Explainer,
-        Ingress,
-        ModelServer,
-        Router,
-    )
+    from mlplatform.serving.deployments import Ingress
+    from mlplatform.serving.model_server import Explainer, ModelServer
+    from mlplatform.serving.router import Router
 
     a = _app_args(args)
     if a.auth and not os.environ.get(a.token_env):

@@ -128,7 +128,7 @@ class _CountingModel:
 
 def _model_server(batch_wait_s: float, max_batch_size: int):
     """A ModelServer replica object around a counting model (its batching logic, no registry)."""
-    from mlplatform.serving.deployments import ModelServer
+    from mlplatform.serving.model_server import ModelServer
 
     server = object.__new__(ModelServer.func_or_class)
     model = _CountingModel()
