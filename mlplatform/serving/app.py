@@ -93,7 +93,8 @@ def _app_args(args: Mapping[str, Any] | None) -> AppArgs:
 
 
 def build_app(args: Mapping[str, Any] | None = None):
-    """Build ``Ingress (+ FeatureLookup) -> Router -> ModelServer-<model>`` (+ ``Explainer``).
+    """Build ``Ingress (+ FeatureLookup, arm choice) -> ModelServer-<model>`` (+ ``Explainer``),
+    with the ``Router`` deployment publishing the route table the Ingress replicas follow.
 
     Every served model is resolved here, so a missing model fails the deploy with a clear
     message instead of starting replicas that cannot load.
@@ -127,9 +128,9 @@ def build_app(args: Mapping[str, Any] | None = None):
         ref, plat, a.max_batch_size, a.batch_wait_timeout_s, a.reload_interval_s)
         for ref in a.served}
     default = default_router_config(a.served)
-    router = Router.options(user_config=default).bind(servers, Explainer.bind(plat), default)
-    return Ingress.bind(plat, router, a.max_items, a.max_body_bytes, a.auth, a.token_env,
-                        a.admin_token_env)
+    router = Router.options(user_config=default).bind(servers, default)
+    return Ingress.bind(plat, router, servers, Explainer.bind(plat), a.max_items,
+                        a.max_body_bytes, a.auth, a.token_env, a.admin_token_env)
 
 
 def check_serve_config(raw: Mapping[str, Any]) -> None:

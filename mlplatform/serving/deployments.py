@@ -2,17 +2,23 @@
 
     Ingress (HTTP: auth, limits, validation, request ids;
              FeatureLookup in-process: online store by user_id / merchant_id, model inputs)
-      -> Router (arms, weights, sticky key, shadow; from its Serve ``user_config``)
+             Dispatcher in-process: chooses the arm with the Router's route table)
       -> ModelServer-<model> (one per served model: registry load, @serve.batch, alias reload)
-    and /explain: Router -> Explainer (SHAP for the version that the chosen arm serves).
+    and /explain: Ingress -> Explainer (SHAP for the version that the chosen arm serves).
+    Router (off the request path): routing config from its Serve ``user_config``, probes of
+    the arms, the route table every Ingress replica follows.
 
 The feature lookup runs inside the Ingress replica rather than as a deployment of its own: it
 is one read of the shared online store (SQLite file or Redis, ~0.1 ms), and a deployment hop
 costs more than that (~1 ms of Serve RPC on a small machine). It scales with the Ingress.
 
+The arm choice runs there too (:mod:`mlplatform.serving.dispatch`): the Router deployment is
+the control plane only, so a request crosses one Serve hop (Ingress -> ModelServer), not two.
+
 This module holds the Ingress (and the lookup it runs); the others live in
-:mod:`mlplatform.serving.router` and :mod:`mlplatform.serving.model_server` (``ModelServer``,
-``Explainer``); :func:`mlplatform.serving.app.build_app` wires them.
+:mod:`mlplatform.serving.router`, :mod:`mlplatform.serving.dispatch` and
+:mod:`mlplatform.serving.model_server` (``ModelServer``, ``Explainer``);
+:func:`mlplatform.serving.app.build_app` wires them.
 
 Resource figures (CPUs, replicas, autoscaling, backpressure) come from the Serve YAML, not from
 decorators. The Router reads its routing config only from ``user_config``, so ``serve deploy``
@@ -30,7 +36,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from mlplatform.serving.router import PIN_HEADER
+from mlplatform.serving.dispatch import PIN_HEADER, Dispatcher, Unavailable
 from mlplatform.serving.schemas import (
     RequestRejected,
     parse_body,
@@ -114,10 +120,13 @@ class Ingress:
     admin token (``admin_token_env``).
     """
 
-    def __init__(self, platform: dict[str, Any], router, max_items: int = 256,
-                 max_body_bytes: int = 1_048_576, auth: bool = True,
-                 token_env: str = "MLP_SERVE_TOKEN", admin_token_env: str = "MLP_SERVE_ADMIN_TOKEN"):
-        self._lookup, self._router = FeatureLookup(platform), router
+    async def __init__(self, platform: dict[str, Any], router, servers: dict[str, Any],
+                       explainer, max_items: int = 256, max_body_bytes: int = 1_048_576,
+                       auth: bool = True, token_env: str = "MLP_SERVE_TOKEN",
+                       admin_token_env: str = "MLP_SERVE_ADMIN_TOKEN"):
+        self._lookup = FeatureLookup(platform)
+        self._dispatch = Dispatcher(router, servers, explainer)
+        self._dispatch.start()
         self._max_items, self._max_body_bytes = max_items, max_body_bytes
         self._auth = auth
         self._token, self._admin = _token(token_env), _token(admin_token_env)
@@ -160,27 +169,25 @@ class Ingress:
             # The lookup is a blocking read of the online store, kept on the event loop: it
             # takes ~0.1 ms, less than handing it to a thread would.
             features = self._lookup.features(records)
-            result = await getattr(self._router, method).remote(
+            result = await getattr(self._dispatch, method)(
                 features, records, request_id, request.headers.get(PIN_HEADER))
-            if "rejected" in result:
-                raise RequestRejected.from_dict(result["rejected"])
         except RequestRejected as exc:
             self._rejected.inc(tags={"status": str(exc.status)})
             return JSONResponse(exc.body(request_id), status_code=exc.status), request_id, single
-        if "unavailable" in result:
+        except Unavailable as exc:
             self._rejected.inc(tags={"status": "503"})
-            return _error(503, "unavailable", result["unavailable"], request_id,
+            return _error(503, "unavailable", str(exc), request_id,
                           {"Retry-After": "1"}), request_id, single
         return result, request_id, single
 
     async def _respond(self, request: Request, method: str, key: str) -> JSONResponse:
-        """Route through ``Router.<method>``; a single instance is answered flat."""
+        """Route through ``Dispatcher.<method>``; a single instance is answered flat."""
         result, request_id, single = await self._routed(request, method)
         if isinstance(result, JSONResponse):
             return result
         if single:
-            return JSONResponse({**result[key][0], "request_id": request_id})
-        return JSONResponse({key: result[key], "request_id": request_id})
+            return JSONResponse({**result[0], "request_id": request_id})
+        return JSONResponse({key: result, "request_id": request_id})
 
     @api.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:
@@ -195,7 +202,11 @@ class Ingress:
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
         """Liveness + readiness without auth: 200 when at least one arm can serve."""
-        models = await self._router.models.remote()
+        try:
+            models = await self._dispatch.view()
+        except Exception as exc:   # no route table yet and the Router unreachable
+            return JSONResponse({"status": "unavailable", "ready_arms": [],
+                                 "error": f"no route table: {exc}"}, status_code=503)
         ready = [a["name"] for a in models["arms"] if a["ready"] and a["weight"] > 0]
         return JSONResponse({"status": "ok" if ready else "unavailable", "ready_arms": ready},
                             status_code=200 if ready else 503)
@@ -207,5 +218,5 @@ class Ingress:
         denied = self._check(request, request_id)
         if denied is not None:
             return denied
-        models = await self._router.models.remote()
+        models = await self._dispatch.view()
         return JSONResponse({**models, "request_fields": list(self._schema.model_fields)})

@@ -155,3 +155,107 @@ class Splitter:
             return False
         u = _unit(request_id, "shadow") if request_id is not None else self._rng.random()
         return u < shadow.sample
+
+
+class ArmUnavailable(Exception):
+    """No arm can take the request (none ready, or the pinned one is not)."""
+
+
+class UnknownArm(KeyError):
+    """A request pinned an arm that the config does not have."""
+
+
+class RouteTable:
+    """What the data plane routes with: a config plus the models that answered a probe.
+
+    The Router deployment (control plane) publishes one as plain data (:meth:`to_dict`); each
+    Ingress replica rebuilds it (:meth:`from_dict`) and chooses arms with it locally, so the
+    Router is not on the request path. An arm gets traffic only while its model is ready.
+
+    Args:
+        config: The validated routing config.
+        ready: Model reference -> what its ModelServer answered (version, threshold, ...).
+        errors: Model reference -> why it is not ready.
+        version: Bumped by the Router on every change (config, readiness, loaded version).
+        config_error: Why the last ``user_config`` was refused (the running one stays), if so.
+        served: Every model reference the application serves.
+    """
+
+    def __init__(self, config: RouterConfig, ready: Mapping[str, dict[str, Any]] | None = None,
+                 errors: Mapping[str, str] | None = None, version: int = 0,
+                 config_error: str | None = None, served: list[str] | None = None,
+                 seed: int | None = None):
+        self.config, self.version, self.config_error = config, version, config_error
+        self.ready, self.errors = dict(ready or {}), dict(errors or {})
+        self.served = list(served or [])
+        self._arms = {a.name: a for a in config.arms}
+        live = [a for a in config.arms if a.model in self.ready and a.weight > 0]
+        self.splitter = (Splitter(RouterConfig(arms=live, sticky_key=config.sticky_key,
+                                               shadow=config.shadow), seed=seed)
+                         if live else None)
+
+    # ------------------------------------------------------------------ choosing ----------
+    def arms_for(self, records: list[Mapping[str, Any]], pin: str | None = None) -> list[ArmSpec]:
+        """The arm of each record: one choice per request, or per record by the sticky key.
+
+        Raises:
+            UnknownArm: ``pin`` names no arm of the config.
+            ArmUnavailable: No arm is ready (or the pinned one is not).
+        """
+        if pin is not None:
+            if pin not in self._arms:
+                raise UnknownArm(pin)
+            if self._arms[pin].model not in self.ready:
+                raise ArmUnavailable(f"arm '{pin}' is not ready: "
+                                     f"{self.errors.get(self._arms[pin].model, 'probing')}")
+            return [self._arms[pin]] * len(records)
+        if self.splitter is None:
+            raise ArmUnavailable("no arm is ready to serve: " + ("; ".join(
+                f"{k}: {v}" for k, v in self.errors.items()) or "models are loading"))
+        key = self.config.sticky_key
+        if key is None:
+            return [self._arms[self.splitter.choose()]] * len(records)
+        return [self._arms[self.splitter.choose(None if r.get(key) is None else str(r.get(key)))]
+                for r in records]
+
+    def shadow_model(self, request_id: str) -> str | None:
+        """The shadow model that gets a copy of this request, if any (and it is ready)."""
+        shadow = self.config.shadow
+        if (self.splitter is None or shadow is None or shadow.model not in self.ready
+                or not self.splitter.shadowed(request_id)):
+            return None
+        return shadow.model
+
+    # ------------------------------------------------------------------ publishing --------
+    def view(self) -> dict[str, Any]:
+        """Arms with weights, models, loaded versions and readiness (``GET /models``)."""
+        def state(ref: str) -> dict[str, Any]:
+            info = self.ready.get(ref)
+            if info is None:
+                return {"ready": False, "error": self.errors.get(ref, "probing")}
+            return {"ready": True, "model_name": info["model_name"],
+                    "model_version": info["model_version"], "threshold": info["threshold"],
+                    "kind": info["kind"]}
+
+        cfg = self.config
+        return {"arms": [{"name": a.name, "model": a.model, "weight": a.weight, **state(a.model)}
+                         for a in cfg.arms],
+                "sticky_key": cfg.sticky_key,
+                "shadow": None if cfg.shadow is None else {
+                    "model": cfg.shadow.model, "sample": cfg.shadow.sample,
+                    **state(cfg.shadow.model)},
+                "served_models": sorted(self.served),
+                "config_error": self.config_error,
+                "routing_version": self.version,
+                "inputs": next(iter(self.ready.values()), {}).get("inputs")}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for a Serve handle call (rebuilt with :meth:`from_dict`)."""
+        return {"config": self.config.model_dump(mode="json"), "ready": self.ready,
+                "errors": self.errors, "version": self.version,
+                "config_error": self.config_error, "served": self.served}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RouteTable:
+        return cls(RouterConfig(**data["config"]), data["ready"], data["errors"],
+                   data["version"], data["config_error"], data["served"])

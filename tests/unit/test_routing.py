@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from mlplatform.errors import ConfigError
-from mlplatform.serving.routing import RouterConfig, Splitter
+from mlplatform.serving.routing import ArmUnavailable, RouterConfig, RouteTable, Splitter, UnknownArm
 
 ARMS = [{"name": "champion", "model": "fraud@champion", "weight": 90},
         {"name": "challenger", "model": "fraud@challenger", "weight": 10},
@@ -69,3 +69,63 @@ def test_shadow_gets_its_sample_and_is_deterministic_per_request_id():
 def test_a_bad_config_is_rejected_naming_the_problem(config, match):
     with pytest.raises(ConfigError, match=match):
         RouterConfig.from_user_config(config)
+
+
+# ------------------------------------------------------------------ the route table --------
+def _info(version: str) -> dict:
+    return {"model_name": "fraud", "model_version": version, "threshold": 0.3, "kind": "xgboost",
+            "inputs": ["amount"]}
+
+
+def _table(ready: dict, **config) -> RouteTable:
+    cfg = RouterConfig.from_user_config({"arms": ARMS, **config})
+    return RouteTable(cfg, ready, {"fraud@challenger": "did not answer"}, version=7, seed=3,
+                      served=["fraud@champion", "fraud@challenger", "fraud/3"])
+
+
+def test_the_table_routes_only_to_ready_arms_with_weight():
+    table = _table({"fraud@champion": _info("1"), "fraud/3": _info("3")})
+    picked = Counter(table.arms_for([{}])[0].name for _ in range(2_000))
+    assert picked == {"champion": 2_000}   # challenger not ready; idle has weight 0
+    # A pin reaches a 0-weight arm that is ready, and refuses one that is not.
+    assert {a.name for a in table.arms_for([{}, {}], pin="idle")} == {"idle"}
+    with pytest.raises(ArmUnavailable, match="challenger.*did not answer"):
+        table.arms_for([{}], pin="challenger")
+    with pytest.raises(UnknownArm):
+        table.arms_for([{}], pin="nope")
+
+
+def test_no_ready_arm_is_unavailable_naming_why():
+    with pytest.raises(ArmUnavailable, match="fraud@challenger: did not answer"):
+        _table({"fraud/3": _info("3")}).arms_for([{}])
+
+
+def test_the_sticky_key_routes_each_record_of_a_batch_by_its_own_key():
+    table = _table({"fraud@champion": _info("1"), "fraud@challenger": _info("2")},
+                   sticky_key="user_id")
+    records = [{"user_id": f"u{i}"} for i in range(200)]
+    first = [a.name for a in table.arms_for(records)]
+    assert first == [a.name for a in table.arms_for(records)]
+    assert set(first) == {"champion", "challenger"}
+
+
+def test_the_shadow_gets_copies_only_while_its_model_is_ready():
+    shadow = {"shadow": {"model": "fraud/3", "sample": 1.0}}
+    ready = {"fraud@champion": _info("1")}
+    assert _table(ready, **shadow).shadow_model("r1") is None
+    assert _table({**ready, "fraud/3": _info("3")}, **shadow).shadow_model("r1") == "fraud/3"
+
+
+def test_the_table_travels_as_plain_data_and_its_view_says_what_is_served():
+    import json
+
+    table = _table({"fraud@champion": _info("1")}, shadow={"model": "fraud/3", "sample": 0.2})
+    data = json.loads(json.dumps(table.to_dict()))     # what crosses a Serve handle call
+    again = RouteTable.from_dict(data)
+    assert again.version == 7 and again.config == table.config and again.ready == table.ready
+    view = again.view()
+    assert [(a["name"], a["ready"]) for a in view["arms"]] == [
+        ("champion", True), ("challenger", False), ("idle", False)]
+    assert view["arms"][1]["error"] == "did not answer" and view["routing_version"] == 7
+    assert view["shadow"] == {"model": "fraud/3", "sample": 0.2, "ready": False,
+                              "error": "probing"}
