@@ -7,9 +7,10 @@ beside it (issue #7, "one cluster, three workloads").
 The cluster and the data are those of ``tests/cluster/test_colocation.py`` (the helpers of
 ``tests/cluster/_multinode.py``): a ``ray.cluster_utils.Cluster`` with a head (``CPU: 0``), a
 cpu_worker (``CPU: 2, serve_cpu: 2, cpu_node: 1000``) and a fake gpu_worker (``CPU: 2, GPU: 1``),
-all processes of this machine; the fraud app of ``serve_configs/fraud-cluster.yaml`` (replicas:
-``num_cpus: 0`` + ``serve_cpu``) with a registered ``fraud@champion``; Ray Data tasks ask for
-``cpu_node`` (``PlatformConfig.data_placement_resource``).
+with the resources cluster/local-fake.yaml declares, all processes of this machine; the fraud
+app of ``serve_configs/fraud-cluster.yaml`` (replicas: ``num_cpus: 0`` + ``serve_cpu``) with a
+registered ``fraud@champion``; Ray Data tasks ask for ``cpu_node``
+(``PlatformConfig.data_placement_resource``).
 
 Phases, each under the same bounded load (one request in flight, ``POST /predict`` of one raw
 transaction with the bearer token, from another process, sent back to back):
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace, say) -> dict:
 
     facts: dict = {"phases": []}
     say("starting the cluster: head (CPU 0), cpu_worker, gpu_worker")
-    with multinode_cluster([cpu_worker(2), gpu_worker(2)]):
+    with multinode_cluster([cpu_worker(), gpu_worker()]):
         platform = PlatformConfig(storage_root=storage_root(), data_placement_resource="cpu_node")
         say(f"data: {args.rows:,} transactions -> feature store -> training set (Ray Data)")
         tset = training_set(platform, args.rows)

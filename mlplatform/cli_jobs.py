@@ -13,8 +13,9 @@ import typer
 JobArg = typer.Argument(..., help="A job in jobs/: train, tune, build_features, ci_pipeline.")
 SubmitConfigOpt = typer.Option(..., "--config", dir_okay=False,
                                help="The job's YAML (jobs/configs/*.yaml).")
-AddressOpt = typer.Option(None, "--address", help="Ray dashboard URL (default: $RAY_ADDRESS or "
-                          "http://127.0.0.1:8265).")
+AddressOpt = typer.Option(None, "--address", help="Ray dashboard URL (default: "
+                          "$RAY_API_SERVER_ADDRESS, then $RAY_ADDRESS, then "
+                          "http://127.0.0.1:8265, as `ray job submit`).")
 FollowOpt = typer.Option(True, "--follow/--no-follow",
                          help="Follow the job's logs and exit with its status.")
 RuntimeEnvOpt = typer.Option(None, "--runtime-env-json",

@@ -6,4 +6,6 @@ Modules:
   local     up_local() / down_local(): cluster/local-fake.yaml on Ray's fake_multinode provider
   submit    submit_job(): `ray job submit --working-dir . -- python jobs/<job>.py`, token handled
   cost      resources a job held (CPU-/GPU-hours, wall time, estimated cost) -> MLflow; summaries
+  job_usage a training job measured whole: its steps' Ray tasks + the Train reservation, and the
+            accelerator type of the nodes its Train workers ran on
 """

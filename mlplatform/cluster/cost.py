@@ -11,7 +11,7 @@ MLflow run:
 
 How the resources are measured (an estimate, not a bill):
 
-- training (``train``, ``ci_pipeline``): Ray Train reserves ``num_workers x
+- training (``ci_pipeline``, and the training step of ``train``): Ray Train reserves ``num_workers x
   resources_per_worker`` (plus one GPU per worker with ``use_gpu``, as Ray Train does) for the
   whole training call, so CPU-/GPU-hours = that reservation x the call's wall time
   (``method=scaling``; the wall time also covers the split and MLflow logging: an upper bound);
@@ -24,11 +24,19 @@ How the resources are measured (an estimate, not a bill):
   the state API does not answer, ``min(parallelism, cluster CPUs) x wall time``
   (``method=parallelism``).
 
-The accelerator type comes from an ``accelerator_type:<T>`` key in ``resources_per_worker``,
-else from the cluster's GPU nodes when they are all one type, else it is ``unknown``.
+A training job (``train``) is costed as a whole: the CPU time of the Ray tasks that built its
+training set (``ray_tasks``) plus the training's reservation (``scaling``), over the job's wall
+time (``method=ray_tasks+scaling``; each part also as ``cost.prep.*`` / ``cost.train.*``). Its
+accelerator type is the one of the nodes its Ray Train workers actually ran on, read from Ray's
+state API after the run, dead nodes included (:mod:`mlplatform.cluster.job_usage`); workers on
+several types are priced per type (``cost.gpu_hours.<T>``; every GPU run logs that metric).
+Elsewhere (``tune``, ``ci_pipeline``) the type comes from an ``accelerator_type:<T>`` key in
+``resources_per_worker``, else from the cluster's live GPU nodes when they are all one type,
+else it is ``unknown``.
 
 Price table (YAML, USD list prices; ``$MLP_PRICE_TABLE`` or ``PlatformConfig.price_table``
-names the file, else :data:`DEFAULT_PRICES` is used)::
+names the file, else :data:`DEFAULT_PRICES` is used; the cluster YAMLs ship themselves to every
+node and set ``MLP_PRICE_TABLE`` to that copy, so jobs on a cluster use its table)::
 
     cpu_hour: 0.048          # per vCPU-hour
     gpu_hour:                # per GPU-hour, by Ray accelerator type (ray.util.accelerators)
@@ -182,6 +190,10 @@ class Usage:
     method: str = "scaling"
     cpus: float = 0.0          # held at once (0 when measured from tasks)
     gpus: float = 0.0
+    #: ``(type, GPU-seconds)`` when the GPUs were of several types (``gpu_type`` joins them)
+    gpu_split: tuple[tuple[str, float], ...] = ()
+    #: ``(name, Usage)`` of the steps a whole-job usage adds up (``job_usage.combine``)
+    parts: tuple[tuple[str, Usage], ...] = ()
 
     @property
     def cpu_hours(self) -> float:
@@ -190,6 +202,12 @@ class Usage:
     @property
     def gpu_hours(self) -> float:
         return self.gpu_s / 3600
+
+    def gpu_seconds_by_type(self) -> dict[str, float]:
+        """GPU-seconds per accelerator type (empty without GPUs)."""
+        if self.gpu_split:
+            return dict(self.gpu_split)
+        return {self.gpu_type: self.gpu_s} if self.gpu_s else {}
 
 
 def per_worker(resources: Mapping[str, float], use_gpu: bool) -> dict[str, float]:
@@ -221,11 +239,12 @@ def trials_usage(resources: Mapping[str, float], use_gpu: bool, trial_seconds: I
                  "trials", each.get("CPU", 0.0), gpus)
 
 
-def data_usage(wall_s: float, parallelism: int, since: float | None = None) -> Usage:
+def data_usage(wall_s: float, parallelism: int, since: float | None = None,
+               until: float | None = None) -> Usage:
     """A Ray Data job (the current driver's): CPU-seconds of its Ray tasks that started at or
-    after ``since`` (epoch seconds), from the state API; else ``min(parallelism, cluster CPUs)``
-    x ``wall_s``."""
-    cpu_s = _task_cpu_seconds(since)
+    after ``since`` (and before ``until``; epoch seconds), from the state API; else
+    ``min(parallelism, cluster CPUs)`` x ``wall_s``."""
+    cpu_s = _task_cpu_seconds(since, until)
     if cpu_s is not None:
         return Usage(wall_s, cpu_s, method="ray_tasks")
     try:
@@ -237,7 +256,7 @@ def data_usage(wall_s: float, parallelism: int, since: float | None = None) -> U
     return Usage(wall_s, cpus * wall_s, method="parallelism", cpus=cpus)
 
 
-def _task_cpu_seconds(since: float | None) -> float | None:
+def _task_cpu_seconds(since: float | None, until: float | None = None) -> float | None:
     try:
         ray = _connected_ray()
         if ray is None:
@@ -255,9 +274,11 @@ def _task_cpu_seconds(since: float | None) -> float | None:
             "from the parallelism instead", type(exc).__name__, str(exc)[:300])
         return None
     start_ms, now_ms = (since or 0) * 1000, time.time() * 1000
+    until_ms = until * 1000 if until is not None else math.inf
     total = 0.0
     for t in tasks:
-        if t.type != "NORMAL_TASK" or not t.start_time_ms or t.start_time_ms < start_ms:
+        if (t.type != "NORMAL_TASK" or not t.start_time_ms or t.start_time_ms < start_ms
+                or t.start_time_ms >= until_ms):
             continue
         # task events reach the state API a second or so late: a task whose end has not
         # arrived yet counts until now
@@ -300,8 +321,8 @@ def _connected_ray():
 
 
 def estimate(usage: Usage, prices: PriceTable) -> float:
-    """Estimated cost in USD: CPU-hours and GPU-hours at the table's prices."""
-    gpu = usage.gpu_hours * prices.gpu_price(usage.gpu_type) if usage.gpu_s else 0.0
+    """Estimated cost in USD: CPU-hours and GPU-hours (by type) at the table's prices."""
+    gpu = sum(s / 3600 * prices.gpu_price(k) for k, s in usage.gpu_seconds_by_type().items())
     return usage.cpu_hours * prices.cpu_hour + gpu
 
 
@@ -313,8 +334,17 @@ def cost_fields(usage: Usage, prices: PriceTable, job: str, model: str | None = 
                "cost.gpu_hours": usage.gpu_hours, "cost.usd_estimate": estimate(usage, prices)}
     params = {"cost.cpus": f"{usage.cpus:g}", "cost.gpus": f"{usage.gpus:g}",
               "cost.price.cpu_hour": f"{prices.cpu_hour:g}"}
-    if usage.gpu_s:
+    by_type = usage.gpu_seconds_by_type()
+    if len(by_type) == 1:
         params["cost.price.gpu_hour"] = f"{prices.gpu_price(usage.gpu_type):g}"
+    for kind, seconds in by_type.items():
+        metrics[f"cost.gpu_hours.{kind}"] = seconds / 3600
+        if len(by_type) > 1:
+            params[f"cost.price.gpu_hour.{kind}"] = f"{prices.gpu_price(kind):g}"
+    for name, part in usage.parts:
+        metrics.update({f"cost.{name}.wall_s": part.wall_s,
+                        f"cost.{name}.cpu_hours": part.cpu_hours,
+                        f"cost.{name}.gpu_hours": part.gpu_hours})
     tags = {"cost.gpu_type": usage.gpu_type, "cost.method": usage.method,
             "cost.price_table": prices.source, JOB_TAG: job}
     if model:

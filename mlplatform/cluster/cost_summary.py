@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 _SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.I)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_BY_TYPE = "cost.gpu_hours."
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
@@ -59,16 +60,26 @@ class CostRecord:
     gpu_hours: float
     gpu_type: str
     usd: float
+    #: ``(type, GPU-hours)`` when the run logged them per type (``cost.gpu_hours.<type>``)
+    gpu_by_type: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def from_run(cls, run: Any) -> CostRecord:
         """From an MLflow ``Run`` (``info.run_id``, ``info.start_time`` ms, ``data``)."""
         m, t = run.data.metrics, run.data.tags
+        by_type = tuple(sorted((k[len(_BY_TYPE):], v) for k, v in m.items()
+                               if k.startswith(_BY_TYPE) and v))
         return cls(run.info.run_id, t.get(JOB_TAG, "-"), t.get(MODEL_TAG, "-"),
                    datetime.fromtimestamp(run.info.start_time / 1000, timezone.utc),
                    m.get("cost.wall_s", 0.0), m.get("cost.cpu_hours", 0.0),
                    m.get("cost.gpu_hours", 0.0), t.get("cost.gpu_type", "none"),
-                   m.get("cost.usd_estimate", 0.0))
+                   m.get("cost.usd_estimate", 0.0), by_type)
+
+    def gpu_hours_by_type(self) -> dict[str, float]:
+        """GPU-hours per accelerator type (a run on several types logged each)."""
+        if self.gpu_by_type:
+            return dict(self.gpu_by_type)
+        return {self.gpu_type: self.gpu_hours} if self.gpu_hours else {}
 
 
 @dataclass
@@ -87,8 +98,8 @@ class CostSummary:
         self.wall_s += r.wall_s
         self.cpu_hours += r.cpu_hours
         self.usd += r.usd
-        if r.gpu_hours:
-            self.gpu_hours[r.gpu_type] = self.gpu_hours.get(r.gpu_type, 0.0) + r.gpu_hours
+        for kind, hours in r.gpu_hours_by_type().items():
+            self.gpu_hours[kind] = self.gpu_hours.get(kind, 0.0) + hours
 
 
 def summarize(records: Iterable[CostRecord], by: Literal["model", "job"]

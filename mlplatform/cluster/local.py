@@ -122,7 +122,7 @@ def up_local(config: Path = DEFAULT_CONFIG, *, port: int | None = None,
                 raise
             echo(f"The head did not register in time (machine busy?); retrying ({attempt + 1}/"
                  f"{STARTUP_ATTEMPTS}) ...")
-    echo(_summary(cluster, status))
+    echo(_summary(cluster, status, state_dir))
     return cluster
 
 
@@ -284,7 +284,7 @@ def _active_nodes(status: str) -> dict[str, int] | None:
     return counts
 
 
-def _summary(cluster: LocalCluster, status: str) -> str:
+def _summary(cluster: LocalCluster, status: str, state_dir: Path) -> str:
     nodes = status.split("Resources\n")[0].split("Node status\n")[-1].strip("-\n")
     submit = (f"RAY_AUTH_MODE=token ray job submit --address {cluster.dashboard_url} "
               "--working-dir . -- python jobs/train.py --config jobs/configs/fraud_xgb.yaml")
@@ -301,7 +301,8 @@ def _summary(cluster: LocalCluster, status: str) -> str:
         "Watch the nodes:",
         f"  RAY_AUTH_MODE=token ray status --address {cluster.address}",
         "Stop it:",
-        "  mlp cluster down-local",
+        "  mlp cluster down-local" + ("" if state_dir == _state_dir(None)
+                                      else f" --state-dir {state_dir}"),
         "Nodes:",
         *(f"  {line}" for line in nodes.splitlines() if line.strip()),
     ])

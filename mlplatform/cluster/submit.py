@@ -81,6 +81,14 @@ def find_token(env: Mapping[str, str] | None = None) -> str | None:
     return None
 
 
+def dashboard_address(address: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    """The job server's URL as ``ray job submit`` picks it: ``address``, else
+    ``$RAY_API_SERVER_ADDRESS``, else ``$RAY_ADDRESS``, else :data:`DEFAULT_ADDRESS`."""
+    env = os.environ if env is None else env
+    return (address or env.get("RAY_API_SERVER_ADDRESS") or env.get("RAY_ADDRESS")
+            or DEFAULT_ADDRESS)
+
+
 def plan(job: str, config: Path, root: Path, runtime_env: Mapping[str, Any] | None = None,
          env: Mapping[str, str] | None = None) -> tuple[str, dict[str, Any], list[str]]:
     """Check the job and its config; returns the entrypoint, the runtime env and warnings.
@@ -149,8 +157,7 @@ def submit_job(job: str, config: Path, address: str | None = None, *,
             raise ConfigError("no Ray auth token: RAY_AUTH_MODE=token but RAY_AUTH_TOKEN is "
                               "unset and ~/.ray/auth_token does not exist. " + TOKEN_HELP)
         headers["Authorization"] = f"Bearer {token}"
-    address = (address or os.environ.get("RAY_API_SERVER_ADDRESS")
-               or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS)
+    address = dashboard_address(address)
     client = _client(address, headers)
     echo(f"submitting {entrypoint} to {address} (working dir {renv['working_dir']})")
     job_id = _submit(client, entrypoint, renv, job, submit_timeout_s, echo)

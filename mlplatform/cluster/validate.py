@@ -40,14 +40,13 @@ from mlplatform.cluster._launcher_yaml import (
     FAKE_PROVIDERS,
     SERVE_RESOURCE,
     as_mapping,
+    gpu_count,
     node_types,
     provider_type,
 )
 from mlplatform.cluster.validate_env import environment_problems
 
 _KNOWN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory", SERVE_RESOURCE, DATA_RESOURCE)
-#: AWS instance families with NVIDIA GPUs (Ray autodetects their GPUs when resources is empty).
-_AWS_GPU_FAMILY = re.compile(r"^(g4dn|g5|g6|g6e|gr6|p3|p3dn|p4d|p4de|p5|p5e|p5en|p6)\.")
 
 
 def validate_cluster_config(path: Path) -> list[str]:
@@ -159,16 +158,6 @@ def _describe_schema_error(error: Any) -> list[str]:
 
 
 # ---------------------------------------------------------------- node types & resources -----
-def _gpu_count(node_type: Mapping[str, Any]) -> int:
-    resources, node_config = as_mapping(node_type.get("resources")), as_mapping(node_type.get("node_config"))
-    if resources.get("GPU"):
-        return int(resources["GPU"])
-    accelerators = node_config.get("guestAccelerators") or []
-    if accelerators:
-        return sum(int(a.get("acceleratorCount", 1)) for a in accelerators if isinstance(a, dict))
-    return int(bool(_AWS_GPU_FAMILY.match(str(node_config.get("InstanceType", "")))))
-
-
 def _node_type_problems(config: Mapping[str, Any]) -> list[str]:
     problems = []
     for key, what in (("idle_timeout_minutes", "how long an idle worker (a GPU!) keeps running"),
@@ -188,7 +177,7 @@ def _node_type_problems(config: Mapping[str, Any]) -> list[str]:
             problems.append(f"head node type '{head}' advertises {extra}: remove them, the head "
                             "runs no Serve replicas, data tasks or GPU work")
     workers = {k: v for k, v in types.items() if k != head}
-    gpu_types = [k for k, v in workers.items() if _gpu_count(v) > 0]
+    gpu_types = [k for k, v in workers.items() if gpu_count(v) > 0]
     if not gpu_types:
         problems.append("no worker node type has a GPU: add one (resources: {GPU: N}, GCP "
                         "node_config.guestAccelerators, or an AWS GPU instance type) with "
@@ -204,7 +193,7 @@ def _node_type_problems(config: Mapping[str, Any]) -> list[str]:
         if not res.get("GPU") and (res or provider_type(config) != "aws"):  # AWS fills it in
             problems.append(f"node type '{name}' has GPUs but its resources lack 'GPU': the "
                             f"autoscaler would never start it for GPU work; add GPU: "
-                            f"{_gpu_count(node_type)}")
+                            f"{gpu_count(node_type)}")
         taken = [r for r in (SERVE_RESOURCE, DATA_RESOURCE) if res.get(r)]
         if taken:
             problems.append(f"GPU node type '{name}' advertises {taken}: Serve replicas and "

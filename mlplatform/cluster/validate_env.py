@@ -3,9 +3,12 @@
 Read from the setup/start commands and docker options of each node type: literal
 ``NAME=value`` assignments such as the ``export MLP_STORAGE_ROOT=/mnt/mlp`` lines of the cloud
 YAMLs' env file. The rules: token auth on and the token shipped, shared storage (and Ray Train's
-``storage_path``: ``MLP_CHECKPOINT_STORAGE`` on object storage or the shared root), an MLflow
-server and a Redis every node reaches, the same known ``MLP_*`` settings everywhere, the
-dashboard on localhost and the MLflow server on a real database.
+``storage_path``: ``MLP_CHECKPOINT_STORAGE`` on object storage or the shared root; set
+explicitly when GPU workers run on spot/preemptible capacity), an MLflow server and a Redis every
+node reaches, the same known ``MLP_*`` settings everywhere, the price table shipped to every node
+(``MLP_PRICE_TABLE``), the dashboard on localhost, and, when the tracking URI points at the head,
+an ``mlflow server`` started there on a real database (``--backend-store-uri`` or
+``MLFLOW_BACKEND_STORE_URI``, shell variables followed).
 """
 
 from __future__ import annotations
@@ -13,14 +16,26 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mlplatform.cluster._launcher_yaml import DATA_RESOURCE, as_mapping, node_types
+from mlplatform.cluster._launcher_yaml import (
+    DATA_RESOURCE,
+    as_mapping,
+    gpu_count,
+    node_types,
+    provider_type,
+)
 
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "0.0.0.0", "::1", "[::1]"})
 _ASSIGNMENT = re.compile(r"(?<![\w$-])([A-Z][A-Z0-9_]*)=(\"[^\"]*\"|'[^']*'|[^\s;&|)]*)")
 _MOUNT_WORDS = ("mount", "gcsfuse", "s3fs")
+_HOME = re.compile(r"^(\$HOME|\$\{HOME\}|/home/[^/]+|/root)(?=/)")
+_HEAD_IP = re.compile(r"\$\{?RAY_HEAD_IP\}?")
+#: How the MLflow server is given its database: the flag or the environment variable.
+_BACKEND_FLAG = re.compile(r"--backend-store-uri[= ]+(\"[^\"]*\"|'[^']*'|[^\s;&|)]+)")
+_BACKEND_ENV = re.compile(r"(?<![\w$-])MLFLOW_BACKEND_STORE_URI=(\"[^\"]*\"|'[^']*'|[^\s;&|)]*)")
 
 
 def _text(commands: Any) -> str:
@@ -70,7 +85,7 @@ def environment_problems(config: Mapping[str, Any]) -> list[str]:
         who = ("every node type" if len(names) == len(envs) > 1 else
                f"node type{'s' if len(names) > 1 else ''} {', '.join(repr(n) for n in names)}")
         problems.append(f"{who}: {problem}")
-    return problems + _head_command_problems(texts.get(head, ""))
+    return problems + _head_command_problems(config, texts.get(head, ""), envs.get(head, {}))
 
 
 def _node_env_problems(config: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
@@ -86,6 +101,7 @@ def _node_env_problems(config: Mapping[str, Any], env: Mapping[str, str]) -> lis
                             + (f" (did you mean {close[0]}?)" if close else ""))
     problems += _storage_problems(config, env.get("MLP_STORAGE_ROOT"))
     problems += _checkpoint_problems(config, env.get("MLP_CHECKPOINT_STORAGE"))
+    problems += _price_table_problems(config, env.get("MLP_PRICE_TABLE"))
     for var in ("MLP_MLFLOW_TRACKING_URI", "MLP_MLFLOW_REGISTRY_URI"):
         problems += _mlflow_problems(var, env.get(var), required=var == "MLP_MLFLOW_TRACKING_URI")
     if env.get("MLP_ONLINE_STORE") != "redis":
@@ -109,14 +125,26 @@ def _auth_problems(config: Mapping[str, Any], env: Mapping[str, str]) -> list[st
                 "export RAY_AUTH_MODE=token before `ray start`"]
     if env.get("RAY_AUTH_TOKEN"):
         return []
-    targets = [str(t).rstrip("/") for t in as_mapping(config.get("file_mounts"))]
-    token_path = env.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")
-    token_path = re.sub(r"^(\$HOME|\$\{HOME\}|/home/[^/]+|/root)(?=/)", "~", token_path)
-    if not any(token_path == t or token_path.startswith(t + "/") for t in targets):
+    token_path = _home(env.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token"))
+    if _file_mount_of(config, token_path) is None:
         return [f"token auth is on but nothing puts the token at {token_path}; add a file_mounts "
                 "entry for it (the token comes from `ray get-auth-token --generate` on your "
                 "laptop, see cluster/README.md)"]
     return []
+
+
+def _home(path: str) -> str:
+    """``$HOME/x``, ``${HOME}/x``, ``/home/<user>/x`` -> ``~/x`` (how file_mounts names it)."""
+    return _HOME.sub("~", path)
+
+
+def _file_mount_of(config: Mapping[str, Any], path: str) -> tuple[str, str] | None:
+    """The ``file_mounts`` entry (node path, local path) that puts ``path`` on the nodes."""
+    for target, source in as_mapping(config.get("file_mounts")).items():
+        target = str(target).rstrip("/")
+        if path == target or path.startswith(target + "/"):
+            return target, str(source)
+    return None
 
 
 def _mount_points(config: Mapping[str, Any]) -> list[str]:
@@ -160,12 +188,40 @@ def _unshared(var: str, value: str, path: str, config: Mapping[str, Any], fix: s
     return []
 
 
+def spot_gpu_types(config: Mapping[str, Any]) -> list[str]:
+    """Node types with GPUs on spot/preemptible capacity (AWS ``InstanceMarketOptions``, GCP
+    ``scheduling.provisioningModel: SPOT`` / ``preemptible``, Azure ``priority: Spot``)."""
+    out = []
+    for name, node_type in node_types(config).items():
+        node_config = as_mapping(node_type.get("node_config"))
+        market = as_mapping(node_config.get("InstanceMarketOptions")).get("MarketType", "")
+        scheduling = as_mapping(node_config.get("scheduling"))
+        azure = as_mapping(node_config.get("azure_arm_parameters"))
+        spot = (str(market).lower() == "spot"
+                or str(scheduling.get("provisioningModel", "")).upper() == "SPOT"
+                or scheduling.get("preemptible") is True
+                or str(azure.get("priority", "")).lower() == "spot")
+        if spot and gpu_count(node_type) > 0:
+            out.append(name)
+    return out
+
+
 def _checkpoint_problems(config: Mapping[str, Any], where: str | None) -> list[str]:
-    """Ray Train's ``storage_path``: unset means ``<MLP_STORAGE_ROOT>/ray_results`` (checked
-    above); set, it must be object storage or a path on a shared mount."""
+    """Ray Train's ``storage_path``: object storage, or a path on a shared mount. Unset means
+    ``<MLP_STORAGE_ROOT>/ray_results`` (checked above), which is allowed only when no GPU worker
+    can be reclaimed: a spot GPU worker's replacement must find the checkpoints where the
+    cluster YAML says they are (cluster/README.md, "Checkpoints and spot GPUs")."""
     from mlplatform.config import CHECKPOINT_SCHEMES
 
     if not where:
+        spot = spot_gpu_types(config)
+        if spot:
+            return [f"MLP_CHECKPOINT_STORAGE is not set, but GPU node type(s) {spot} run on "
+                    "spot/preemptible capacity: Ray Train resumes a reclaimed worker's run from "
+                    "its checkpoints, so put them on object storage, export "
+                    "MLP_CHECKPOINT_STORAGE=s3://<bucket>/<prefix> (gs://<bucket>/<prefix> on "
+                    "GCP), or on purpose on the shared file system (an absolute path under its "
+                    "mount)"]
         return []
     scheme = where.split("://", 1)[0].lower() if "://" in where else ""
     if scheme and scheme != "file":
@@ -193,14 +249,85 @@ def _mlflow_problems(var: str, uri: str | None, required: bool) -> list[str]:
     return []
 
 
-def _head_command_problems(head_text: str) -> list[str]:
+def _price_table_problems(config: Mapping[str, Any], where: str | None) -> list[str]:
+    """Jobs price their cost with ``MLP_PRICE_TABLE``: it must name a file the nodes get (a
+    ``file_mounts`` entry, e.g. this YAML itself, or a file on the shared mount)."""
+    if provider_type(config) == "local":
+        return []     # your own machines: no list prices to apply
+    fix = ("ship the table to every node and name it: file_mounts: {\"~/mlp-cluster\": "
+           "\"cluster\"} and export MLP_PRICE_TABLE=\"$HOME/mlp-cluster/<this file>.yaml\" "
+           "(its metadata.prices is the table)")
+    if not where:
+        return ["MLP_PRICE_TABLE is not set: jobs there would be costed at mlplatform's "
+                f"built-in prices, not this YAML's metadata.prices; {fix}"]
+    path = _home(where)
+    mounted = _file_mount_of(config, path)
+    if mounted is None:
+        if any(path.startswith(p.rstrip("/") + "/") for p in _mount_points(config)):
+            return []      # put on the shared file system by hand
+        return [f"MLP_PRICE_TABLE={where}: nothing puts a file there (no file_mounts entry, not "
+                f"on a shared mount), so every job would fail to price its cost; {fix}"]
+    target, source = mounted
+    local = Path(source).expanduser() / Path(path).relative_to(target)
+    if local.is_file():   # resolvable from here (ray up resolves it from its working directory)
+        from mlplatform.cluster.cost import PriceTable, load_price_table
+
+        try:
+            table = load_price_table(local)
+        except ValueError as exc:   # ConfigError
+            return [f"MLP_PRICE_TABLE={where} gets {source} (file_mounts), which is not a price "
+                    f"table: {exc}"]
+        own = as_mapping(config.get("metadata")).get("prices")
+        if isinstance(own, Mapping):
+            try:
+                mine = PriceTable.from_mapping(own, "metadata.prices")
+            except ValueError:
+                return []     # reported by the price rule
+            if (table.cpu_hour, dict(table.gpu_hour)) != (mine.cpu_hour, dict(mine.gpu_hour)):
+                return [f"MLP_PRICE_TABLE={where} gets {source} (file_mounts), whose prices "
+                        "differ from this YAML's metadata.prices: ship this file itself"]
+    return []
+
+
+def _resolve(value: str, text: str, depth: int = 3) -> str | None:
+    """``value`` with one ``$name`` / ``${name}`` reference followed to its last assignment in
+    ``text`` (any case: ``db_uri=...``); None when it comes from a command or is unknown."""
+    value = value.strip("\"'")
+    ref = re.fullmatch(r"\$\{?([A-Za-z_]\w*)\}?", value)
+    if ref is None:
+        return None if value.startswith(("$(", "`")) or "$" in value else value
+    found = re.findall(rf"(?<![\w$-]){ref.group(1)}=(\"[^\"]*\"|'[^']*'|[^\s;&|)]*)", text)
+    if not found or depth == 0:
+        return None
+    return _resolve(found[-1], text, depth - 1)
+
+
+def _head_command_problems(config: Mapping[str, Any], head_text: str,
+                           head_env: Mapping[str, str]) -> list[str]:
     problems = []
     host = re.search(r"--dashboard-host[= ]+[\"']?([^\s\"';]+)", head_text)
     if host and host.group(1) not in ("127.0.0.1", "localhost"):
         problems.append(f"the head starts the dashboard with --dashboard-host={host.group(1)}: "
                         "bind it to 127.0.0.1 and reach it with `ray dashboard <yaml>`")
-    backend = re.search(r"--backend-store-uri[= ]+[\"']?([^\s\"';]+)", head_text)
-    if backend and urlparse(backend.group(1)).scheme in ("", "file", "sqlite"):
-        problems.append(f"the MLflow server on the head stores runs in {backend.group(1)}: use "
-                        "a database server (PostgreSQL, e.g. RDS/Cloud SQL) that outlives the head")
+    start = _text(config.get("head_start_ray_commands"))
+    servers = re.findall(r"\bmlflow\s+server\b", start)
+    uri = head_env.get("MLP_MLFLOW_TRACKING_URI", "")
+    if _HEAD_IP.search(uri) and not servers:
+        problems.append(f"MLP_MLFLOW_TRACKING_URI={uri} points at the head, but "
+                        "head_start_ray_commands start no `mlflow server`: start it there (with "
+                        "a PostgreSQL backend and object-store artifacts, see "
+                        "cluster/aws-gpu.yaml) or point the URI at an MLflow server elsewhere")
+    if not servers:
+        return problems
+    backends = [m.group(1) for m in _BACKEND_FLAG.finditer(start)]
+    backends += [m.group(1) for m in _BACKEND_ENV.finditer(head_text)]
+    if not backends:
+        problems.append("the MLflow server on the head has no backend store (--backend-store-uri "
+                        "or MLFLOW_BACKEND_STORE_URI): it would keep runs in a local file store "
+                        "on the head's disk; give it a PostgreSQL database (RDS/Cloud SQL)")
+    for raw in backends:
+        uri = _resolve(raw, head_text)
+        if uri is not None and urlparse(uri).scheme in ("", "file", "sqlite"):
+            problems.append(f"the MLflow server on the head stores runs in {uri}: use a database "
+                            "server (PostgreSQL, e.g. RDS/Cloud SQL) that outlives the head")
     return problems

@@ -1,14 +1,16 @@
 """A multi-node Ray cluster in this process's machine (``ray.cluster_utils.Cluster``) with the
 cluster YAMLs' resource scheme, and the small data set the cluster tests train and serve on.
 
-Node types (as in ``cluster/*.yaml``):
+Node types, with the scheduling resources of ``cluster/local-fake.yaml`` read from that file
+(:data:`NODE_RESOURCES`), so the tests cannot drift from the scheme they check:
 
 - head: ``CPU: 0`` (no training or data work; the Serve controller, the HTTP proxy and the
   Ray Train controller need no CPU and run there);
 - cpu_worker: ``CPU``, ``serve_cpu`` (CPU reserved for Serve replicas, which ask for
   ``num_cpus: 0`` + ``serve_cpu``, so training and Ray Data can never take it) and ``cpu_node``
   (a marker Ray Data tasks ask a sliver of, to stay on CPU workers);
-- gpu_worker: ``CPU`` and ``GPU`` only (the GPU is fake: nothing here touches CUDA).
+- gpu_worker: ``CPU``, ``GPU`` and its ``accelerator_type:`` marker only (the GPU is fake:
+  nothing here touches CUDA).
 
 Every node gets explicit free ports and a private temp dir, so the cluster never meets another
 Ray on the machine; the nodes inherit this process's environment when they start (Serve token,
@@ -33,18 +35,43 @@ AUTH = {"Authorization": f"Bearer {SERVE_TOKEN}"}
 #: Transactions generated for the cluster tests (small: the point is placement, not scale).
 N_ROWS = 4000
 SEED = 7
-#: ``serve_cpu`` a cpu_worker advertises (its CPU count: that much is kept for Serve).
-SERVE_CPU = 2
+FAKE_YAML = REPO / "cluster" / "local-fake.yaml"
 
 
-def cpu_worker(cpus: int = 2) -> dict:
-    """Node arguments of a CPU worker (Serve + Ray Data)."""
-    return {"num_cpus": cpus, "resources": {"serve_cpu": SERVE_CPU, "cpu_node": 1000}}
+def _yaml_resources() -> dict[str, dict[str, float]]:
+    import yaml
+
+    types = yaml.safe_load(FAKE_YAML.read_text())["available_node_types"]
+    return {name: dict(t.get("resources") or {}) for name, t in types.items()}
 
 
-def gpu_worker(cpus: int = 2) -> dict:
-    """Node arguments of a (fake) GPU worker: CPU and GPU, nothing else."""
-    return {"num_cpus": cpus, "num_gpus": 1}
+#: Node type -> resources, as cluster/local-fake.yaml declares them.
+NODE_RESOURCES = _yaml_resources()
+#: ``serve_cpu`` a cpu_worker advertises (that much CPU is kept for Serve).
+SERVE_CPU = NODE_RESOURCES["cpu_worker"]["serve_cpu"]
+
+
+def _node_args(node_type: str) -> dict:
+    """``Cluster.add_node`` arguments for a node of ``node_type``: its scheduling resources from
+    the YAML. Its ``object_store_memory`` is left to the ``Cluster`` default (a memory setting,
+    not a scheduling one; the smaller default keeps three nodes' stores small on a test host)."""
+    res = {k: v for k, v in NODE_RESOURCES[node_type].items() if k != "object_store_memory"}
+    args = {"num_cpus": int(res.pop("CPU", 0))}
+    if "GPU" in res:
+        args["num_gpus"] = int(res.pop("GPU"))
+    if res:
+        args["resources"] = res
+    return args
+
+
+def cpu_worker() -> dict:
+    """Node arguments of a CPU worker (Serve + Ray Data), as cluster/local-fake.yaml has it."""
+    return _node_args("cpu_worker")
+
+
+def gpu_worker() -> dict:
+    """Node arguments of a (fake) GPU worker, as cluster/local-fake.yaml has it."""
+    return _node_args("gpu_worker")
 
 
 def plain_worker(cpus: int = 1) -> dict:
@@ -281,7 +308,7 @@ class LoadClient:
 
 def p99_bound(p99_idle_ms: float) -> float:
     """The most Serve's p99 (ms) may reach while a training job and a feature build share its
-    cluster: ``max(4 x idle p99, idle p99 + 1000 ms)``.
+    cluster: ``max(4 x idle p99, idle p99 + 1000 ms)`` (documented in cluster/README.md).
 
     Serve's share is reserved in Ray's scheduler (``serve_cpu``), not in the kernel: on a test
     machine the workers' logical CPUs outnumber the cores, so the jobs' processes compete with
@@ -349,3 +376,13 @@ def pending_task_demand() -> list[dict]:
     status = get_cluster_status(ray.get_runtime_context().gcs_address)
     return [dict(b.bundle) for demand in status.resource_demands.ray_task_actor_demand
             for b in demand.bundles_by_count]
+
+
+def pending_placement_groups() -> set[str]:
+    """Ids (hex) of the placement groups the GCS could not place yet: demand it reports to the
+    autoscaler, i.e. a job waiting for resources."""
+    import ray
+    from ray.autoscaler.v2.sdk import get_cluster_status
+
+    status = get_cluster_status(ray.get_runtime_context().gcs_address)
+    return {d.pg_id for d in status.resource_demands.placement_group_demand if d.pg_id}

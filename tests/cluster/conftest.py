@@ -1,8 +1,9 @@
 """The local fake autoscaling cluster of ``cluster/local-fake.yaml`` for the cluster tests.
 
-Started once for tests/cluster with ``mlplatform.cluster.local.up_local`` (what ``mlp cluster
-up-local`` runs: Ray's fake_multinode provider, token auth, free ports, its own temp dir) and
-stopped with ``down_local``, which must leave none of its processes behind. Each test module
+Started once for tests/cluster through the CLI, ``mlp cluster up-local --state-dir <tmp>``
+(``mlplatform.cluster.local.up_local``: Ray's fake_multinode provider, token auth, free ports,
+its own temp dir), and stopped with ``mlp cluster down-local --state-dir <tmp>``, which must leave
+none of its processes behind. Each test module
 connects to it for its own duration (``fake_ray``), so modules that start other clusters in
 this process (``_multinode.py``) are unaffected.
 """
@@ -20,17 +21,34 @@ FAKE_YAML = REPO / "cluster" / "local-fake.yaml"
 @pytest.fixture(scope="package")
 def fake_cluster(tmp_path_factory):
     """The running fake cluster (a ``LocalCluster``: ``address``, ``dashboard_url``, ...),
-    stopped after the last test of tests/cluster, not at the end of the whole run."""
-    from mlplatform.cluster.local import cluster_processes, down_local, up_local
+    started and stopped by the ``mlp cluster`` commands, stopped after the last test of
+    tests/cluster, not at the end of the whole run."""
+    import json
+
+    # Ray is imported before CliRunner swaps stderr: its log handler keeps the stream it finds.
+    import ray  # noqa: F401
+    from typer.testing import CliRunner
+
+    from mlplatform.cli import app
+    from mlplatform.cluster.local import STATE_FILE, LocalCluster, cluster_processes
 
     state_dir = tmp_path_factory.mktemp("fake-cluster")
-    cluster = up_local(FAKE_YAML, state_dir=state_dir, echo=lambda line: None)
+    runner = CliRunner()
+    up = runner.invoke(app, ["cluster", "up-local", "--config", str(FAKE_YAML),
+                             "--state-dir", str(state_dir)])
+    assert up.exit_code == 0, f"{up.output}\n{up.exception!r}"
+    cluster = LocalCluster(**json.loads((state_dir / STATE_FILE).read_text()))
+    # what it prints: where the cluster is and how to stop this one
+    assert cluster.address in up.output and cluster.dashboard_url in up.output, up.output
+    assert f"mlp cluster down-local --state-dir {state_dir}" in up.output
     try:
         yield cluster
     finally:
-        down_local(state_dir, echo=lambda line: None)
+        down = runner.invoke(app, ["cluster", "down-local", "--state-dir", str(state_dir)])
         left = cluster_processes(cluster)
-        assert not left, f"down_local left processes of the fake cluster: {left}"
+        assert down.exit_code == 0, f"{down.output}\n{down.exception!r}"
+        assert f"Stopped the local cluster at {cluster.address}" in down.output, down.output
+        assert not left, f"down-local left processes of the fake cluster: {left}"
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Autoscaling on the fake cluster of ``cluster/local-fake.yaml``: a training run with
 ``use_gpu: true`` makes a GPU worker appear, runs on it, and the worker goes after the idle
-timeout (the CPU worker, ``min_workers: 1``, stays).
+timeout (the CPU worker, ``min_workers: 1``, stays). The run's cost, recorded after that node is
+gone, has GPU-hours of the accelerator type the Train worker ran on.
 
 The GPU is fake (``GPU: 1`` is a number the scheduler counts): XGBoost asked for
 ``device=cuda`` finds no device and trains on the CPU, with a warning.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -17,10 +19,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.cluster.conftest import NodeWatch, nodes_of
+from tests.cluster.conftest import FAKE_YAML, NodeWatch, nodes_of
 from tests.conftest import wait_for
 
 ROWS = 3000
+
+
+def yaml_gpu_type() -> str:
+    """The accelerator type cluster/local-fake.yaml's gpu_worker advertises."""
+    import yaml
+
+    resources = yaml.safe_load(FAKE_YAML.read_text())["available_node_types"]["gpu_worker"][
+        "resources"]
+    (kind,) = [k.split(":", 1)[1] for k in resources if k.startswith("accelerator_type:")]
+    return kind
 
 
 def record_node(report_dir: str):
@@ -83,11 +95,16 @@ class GpuDemandWatch(NodeWatch):
 
 
 def test_up_local_refuses_a_second_cluster_and_keeps_the_first(fake_cluster):
-    from mlplatform.cluster.local import ClusterError, up_local
+    from typer.testing import CliRunner
+
+    from mlplatform.cli import app
 
     state_dir = Path(fake_cluster.config).parent
-    with pytest.raises(ClusterError, match="already running at .*down-local"):
-        up_local(Path(fake_cluster.source_config), state_dir=state_dir, echo=lambda line: None)
+    out = CliRunner().invoke(app, ["cluster", "up-local", "--config", fake_cluster.source_config,
+                                   "--state-dir", str(state_dir)])
+    assert out.exit_code == 1, out.output
+    assert re.search(r"error: a local cluster is already running at \S+ .*down-local",
+                     out.output), out.output
     assert json.loads((state_dir / "state.json").read_text())["address"] == fake_cluster.address
 
 
@@ -95,6 +112,8 @@ def test_gpu_training_brings_up_a_gpu_worker_that_goes_when_idle(fake_ray, tmp_p
                                                                    monkeypatch):
     import mlflow
 
+    from mlplatform.cluster.cost import record_cost
+    from mlplatform.cluster.job_usage import TrainingMeter
     from mlplatform.config import PlatformConfig
     from mlplatform.training import ScalingSpec, TrainConfig, train
     from mlplatform.training.config import CallbackSpec
@@ -115,8 +134,11 @@ def test_gpu_training_brings_up_a_gpu_worker_that_goes_when_idle(fake_ray, tmp_p
 
     watch = GpuDemandWatch()
     started = time.time()
+    scaling = config.scaling
+    meter = TrainingMeter(scaling.resources_per_worker, scaling.num_workers, scaling.use_gpu)
     try:
-        result = train(config, platform)
+        with meter:      # what jobs/train.py (run_train_job) measures a training with
+            result = train(config, platform)
         worker = json.loads(next(reports.glob("worker-*.json")).read_text())
         gpu_nodes = watch.of("gpu_worker")
         assert len(gpu_nodes) == 1, f"expected one GPU worker to appear, saw {gpu_nodes}"
@@ -138,3 +160,16 @@ def test_gpu_training_brings_up_a_gpu_worker_that_goes_when_idle(fake_ray, tmp_p
           "its training ended (idle timeout 15s)")
     assert removed_s >= 10, "the GPU worker went away before its idle timeout"
     assert nodes_of("cpu_worker"), "the CPU worker (min_workers: 1) must stay"
+
+    # The cost, recorded now that the GPU node is gone (and no GPU node is alive to guess
+    # from): GPU-hours of the accelerator type of the node the Train worker ran on.
+    assert not nodes_of("gpu_worker")
+    metrics = record_cost(platform, result.run_id, meter.usage(), job="train",
+                          echo=lambda line: None)
+    assert metrics is not None
+    run = mlflow.MlflowClient(platform.mlflow_tracking_uri).get_run(result.run_id)
+    kind = yaml_gpu_type()
+    assert run.data.tags["cost.gpu_type"] == kind, run.data.tags
+    assert meter.wall_s > 0
+    assert run.data.metrics["cost.gpu_hours"] == pytest.approx(meter.wall_s / 3600)
+    assert run.data.metrics[f"cost.gpu_hours.{kind}"] == run.data.metrics["cost.gpu_hours"]

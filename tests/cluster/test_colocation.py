@@ -2,9 +2,10 @@
 job and a feature build, at the same time.
 
 Cluster: head (``CPU: 0``), a cpu_worker (``CPU: 2, serve_cpu: 2, cpu_node: 1000``) and a fake
-gpu_worker (``CPU: 2, GPU: 1``). Serve replicas ask for ``num_cpus: 0`` + a share of
-``serve_cpu``; the training job asks for every CPU of the cluster (2 workers x 2 CPU); the
-feature build's Ray Data tasks ask for CPU (+ a sliver of ``cpu_node``).
+gpu_worker (``CPU: 2, GPU: 1``), their resources read from cluster/local-fake.yaml. Serve
+replicas ask for ``num_cpus: 0`` + a share of ``serve_cpu``; the training job asks for every CPU
+of the cluster (2 workers x 2 CPU); the feature build's Ray Data tasks ask for CPU (+ a sliver
+of ``cpu_node``).
 
 The scenario, with a bounded load on the endpoint throughout (one request in flight, from
 another process):
@@ -13,8 +14,10 @@ another process):
 2. the training job starts and takes every CPU; its workers are held after round
    :data:`HOLD_AT` (``pause_at``), so "the cluster is full" is a fact, not a race;
 3. the feature build starts: its tasks find no free CPU and wait (listed as pending demand by
-   the GCS), nothing fails; the replicas still hold their ``serve_cpu``;
-4. the training job is released and finishes; the feature build then gets CPUs and finishes;
+   the GCS), nothing fails; so does a second training job's reservation (a placement group of
+   the same shape stays PENDING); the replicas still hold their ``serve_cpu``;
+4. the training job is released and finishes; the waiting reservation is then granted (and
+   given back) and the feature build gets CPUs and finishes;
 5. every request answered 200 and p99 over the busy window is within :func:`p99_bound`.
 
 The bound (:func:`~tests.cluster._multinode.p99_bound`): ``p99_busy <= max(4 x p99_idle,
@@ -38,6 +41,7 @@ import yaml
 
 from tests.cluster._multinode import (
     AUTH,
+    NODE_RESOURCES,
     REPO,
     SERVE_CPU,
     LoadClient,
@@ -49,6 +53,7 @@ from tests.cluster._multinode import (
     multinode_cluster,
     node_ids_with,
     p99_bound,
+    pending_placement_groups,
     pending_task_demand,
     replica_nodes,
     request_bodies,
@@ -63,11 +68,28 @@ IDLE_REQUESTS = 200
 ROUNDS, HOLD_AT = 30, 5
 #: serve_cpu the replicas of serve_configs/fraud-cluster.yaml hold at their minimum sizes.
 SERVE_CPU_HELD = 1.5
+#: The cluster's CPUs (cluster/local-fake.yaml); the training job takes them all with one
+#: worker per node, so both worker types must have the same CPU count.
+WORKER_CPUS = NODE_RESOURCES["cpu_worker"]["CPU"]
+TOTAL_CPUS = WORKER_CPUS + NODE_RESOURCES["gpu_worker"]["CPU"]
+assert TOTAL_CPUS == 2 * WORKER_CPUS, "the scenario needs cpu_worker and gpu_worker CPUs equal"
+
+
+def test_the_nodes_are_those_of_the_local_fake_yaml(cluster):
+    """The multi-node cluster advertises exactly what cluster/local-fake.yaml declares."""
+    import ray
+
+    by_kind = {"cpu_worker": "serve_cpu", "gpu_worker": "GPU"}
+    for kind, marker in by_kind.items():
+        (node,) = [n for n in ray.nodes() if n["Alive"] and marker in n["Resources"]]
+        declared = {k: v for k, v in NODE_RESOURCES[kind].items() if k != "object_store_memory"}
+        advertised = {k: v for k, v in node["Resources"].items() if k in declared}
+        assert advertised == declared, kind
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    with multinode_cluster([cpu_worker(2), gpu_worker(2)]) as c:
+    with multinode_cluster([cpu_worker(), gpu_worker()]) as c:
         yield c
 
 
@@ -117,7 +139,7 @@ def test_serve_replicas_run_on_the_cpu_worker_and_hold_serve_cpu_not_cpu(url):
                           for replicas in placed.values()), placed
     available, total = ray.available_resources(), ray.cluster_resources()
     assert available["serve_cpu"] == pytest.approx(SERVE_CPU - SERVE_CPU_HELD)
-    assert available["CPU"] == total["CPU"] == 4      # replicas took no CPU
+    assert available["CPU"] == total["CPU"] == TOTAL_CPUS      # replicas took no CPU
 
 
 def test_training_and_feature_build_beside_serve(cluster, platform, load, tmp_path):
@@ -150,7 +172,7 @@ def test_training_and_feature_build_beside_serve(cluster, platform, load, tmp_pa
     config = TrainConfig(
         features_path=training_set(platform).path, num_boost_round=ROUNDS,
         early_stopping_rounds=0, run_name="colocated",
-        scaling={"num_workers": 2, "resources_per_worker": {"CPU": 2}},
+        scaling={"num_workers": 2, "resources_per_worker": {"CPU": WORKER_CPUS}},
         xgb_callbacks=[{"target": "tests.cluster._multinode:pause_at",
                         "kwargs": {"at_round": HOLD_AT, "report_dir": str(tmp_path)}}])
     load.start(tmp_path / "stop-load")
@@ -161,6 +183,7 @@ def test_training_and_feature_build_beside_serve(cluster, platform, load, tmp_pa
         check_jobs()
         return all((tmp_path / f"rank{r}.json").exists() for r in range(2))
 
+    second = None
     try:
         wait_for(training_holds_every_cpu, 300, "the training job to hold every CPU", ignore=())
         assert ray.available_resources().get("CPU", 0) == 0
@@ -173,11 +196,26 @@ def test_training_and_feature_build_beside_serve(cluster, platform, load, tmp_pa
         wait_for(build_waits_for_cpu, 120, "the feature build's tasks to wait for a CPU",
                  ignore=())
         assert build.is_alive() and "build" not in outcome    # waiting, not failed or done
+        # A second training job's reservation (Ray Train's placement group: the same bundles)
+        # waits too: reported as pending demand, not refused.
+        second = ray.util.placement_group([{"CPU": WORKER_CPUS}] * 2, strategy="PACK")
+        wait_for(lambda: second.id.hex() in pending_placement_groups(), 60,
+                 "the second reservation to wait as pending demand")
+        assert ray.util.placement_group_table(second)["state"] == "PENDING"
         # Serve kept its reservation while training holds every CPU.
         assert ray.available_resources()["serve_cpu"] == pytest.approx(serve_cpu_free)
         assert replica_nodes() == placed
+    except BaseException:
+        if second is not None:
+            ray.util.remove_placement_group(second)
+        raise
     finally:
         (tmp_path / "release").touch()   # the training job goes on
+    # The waiting reservation is granted once the training ends; given back at once so the
+    # feature build gets the CPUs.
+    granted = second.wait(timeout_seconds=400)
+    ray.util.remove_placement_group(second)
+    assert granted, "the waiting reservation never got the CPUs the training freed"
     for thread in (training, build):
         thread.join(timeout=400)
         assert not thread.is_alive(), f"{thread.name} did not finish"
@@ -202,5 +240,5 @@ def test_training_and_feature_build_beside_serve(cluster, platform, load, tmp_pa
     # Serve still holds exactly its share; every CPU is free again, no placement group left.
     assert replica_nodes() == placed
     assert ray.available_resources()["serve_cpu"] == pytest.approx(serve_cpu_free)
-    assert wait_all_cpus_free() == 4
+    assert wait_all_cpus_free() == TOTAL_CPUS
     assert not live_placement_groups()

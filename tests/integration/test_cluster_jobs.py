@@ -2,7 +2,8 @@
 
 Each check runs as a user would, from another process: the raw ``ray job submit`` of
 jobs/train.py to the session's ``ray start --head`` cluster (token auth on) succeeds, registers
-the model and its MLflow run carries the job's cost; ``mlp submit`` of a feature build (with
+the model and its MLflow run carries the whole job's cost, priced with the table the job was
+given (``MLP_PRICE_TABLE``); ``mlp submit`` of a feature build (with
 ``--env``) follows it to success and the build gets its own MLflow run with its cost; without
 the token both are refused with Ray's auth error; a failing job makes ``mlp submit`` exit 1 with
 the job's error (``--no-follow`` exits 0 and prints how to follow it); ``mlp cost`` sums the
@@ -25,6 +26,9 @@ REPO = Path(__file__).resolve().parents[2]
 MLP = str(Path(sys.executable).parent / "mlp")
 RAY = str(Path(sys.executable).parent / "ray")
 MODEL = "fraud-submit"            # not `fraud`: other modules own that one
+#: The price table the training job is given, as a cluster YAML gives its nodes (relative to the
+#: job's working directory, the uploaded repository): not the built-in prices.
+PRICE_TABLE = "cluster/gcp-gpu.yaml"
 
 
 def _run(cmd: list[str], env: dict | None = None, timeout: float = 600,
@@ -54,14 +58,16 @@ def _mlflow_run(platform, run_id: str):
 @pytest.fixture(scope="module")
 def trained(spine, ray_cluster, platform, tmp_path_factory):
     """The raw door, as the README shows it: ``ray job submit --working-dir . -- python
-    jobs/train.py --config <a small copy of jobs/configs/fraud_xgb.yaml>``."""
+    jobs/train.py --config <a small copy of jobs/configs/fraud_xgb.yaml>``, with
+    ``MLP_PRICE_TABLE`` set for the job as the cluster YAMLs set it on their nodes."""
     cfg = yaml.safe_load((REPO / "jobs/configs/fraud_xgb.yaml").read_text())
     cfg["train"].update(num_boost_round=30, early_stopping_rounds=10)
     cfg["register"] = {"name": MODEL, "alias": "candidate"}
     path = tmp_path_factory.mktemp("submit") / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
     versions_before = {v.version for v in ModelRegistry(platform).list_versions(MODEL)}
-    out = submit_job(ray_cluster, ["python", "jobs/train.py", "--config", str(path)])
+    out = submit_job(ray_cluster, ["python", "jobs/train.py", "--config", str(path)],
+                     runtime_env={"env_vars": {"MLP_PRICE_TABLE": PRICE_TABLE}})
     out.log = out.stdout + out.stderr
     out.versions_before = versions_before
     return out
@@ -74,15 +80,27 @@ def test_ray_job_submit_trains_registers_and_records_the_cost(trained, platform)
     mv = ModelRegistry(platform).resolve(f"{MODEL}@candidate")
     assert mv.run_id == run_id and mv.version not in trained.versions_before
 
+    from mlplatform.cluster.cost import DEFAULT_PRICES, load_price_table
+
     run = _mlflow_run(platform, run_id)
-    m, t = run.data.metrics, run.data.tags
+    m, t, p = run.data.metrics, run.data.tags, run.data.params
+    # priced with the table the job was given, read from that table (not the built-in one)
+    assert t["cost.price_table"] == PRICE_TABLE
+    prices = load_price_table(REPO / t["cost.price_table"])
+    assert prices.cpu_hour != DEFAULT_PRICES["cpu_hour"], "pick a table that tells them apart"
+    assert p["cost.price.cpu_hour"] == f"{prices.cpu_hour:g}"
     assert m["cost.wall_s"] > 0 and m["cost.gpu_hours"] == 0
-    # 2 workers x 1 CPU (the config's scaling) for the training's wall time
-    assert m["cost.cpu_hours"] == pytest.approx(2 * m["cost.wall_s"] / 3600)
-    assert m["cost.usd_estimate"] == pytest.approx(m["cost.cpu_hours"] * 0.048)
+    # the whole job: the Ray tasks that built the training set, then 2 workers x 1 CPU (the
+    # config's scaling) for the training's wall time
+    assert m["cost.prep.cpu_hours"] > 0 and m["cost.prep.wall_s"] > 0
+    assert m["cost.train.cpu_hours"] == pytest.approx(2 * m["cost.train.wall_s"] / 3600)
+    assert m["cost.cpu_hours"] == pytest.approx(m["cost.prep.cpu_hours"]
+                                                + m["cost.train.cpu_hours"])
+    assert m["cost.wall_s"] >= m["cost.prep.wall_s"] + m["cost.train.wall_s"]
+    assert m["cost.usd_estimate"] == pytest.approx(m["cost.cpu_hours"] * prices.cpu_hour)
     assert (t["mlplatform.job"], t["mlplatform.model"]) == ("train", MODEL)
-    assert (t["cost.gpu_type"], t["cost.method"]) == ("none", "scaling")
-    assert run.data.params["cost.cpus"] == "2"
+    assert (t["cost.gpu_type"], t["cost.method"]) == ("none", "ray_tasks+scaling")
+    assert p["cost.cpus"] == "2"
 
 
 def test_a_job_with_a_bad_config_fails_clearly(tmp_path):

@@ -169,9 +169,11 @@ def test_unshared_storage_is_reported(tmp_path, root, expected):
     ("/data/ckpt", "is not on anything the YAML mounts"),
     ("ftp://host/ckpt", "Ray Train cannot write to 'ftp://'"),
     ("ckpt", "is relative"),
-    ("/mnt/mlp/ray_results", None),               # on the shared mount
+    ("/mnt/mlp/ray_results", None),               # on the shared mount, on purpose
     ("gs://bucket/ray_results", None),
-    (None, None),                                  # unset: <MLP_STORAGE_ROOT>/ray_results
+    # unset (<MLP_STORAGE_ROOT>/ray_results) while GPU workers run on spot: refused
+    (None, "MLP_CHECKPOINT_STORAGE is not set, but GPU node type(s) ['gpu_worker'] run on "
+           "spot/preemptible capacity"),
 ])
 def test_checkpoint_storage_must_survive_a_node(tmp_path, where, expected):
     line = "export MLP_CHECKPOINT_STORAGE=s3://CHANGE-ME-mlplatform-bucket/ray_results\n"
@@ -182,6 +184,111 @@ def test_checkpoint_storage_must_survive_a_node(tmp_path, where, expected):
         assert problems == []
     else:
         assert expected in joined(problems)
+
+
+AWS_SPOT = "      InstanceMarketOptions:\n        MarketType: spot\n"
+GCP_SPOT = "        provisioningModel: SPOT\n        instanceTerminationAction: DELETE\n"
+
+
+@pytest.mark.parametrize("path, spot_lines", [(CLOUD_YAMLS[0], AWS_SPOT),
+                                              (CLOUD_YAMLS[1], GCP_SPOT)], ids=["aws", "gcp"])
+def test_unset_checkpoint_storage_is_refused_only_with_spot_gpu_workers(tmp_path, path,
+                                                                        spot_lines):
+    from mlplatform.cluster.validate_env import spot_gpu_types
+
+    assert spot_gpu_types(yaml.safe_load(path.read_text())) == ["gpu_worker"]
+    line = re.search(r"    export MLP_CHECKPOINT_STORAGE=.*\n", path.read_text())[0]
+    unset = variant(tmp_path, path, line, "")
+    assert "run on spot/preemptible capacity" in joined(validate_cluster_config(unset))
+    # the same YAML with on-demand GPU workers: the shared root is fine
+    on_demand = variant(tmp_path, unset, spot_lines, "")
+    assert spot_gpu_types(yaml.safe_load(on_demand.read_text())) == []
+    assert [p for p in validate_cluster_config(on_demand) if "CHECKPOINT" in p] == []
+    # GCP's older form, preemptible: true, counts as spot too
+    preemptible = {"available_node_types": {"gpu": {
+        "resources": {"GPU": 1}, "node_config": {"scheduling": [{"preemptible": True}]}}}}
+    assert spot_gpu_types(preemptible) == []      # malformed (a list): no crash, no match
+    preemptible["available_node_types"]["gpu"]["node_config"]["scheduling"] = {
+        "preemptible": True}
+    assert spot_gpu_types(preemptible) == ["gpu"]
+
+
+# ------------------------------------------------------------ the MLflow server on the head ---
+def _aws_start_commands_with(tmp_path, old: str, new: str) -> Path:
+    return variant(tmp_path, CLOUD_YAMLS[0], old, new)
+
+
+SERVER_LINE = 'MLFLOW_BACKEND_STORE_URI="$db_uri" nohup mlflow server'
+SECRET_LINE = re.search(r"    db_uri=.*\n", CLOUD_YAMLS[0].read_text())[0]
+
+
+@pytest.mark.parametrize("old, new", [
+    # the env-var form the shipped YAMLs use, with a literal SQLite URI
+    (SERVER_LINE, "MLFLOW_BACKEND_STORE_URI=sqlite:////home/ubuntu/mlflow.db nohup mlflow server"),
+    # ... and through the shell variable it names
+    (SECRET_LINE, "    db_uri=sqlite:////home/ubuntu/mlflow.db\n"),
+    # exported on a line of its own
+    (SERVER_LINE, "export MLFLOW_BACKEND_STORE_URI='sqlite:////home/ubuntu/mlflow.db'\n"
+                  "    nohup mlflow server"),
+    # the flag form
+    (SERVER_LINE, "nohup mlflow server --backend-store-uri sqlite:////home/ubuntu/mlflow.db"),
+], ids=["env-literal", "env-variable", "env-export", "flag"])
+def test_sqlite_backend_of_the_head_mlflow_server_is_reported(tmp_path, old, new):
+    bad = _aws_start_commands_with(tmp_path, old, new)
+    assert ("the MLflow server on the head stores runs in sqlite:////home/ubuntu/mlflow.db"
+            in joined(validate_cluster_config(bad)))
+
+
+def test_head_mlflow_server_missing_or_without_a_database_is_reported(tmp_path):
+    config = yaml.safe_load(CLOUD_YAMLS[1].read_text())
+    config["head_start_ray_commands"] = [c for c in config["head_start_ray_commands"]
+                                         if "mlflow server" not in c]
+    text = joined(problems_of(tmp_path, config))
+    assert ("MLP_MLFLOW_TRACKING_URI=http://${RAY_HEAD_IP}:5000 points at the head, but "
+            "head_start_ray_commands start no `mlflow server`") in text
+    no_backend = _aws_start_commands_with(tmp_path, SERVER_LINE, "nohup mlflow server")
+    assert "the MLflow server on the head has no backend store" in joined(
+        validate_cluster_config(no_backend))
+    # a PostgreSQL URI, in either form, is what the rule wants
+    for line in ("MLFLOW_BACKEND_STORE_URI=postgresql://u@db:5432/mlflow nohup mlflow server",
+                 "nohup mlflow server --backend-store-uri postgresql://u@db:5432/mlflow"):
+        good = _aws_start_commands_with(tmp_path, SERVER_LINE, line)
+        assert [p for p in validate_cluster_config(good) if "MLflow" in p] == []
+
+
+# -------------------------------------------------------------- the price table on the nodes ---
+@pytest.mark.parametrize("path", CLOUD_YAMLS, ids=lambda p: p.name)
+def test_every_node_gets_this_yaml_as_its_price_table(path):
+    """file_mounts ships the YAML to every node and MLP_PRICE_TABLE names that copy, so a job
+    there is priced with this file's metadata.prices (not the built-in prices)."""
+    config = yaml.safe_load(path.read_text())
+    (where,) = set(re.findall(r'export MLP_PRICE_TABLE="?([^"\s]+)', path.read_text()))
+    node_path = where.replace("$HOME", "~")
+    target, source = next((t, s) for t, s in config["file_mounts"].items()
+                          if node_path.startswith(t.rstrip("/") + "/"))
+    assert (REPO / source / node_path[len(target) + 1:]).resolve() == path.resolve()
+
+
+@pytest.mark.parametrize("path", CLOUD_YAMLS, ids=lambda p: p.name)
+def test_nodes_without_a_price_table_are_reported(tmp_path, path):
+    line = re.search(r"    export MLP_PRICE_TABLE=.*\n", path.read_text())[0]
+    unset = variant(tmp_path, path, line, "")
+    assert ("every node type: MLP_PRICE_TABLE is not set: jobs there would be costed at "
+            "mlplatform's built-in prices") in joined(validate_cluster_config(unset))
+    unshipped = variant(tmp_path, path, '"~/mlp-cluster": "cluster"', "")
+    assert "nothing puts a file there" in joined(validate_cluster_config(unshipped))
+
+
+def test_a_shipped_price_table_must_be_this_yamls(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "aws-gpu.yaml").write_text("cpu_hour: 0.1\ngpu_hour: {L4: 0.805, A10G: 1.006}\n")
+    elsewhere = variant(tmp_path, CLOUD_YAMLS[0], '"~/mlp-cluster": "cluster"',
+                        f'"~/mlp-cluster": "{other}"')
+    assert "whose prices differ from this YAML's metadata.prices" in joined(
+        validate_cluster_config(elsewhere))
+    (other / "aws-gpu.yaml").write_text("cpu_hours: 0.1\n")
+    assert "is not a price table" in joined(validate_cluster_config(elsewhere))
 
 
 def test_unknown_mlp_variable_and_unpinned_image_are_reported(tmp_path):
@@ -271,7 +378,8 @@ def groups(spec: dict) -> dict[str, dict]:
 
 def test_kuberay_manifests_parse_with_the_right_kinds():
     assert [(d["apiVersion"], d["kind"]) for d in kuberay("raycluster.yaml")] == [
-        ("v1", "ConfigMap"), ("v1", "PersistentVolumeClaim"), ("ray.io/v1", "RayCluster")]
+        ("v1", "ConfigMap"), ("v1", "ConfigMap"), ("v1", "PersistentVolumeClaim"),
+        ("ray.io/v1", "RayCluster")]
     assert [(d["apiVersion"], d["kind"]) for d in kuberay("rayjob.yaml")] == [("ray.io/v1", "RayJob")]
     assert [(d["apiVersion"], d["kind"]) for d in kuberay("rayservice.yaml")] == [
         ("ray.io/v1", "RayService")]
@@ -346,3 +454,80 @@ def test_every_config_pins_the_project_version():
     assert f"/v{VERSION}.zip" in (KUBERAY / "rayjob.yaml").read_text()
     raw = yaml.safe_load(kuberay("rayservice.yaml")[0]["spec"]["serveConfigV2"])
     assert raw["applications"][0]["runtime_env"]["pip"] == [f"mlplatform=={VERSION}"]
+
+
+def test_kuberay_pods_get_the_aws_price_table():
+    """MLP_PRICE_TABLE names a file of the mlplatform-prices ConfigMap, mounted in every Ray
+    pod, holding cluster/aws-gpu.yaml's prices (the node types KubeRay mirrors)."""
+    import posixpath
+
+    from mlplatform.cluster.cost import PriceTable
+
+    env, prices_map = kuberay("raycluster.yaml")[:2]
+    assert prices_map["metadata"]["name"] == "mlplatform-prices"
+    folder, key = posixpath.split(env["data"]["MLP_PRICE_TABLE"])
+    table = PriceTable.from_mapping(yaml.safe_load(prices_map["data"][key]), "ConfigMap")
+    aws = PriceTable.from_mapping(yaml.safe_load(CLOUD_YAMLS[0].read_text()), "aws-gpu.yaml")
+    assert (table.cpu_hour, table.gpu_hour) == (aws.cpu_hour, aws.gpu_hour)
+    for doc in ray_docs():
+        for group_name, group in groups(ray_cluster_spec(doc)).items():
+            pod = group["template"]["spec"]
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            (container,) = pod["containers"]
+            (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == folder]
+            assert volumes[mount["name"]]["configMap"] == {"name": "mlplatform-prices"}, (
+                doc["kind"], group_name)
+
+
+# ------------------------------------------------- the RayService vs serve_configs/ -----------
+#: Where the RayService's Serve config may differ from serve_configs/fraud-cluster.yaml, and why:
+#: the launcher YAMLs install mlplatform on every node; KubeRay pods get it per app.
+INTENDED_SERVE_DIFFERENCES = {"runtime_env"}
+
+
+def test_rayservice_serve_config_is_fraud_cluster_yaml():
+    """The RayService embeds serve_configs/fraud-cluster.yaml: the same proxy placement, args
+    and deployments (replicas, resources, autoscaling, user_config), differing only in
+    :data:`INTENDED_SERVE_DIFFERENCES`."""
+    embedded = yaml.safe_load(kuberay("rayservice.yaml")[0]["spec"]["serveConfigV2"])
+    shipped = yaml.safe_load((REPO / "serve_configs" / "fraud-cluster.yaml").read_text())
+    for key in ("proxy_location", "http_options"):
+        assert embedded.get(key) == shipped.get(key), key
+    apps = {a["name"]: a for a in shipped["applications"]}
+    assert [a["name"] for a in embedded["applications"]] == list(apps)
+    for app_ in embedded["applications"]:
+        other = apps[app_["name"]]
+        for key in sorted((set(app_) | set(other)) - INTENDED_SERVE_DIFFERENCES - {"deployments"}):
+            assert app_.get(key) == other.get(key), f"application {app_['name']}: {key}"
+        mine = {d["name"]: d for d in app_["deployments"]}
+        theirs = {d["name"]: d for d in other["deployments"]}
+        assert list(mine) == list(theirs), app_["name"]
+        for name, deployment in mine.items():
+            assert deployment == theirs[name], f"deployment {name}"
+        assert set(app_) - set(other) <= INTENDED_SERVE_DIFFERENCES
+
+
+# ------------------------------------------------------------ mlp cluster up/down-local ------
+def test_up_local_cli_refuses_a_cloud_yaml_and_starts_nothing(tmp_path):
+    import ray.autoscaler._private.util  # noqa: F401  before CliRunner swaps stderr (Ray's log
+    # handler keeps the stream it is created with)
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["cluster", "up-local", "--config", str(CLOUD_YAMLS[0]),
+                              "--state-dir", str(tmp_path / "state")])
+    assert out.exit_code == 1, out.output
+    assert "provider.type is 'aws'; up-local runs only `fake_multinode` configs" in out.output
+    assert not (tmp_path / "state").exists()
+    missing = runner.invoke(app, ["cluster", "up-local", "--config", str(tmp_path / "no.yaml")])
+    assert missing.exit_code == 2 and "Invalid value for '--config'" in missing.output
+    helped = runner.invoke(app, ["cluster", "up-local", "--help"])
+    assert helped.exit_code == 0 and "--state-dir" in helped.output and "--config" in helped.output
+
+
+def test_down_local_cli_with_no_cluster_says_so_and_exits_0(tmp_path):
+    out = CliRunner().invoke(app, ["cluster", "down-local", "--state-dir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert f"No local cluster is running (no {tmp_path / 'state.json'})" in out.output
+    (tmp_path / "state.json").write_text("{not json")
+    broken = CliRunner().invoke(app, ["cluster", "down-local", "--state-dir", str(tmp_path)])
+    assert broken.exit_code == 1 and "is unreadable" in broken.output

@@ -18,7 +18,7 @@ from mlplatform.cluster.cost import (
     trials_usage,
 )
 from mlplatform.cluster.cost_summary import CostRecord, format_table, parse_since, summarize
-from mlplatform.cluster.submit import find_token, plan
+from mlplatform.cluster.submit import dashboard_address, find_token, plan
 from mlplatform.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,7 +102,7 @@ def test_cost_fields_are_prefixed_and_tag_the_job_and_model():
     u = Usage(wall_s=7200, cpu_s=4 * 7200, gpu_s=7200, gpu_type="A10G", cpus=4, gpus=1)
     metrics, params, tags = cost_fields(u, PriceTable.default(), "train", "fraud")
     assert metrics == pytest.approx({"cost.wall_s": 7200, "cost.cpu_hours": 8.0,
-                                     "cost.gpu_hours": 2.0,
+                                     "cost.gpu_hours": 2.0, "cost.gpu_hours.A10G": 2.0,
                                      "cost.usd_estimate": 8 * 0.048 + 2 * 1.006})
     assert params == {"cost.cpus": "4", "cost.gpus": "1", "cost.price.cpu_hour": "0.048",
                       "cost.price.gpu_hour": "1.006"}
@@ -110,6 +110,101 @@ def test_cost_fields_are_prefixed_and_tag_the_job_and_model():
     assert tags["mlplatform.model"] == "fraud" and tags["cost.price_table"] == "built-in"
     _, _, no_model = cost_fields(u, PriceTable.default(), "build_features")
     assert "mlplatform.model" not in no_model
+
+
+# ------------------------------------------------------- whole jobs, measured GPU types -------
+def test_a_jobs_usage_is_its_steps_added_up_with_gpu_types_kept_apart():
+    from mlplatform.cluster.job_usage import combine
+
+    prep = Usage(wall_s=600, cpu_s=1800, method="ray_tasks")
+    train = scaling_usage({"CPU": 4}, 2, True, 3600, gpu_type="L4")
+    job = combine({"prep": prep, "train": train}, wall_s=4300)
+    assert (job.wall_s, job.method, job.gpu_type, job.cpus, job.gpus) == (
+        4300, "ray_tasks+scaling", "L4", 8, 2)
+    assert job.cpu_hours == pytest.approx(0.5 + 8) and job.gpu_hours == pytest.approx(2)
+    metrics, params, tags = cost_fields(job, PriceTable.default(), "train", "fraud")
+    assert metrics["cost.usd_estimate"] == pytest.approx(8.5 * 0.048 + 2 * 0.805)
+    assert metrics["cost.prep.cpu_hours"] == pytest.approx(0.5)
+    assert metrics["cost.train.wall_s"] == 3600 and metrics["cost.prep.wall_s"] == 600
+    assert metrics["cost.train.gpu_hours"] == pytest.approx(2)
+    assert params["cost.price.gpu_hour"] == "0.805" and tags["cost.method"] == "ray_tasks+scaling"
+
+
+def test_gpus_of_several_types_are_priced_and_summed_per_type():
+    from dataclasses import replace
+
+    from mlplatform.cluster.job_usage import combine
+
+    a100 = scaling_usage({"CPU": 1}, 1, True, 3600, gpu_type="A100")
+    l4 = scaling_usage({"CPU": 1}, 2, True, 3600, gpu_type="L4")
+    both = combine({"a": a100, "b": l4}, 3600)
+    assert both.gpu_type == "A100+L4" and both.gpu_seconds_by_type() == {"A100": 3600,
+                                                                          "L4": 7200}
+    prices = PriceTable.default()
+    assert estimate(both, prices) == pytest.approx(3 * 0.048 + 3.67 + 2 * 0.805)
+    metrics, params, _ = cost_fields(both, prices, "train")
+    assert metrics["cost.gpu_hours.A100"] == pytest.approx(1)
+    assert metrics["cost.gpu_hours.L4"] == pytest.approx(2)
+    assert params["cost.price.gpu_hour.A100"] == "3.67" and "cost.price.gpu_hour" not in params
+    # `mlp cost` puts each type's hours in its own column, not under "A100+L4"
+    run = SimpleNamespace(
+        info=SimpleNamespace(run_id="r", start_time=int(NOW.timestamp() * 1000)),
+        data=SimpleNamespace(metrics=metrics, tags={"cost.gpu_type": both.gpu_type}))
+    _, total = summarize([CostRecord.from_run(run)], "job")
+    assert total.gpu_hours == pytest.approx({"A100": 1.0, "L4": 2.0})
+    assert replace(both, gpu_split=()).gpu_seconds_by_type() == {"A100+L4": 10800}
+
+
+@pytest.fixture
+def ray_state(monkeypatch):
+    """What the state API says about this job's Train workers and the cluster's nodes."""
+    from mlplatform.cluster import job_usage
+
+    state = SimpleNamespace(workers={}, nodes={})
+    monkeypatch.setattr(job_usage, "train_workers", lambda: dict(state.workers))
+    monkeypatch.setattr(job_usage, "node_accelerators", lambda: dict(state.nodes))
+    return state
+
+
+def test_training_meter_prices_the_type_the_workers_ran_on(ray_state):
+    from mlplatform.cluster.job_usage import TrainingMeter
+
+    ray_state.workers = {"old": "n0"}                   # an earlier run of this driver
+    ray_state.nodes = {"n0": "A100", "n1": "L4", "n2": "A100"}
+    meter = TrainingMeter({"CPU": 4}, num_workers=2, use_gpu=True)
+    with meter:
+        ray_state.workers.update({"w1": "n1", "w2": "n1"})
+    # the GPU node is gone by the time the cost is recorded (idle timeout): Ray no longer
+    # says what it was, the meter noted it while it ran
+    del ray_state.nodes["n1"]
+    usage = meter.usage()
+    assert usage.gpu_type == "L4" and usage.gpus == 2
+    assert usage.gpu_s == pytest.approx(2 * meter.wall_s)
+    # workers on two types (and a restarted group: the dead workers count too); a node never
+    # seen advertising a type is `unknown`, priced at the default
+    ray_state.workers.update({"w3": "n2", "w4": "never-seen"})
+    mixed = meter.usage()
+    assert mixed.gpu_type == "A100+L4+unknown"
+    assert dict(mixed.gpu_split) == pytest.approx(
+        {"A100": 0.5 * meter.wall_s, "L4": meter.wall_s, "unknown": 0.5 * meter.wall_s})
+
+
+def test_training_meter_without_state_api_or_gpus(ray_state, monkeypatch):
+    from mlplatform.cluster import job_usage
+    from mlplatform.cluster.job_usage import TrainingMeter
+
+    monkeypatch.setattr(job_usage, "train_workers", lambda: None)      # no answer
+    with TrainingMeter({"CPU": 1}, 1, True) as meter:
+        pass
+    assert meter.usage().gpu_type == "unknown"                         # not a guess
+    # the type asked for pins it: no state API needed
+    with TrainingMeter({"CPU": 1, "accelerator_type:A100": 0.001}, 1, True) as pinned:
+        pass
+    assert pinned.usage().gpu_type == "A100"
+    with TrainingMeter({"CPU": 2}, 3, False) as cpu_only:
+        pass
+    usage = cpu_only.usage()
+    assert (usage.gpu_type, usage.gpu_s, usage.cpus) == ("none", 0, 6)
 
 
 # ---------------------------------------------------------------------------- summary -------
@@ -207,3 +302,15 @@ def test_find_token_follows_rays_order(tmp_path):
     assert find_token({"HOME": str(home), "RAY_AUTH_TOKEN_PATH": str(path)}) == "from-path"
     assert find_token({"HOME": str(home), "RAY_AUTH_TOKEN_PATH": str(path),
                        "RAY_AUTH_TOKEN": "from-env"}) == "from-env"
+
+
+def test_submit_address_order_is_what_the_help_says():
+    from mlplatform.cli_jobs import AddressOpt
+
+    both = {"RAY_API_SERVER_ADDRESS": "http://api:8265", "RAY_ADDRESS": "http://addr:8265"}
+    assert dashboard_address(None, both) == "http://api:8265"
+    assert dashboard_address(None, {"RAY_ADDRESS": "http://addr:8265"}) == "http://addr:8265"
+    assert dashboard_address(None, {}) == "http://127.0.0.1:8265"
+    assert dashboard_address("http://given:1", both) == "http://given:1"
+    assert "$RAY_API_SERVER_ADDRESS, then $RAY_ADDRESS, then http://127.0.0.1:8265" in (
+        AddressOpt.help)
