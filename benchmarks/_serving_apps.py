@@ -6,7 +6,7 @@
 - :func:`train_model`: the synthetic booster (the fraud job's parameters, on random data);
 - :func:`prepare_fraud`: the real registered model and online store (``run_spine``), and one
   transaction: its raw request body for the composed app and its 21 model inputs for the rest;
-- :func:`router_overhead`: the Router's arm choice, timed in-process;
+- :func:`router_overhead`: the arm choice (done in the Ingress), timed in-process;
 - the servers: :func:`uvicorn_server` (a process) and :func:`serve_instance` (Serve behind its
   default proxy or HAProxy), and what proves which ingress answered (:func:`listener`,
   :func:`haproxy_counts`).
@@ -23,7 +23,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import timeit
@@ -69,7 +68,8 @@ class Row(BaseModel):
 
 
 class _Scorer:
-    """A booster, scoring rows as the ModelServer does: one in-place model call on the rows."""
+    """A booster, scoring rows as ``LoadedModel.predict_matrix`` does in the composed app: one
+    in-place model call on the rows."""
 
     def __init__(self, model_path: str, columns: list[str]):
         import xgboost as xgb
@@ -221,12 +221,17 @@ def prepare_fraud(work: Path, say) -> FraudTarget:
 
 
 def router_overhead(number: int = 20_000, repeat: int = 5) -> dict[str, float]:
-    """Microseconds per ``Splitter.choose()`` (weighted random) and ``choose(key)`` (sticky:
-    a SHA-256 of the key) on the 90/10 split, best of ``repeat`` timeit runs."""
-    from mlplatform.serving.routing import RouterConfig, Splitter
+    """Microseconds per ``Splitter.choose()`` (weighted random), ``choose(key)`` (sticky: a
+    SHA-256 of the key) and ``RouteTable.arms_for([record])`` (what the Ingress calls per
+    request) on the 90/10 split, best of ``repeat`` timeit runs."""
+    from mlplatform.serving.routing import RouterConfig, RouteTable, Splitter
 
-    splitter = Splitter(RouterConfig.from_user_config({**SPLIT, "sticky_key": "user_id"}),
-                        seed=0)
+    config = RouterConfig.from_user_config({**SPLIT, "sticky_key": "user_id"})
+    splitter = Splitter(config, seed=0)
+    info = {"model_name": "fraud", "model_version": "1", "threshold": 0.5, "kind": "xgboost"}
+    table = RouteTable(RouterConfig.from_user_config(SPLIT),
+                       {a["model"]: info for a in SPLIT["arms"]}, seed=0)
+    record = [{"user_id": "u-1", "amount": 12.5}]
     keys = [f"u-{i}" for i in range(1000)]
 
     def sticky() -> None:
@@ -235,14 +240,17 @@ def router_overhead(number: int = 20_000, repeat: int = 5) -> dict[str, float]:
 
     random_us = min(timeit.repeat(splitter.choose, number=number, repeat=repeat)) / number
     sticky_us = min(timeit.repeat(sticky, number=number // len(keys), repeat=repeat)) / number
-    return {"choose_us": random_us * 1e6, "choose_key_us": sticky_us * 1e6}
+    arms_us = min(timeit.repeat(lambda: table.arms_for(record), number=number,
+                                repeat=repeat)) / number
+    return {"choose_us": random_us * 1e6, "choose_key_us": sticky_us * 1e6,
+            "arms_for_us": arms_us * 1e6}
 
 
 # ------------------------------------------------------------------ the servers ----------
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from mlplatform._ports import free_port
+
+    return free_port()
 
 
 def listener(port: int) -> str:

@@ -20,16 +20,18 @@ Targets (apps in ``_serving_apps.py``), each on:
 - on Serve, ``XGBoost`` and ``fraud model`` again through ``@serve.batch`` (32 rows or 5 ms, the
   ModelServer's settings); those one-deployment rows are one replica of one FastAPI app;
 - ``composed app``: ``POST /predict`` of the real app (``serve_configs/fraud.yaml`` through
-  :func:`mlplatform.serving.deploy`): Ingress (auth, validation, FeatureLookup in-process:
-  online store + model inputs) -> Router -> ModelServer-fraud-champion (adaptive
-  ``@serve.batch``) (+ Explainer), with the raw transaction as body.
+  :func:`mlplatform.serving.deploy`): Ingress (auth, validation, FeatureLookup and the arm
+  choice in-process) -> ModelServer-fraud-champion (adaptive ``@serve.batch``), with the Router
+  publishing the route table off the request path (+ Explainer); the raw transaction as body;
+- ``composed app, embedded models``: the same YAML with ``args.embed_models: true``: the model
+  is loaded in the Ingress replica, no ModelServer deployment, no Serve hop per request.
 
 The registered model and online store come from ``run_spine`` (5,000 rows, 300 rounds) into a
 temporary storage root, once per run. Every server must return the same score for the same row
 (synthetic or fraud). The load comes from ``_http_load.py`` in another process (aiohttp, closed
 loop: ``--warmup`` untimed requests, then ``--requests`` timed ones, at each ``--concurrency``).
-The Router's arm choice (``Splitter.choose``) is timed in-process. The goals of the composed app
-are checked at the end (``GOALS``).
+The arm choice (``Splitter.choose``, ``RouteTable.arms_for``) is timed in-process. The goals of
+both composed apps are checked at the end (``GOALS``).
 
 Results: benchmarks/results/serving.json and serving.md (overwritten by each run).
 """
@@ -54,11 +56,14 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 LABELS = {"noop": "no-op", "xgb": "XGBoost", "xgb-batched": "XGBoost @serve.batch",
           "fraud": "fraud model", "fraud-batched": "fraud model @serve.batch",
-          "composed": "composed app"}
+          "composed": "composed app", "composed-embedded": "composed app, embedded models"}
 #: The plain-uvicorn row doing the same work as each workload (for "x uvicorn").
 SAME_WORK = {"noop": "noop", "xgb": "xgb", "xgb-batched": "xgb", "fraud": "fraud",
-             "fraud-batched": "fraud", "composed": "fraud"}
+             "fraud-batched": "fraud", "composed": "fraud", "composed-embedded": "fraud"}
 INGRESSES = ("serve-proxy", "serve-haproxy")
+#: The composed app, as fraud.yaml deploys it (a ModelServer deployment per model) and with
+#: ``args.embed_models`` (the models inside the Ingress replicas, no Serve hop per request).
+COMPOSED = ("composed", "composed-embedded")
 #: The composed app's goals: p50/p99 at c=1 at most 1.3x one deployment of the same model and
 #: at most 2 ms above the no-op; rps at c=32 at least half the no-op's (same ingress).
 GOALS = {"latency_ratio": 1.3, "latency_over_noop_ms": 2.0, "throughput_ratio": 0.5}
@@ -171,36 +176,45 @@ def _vs(comp: dict | None, base: dict | None, limit: float | None) -> list | Non
              None if limit is None else comp[k] / base[k] <= limit) for s, k in STATS]
 
 
+def _composed_goals(by: dict, ing: str, wl: str) -> list[dict]:
+    """The goals of one composed app (``wl``) on one ingress."""
+    g, out, name = GOALS, [], LABELS[wl]
+    comp, noop = by.get((ing, wl, 1)), by.get((ing, "noop", 1))
+    for base, batching in (("fraud-batched", "same"), ("fraud", "no")):
+        out.append(_goal(f"{name} c=1 <= {g['latency_ratio']}x one deployment, same model, "
+                         f"{batching} @serve.batch", ing,
+                         _vs(comp, by.get((ing, base, 1)), g["latency_ratio"])))
+    out.append(_goal(f"{name} c=1 <= no-op Serve app + {g['latency_over_noop_ms']:.0f} ms", ing,
+                     None if comp is None or noop is None else [
+                         (s, f"+{comp[k] - noop[k]:.2f} ms ({comp[k]:.2f} vs {noop[k]:.2f})",
+                          comp[k] - noop[k] <= g["latency_over_noop_ms"]) for s, k in STATS]))
+    out.append(_goal(f"{name} c=1 vs plain uvicorn, same model (no goal)", ing,
+                     _vs(comp, by.get(("uvicorn", "fraud", 1)), None)))
+    comp32, noop32 = by.get((ing, wl, 32)), by.get((ing, "noop", 32))
+    out.append(_goal(f"{name} rps c=32 >= {g['throughput_ratio']}x no-op Serve app", ing,
+                     None if comp32 is None or noop32 is None else [
+                         ("rps", f"{comp32['rps'] / noop32['rps']:.2f}x ({comp32['rps']:,.0f} "
+                          f"vs {noop32['rps']:,.0f})",
+                          comp32["rps"] / noop32["rps"] >= g["throughput_ratio"])]))
+    return out
+
+
 def goals(rows: list[dict], facts: dict) -> list[dict]:
     """The composed app's goals, per Serve ingress, from the measured rows; then, as
     information, the in-process costs of two of its steps (arm choice, feature lookup)."""
     by = {(r["ingress"], r["workload"], r["concurrency"]): r for r in rows}
-    g, out = GOALS, []
+    out: list[dict] = []
     for ing in INGRESSES:
-        comp, noop = by.get((ing, "composed", 1)), by.get((ing, "noop", 1))
-        for base, batching in (("fraud-batched", "same"), ("fraud", "no")):
-            out.append(_goal(f"composed c=1 <= {g['latency_ratio']}x one deployment, same "
-                             f"model, {batching} @serve.batch", ing,
-                             _vs(comp, by.get((ing, base, 1)), g["latency_ratio"])))
-        out.append(_goal(f"composed c=1 <= no-op Serve app + {g['latency_over_noop_ms']:.0f} ms",
-                         ing, None if comp is None or noop is None else [
-                             (s, f"+{comp[k] - noop[k]:.2f} ms ({comp[k]:.2f} vs {noop[k]:.2f})",
-                              comp[k] - noop[k] <= g["latency_over_noop_ms"]) for s, k in STATS]))
-        out.append(_goal("composed c=1 vs plain uvicorn, same model (no goal)", ing,
-                         _vs(comp, by.get(("uvicorn", "fraud", 1)), None)))
-        comp32, noop32 = by.get((ing, "composed", 32)), by.get((ing, "noop", 32))
-        out.append(_goal(f"composed rps c=32 >= {g['throughput_ratio']}x no-op Serve app", ing,
-                         None if comp32 is None or noop32 is None else [
-                             ("rps", f"{comp32['rps'] / noop32['rps']:.2f}x ({comp32['rps']:,.0f} "
-                              f"vs {noop32['rps']:,.0f})",
-                              comp32["rps"] / noop32["rps"] >= g["throughput_ratio"])]))
+        for wl in COMPOSED:
+            out += _composed_goals(by, ing, wl)
     router, lookup_ms = facts["router_overhead"], facts["fraud_model"]["lookup_ms"]
-    p50 = [by[(i, "composed", 1)]["p50_ms"] for i in INGRESSES if (i, "composed", 1) in by]
+    p50 = [by[(i, w, 1)]["p50_ms"] for i in INGRESSES for w in COMPOSED if (i, w, 1) in by]
     share = (f" = {router['choose_key_us'] / 10 / min(p50):.3f}% of the fastest composed "
              "p50" if p50 else "")
-    out.append(_goal("Router arm choice per request, in-process (90/10 split)", "-", [
+    out.append(_goal("arm choice per request, in the Ingress (90/10 split)", "-", [
         ("choose()", f"{router['choose_us']:.2f} us", None),
-        ("choose(key)", f"{router['choose_key_us']:.2f} us{share}", None)]))
+        ("choose(key)", f"{router['choose_key_us']:.2f} us{share}", None),
+        ("RouteTable.arms_for()", f"{router['arms_for_us']:.2f} us", None)]))
     out.append(_goal("FeatureLookup.features per request, in-process (online store + "
                      "model_inputs)", "-", [("median", f"{lookup_ms:.2f} ms", None)]))
     return out
@@ -245,7 +259,7 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
     from mlplatform.serving import deploy
 
     cloudpickle.register_pickle_by_value(apps)   # replicas cannot import _serving_apps
-    runner = _Runner(args, progress, (3 + 6 * len(INGRESSES)) * len(args.concurrency))
+    runner = _Runner(args, progress, (3 + 7 * len(INGRESSES)) * len(args.concurrency))
     model, start, facts = work / "model.json", time.monotonic(), {"steps": []}
 
     def say(what: str) -> None:
@@ -301,6 +315,15 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
                               http_port=port, controller_env=env)   # env: Serve already started
                 runner.run(ingress, "composed", f"{base}/predict", headers=auth,
                            body=fraud.instance, stats_port=stats)
+                serve.delete("fraud")
+                say(f"deploying it with embed_models: true on {ingress}")
+                base = deploy(args_overrides={"models": [apps.MODEL_REF], "embed_models": True,
+                                              "platform": fraud.platform},
+                              router_config={"arms": [{"name": "champion",
+                                                       "model": apps.MODEL_REF, "weight": 100}]},
+                              http_port=port, controller_env=env)
+                runner.run(ingress, "composed-embedded", f"{base}/predict", headers=auth,
+                           body=fraud.instance, stats_port=stats)
                 say(f"{ingress} done")
     finally:
         ray.shutdown()
@@ -323,16 +346,22 @@ def notes(rows: list[dict], scores: dict[str, dict[str, float]], facts: dict) ->
         "ModelServer batches adaptively (a request alone on the replica is scored at once, "
         "concurrent ones go through @serve.batch), so at c=1 the like-for-like line is 'no "
         "@serve.batch'.",
-        "Composed app as serve_configs/fraud.yaml deploys it: Ingress (with the feature "
-        "lookup in-process), Router, Explainer one replica each; ModelServer-fraud-champion "
-        "autoscaling 1-4 replicas (target 16 ongoing requests); fractional num_cpus; auth on "
-        "(bearer token). One "
+        "Composed app as serve_configs/fraud.yaml deploys it: Ingress (auth, validation, the "
+        "feature lookup and the arm choice in-process), Router (control plane: publishes the "
+        "route table, off the request path), Explainer one replica each; "
+        "ModelServer-fraud-champion autoscaling 1-4 replicas (target 16 ongoing requests): one "
+        "Serve hop per request (Ingress -> ModelServer). 'embedded models' is the same YAML with "
+        "args.embed_models: true: the model is loaded in the Ingress replica and scored "
+        "in-process (adaptive @serve.batch there), no ModelServer deployment, no Serve hop. "
+        "Fractional num_cpus; auth on (bearer token). One "
         "transaction per request, its features looked up in the online store on every request; "
         f"the same transaction's inputs, precomputed, are the fraud-model rows' body. Model: "
         f"{facts['fraud_model']['version']} (run_spine, {apps.SPINE_ROWS:,} rows, "
         f"{apps.SPINE_ROUNDS} rounds).",
-        "Router overhead: Splitter.choose() (weighted random) and choose(key) (sticky: SHA-256 "
-        "of the key), 90/10 split, best of 5 timeit runs in this process: " + ", ".join(
+        "Arm choice (in the Ingress, with the route table the Router publishes): "
+        "Splitter.choose() (weighted random) and choose(key) (sticky: SHA-256 of the key), and "
+        "RouteTable.arms_for() of one request (what the Ingress calls), 90/10 split, best of 5 "
+        "timeit runs in this process: " + ", ".join(
             f"{k} {v:.2f}" for k, v in facts["router_overhead"].items()) + " us/call. "
         "FeatureLookup.features (the online-store lookup and model_inputs of one transaction, "
         f"in-process, median of 50): {facts['fraud_model']['lookup_ms']:.2f} ms.",

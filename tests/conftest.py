@@ -1,7 +1,6 @@
 """Shared test helpers (no Ray here: unit tests must not pay for it)."""
 
 import os
-import socket
 import time
 from collections.abc import Callable
 
@@ -9,11 +8,7 @@ from collections.abc import Callable
 # have it set before any test module imports ray (the Makefile exports it too).
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from mlplatform._ports import free_port  # noqa: E402, F401  (re-exported for the tests)
 
 
 def wait_for(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.5,

@@ -115,23 +115,27 @@ def _epoch_s(ts) -> float:
     return (ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts).timestamp()
 
 
+def _fill_nan(values: np.ndarray, fill: float) -> np.ndarray:
+    """``values`` with NaN replaced by ``fill`` (what ``np.nan_to_num(nan=fill)`` does to these
+    columns, none of which can be infinite, at a tenth of its cost on the one-row serving path)."""
+    return np.where(np.isnan(values), fill, values)
+
+
 def _inputs_matrix(amount: np.ndarray, event_s: np.ndarray, views: dict[str, np.ndarray],
                    codes: dict[str, np.ndarray]) -> np.ndarray:
     """The on-demand transformation itself, on numpy columns (``event_s``: UTC epoch seconds)."""
     mean7, std7 = views["user_amount_mean_7d"], views["user_amount_std_7d"]
     out: dict[str, np.ndarray] = {"amount": amount, "amount_log": np.log1p(amount)}
     with np.errstate(invalid="ignore", divide="ignore"):
-        out["amount_z_user_7d"] = (amount - mean7) / np.maximum(np.nan_to_num(std7, nan=0.0),
-                                                                _MIN_STD)
+        out["amount_z_user_7d"] = (amount - mean7) / np.maximum(_fill_nan(std7, 0.0), _MIN_STD)
         out["amount_ratio_user_7d"] = (amount + 1.0) / (mean7 + 1.0)
     for c in ("user_txn_count_1h", "user_txn_count_24h", "user_txn_count_7d",
               "user_distinct_countries_7d", "user_distinct_devices_7d",
               "user_country_txn_count_30d", "user_device_txn_count_30d", "merchant_txn_count_24h"):
-        out[c] = np.nan_to_num(views[c], nan=0.0)   # no row in the TTL = nothing happened lately
+        out[c] = _fill_nan(views[c], 0.0)   # no row in the TTL = nothing happened lately
     out["user_amount_std_7d"] = std7
     gap_h = (event_s - views["user_last_event_at"]) / 3600.0
-    out["hours_since_prev"] = np.clip(np.nan_to_num(gap_h, nan=_MAX_GAP_HOURS), 0.0,
-                                      _MAX_GAP_HOURS)
+    out["hours_since_prev"] = np.clip(_fill_nan(gap_h, _MAX_GAP_HOURS), 0.0, _MAX_GAP_HOURS)
     out["merchant_fraud_rate_30d"] = views["merchant_fraud_rate_30d"]
     # Calendar fields in UTC from epoch seconds (1970-01-01 was a Thursday: Monday = 0).
     days = np.floor(event_s / 86400.0)

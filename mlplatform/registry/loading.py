@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class LoadedModel:
     model: Any  # xgboost.Booster (kind "xgboost") or torch_model.TorchFraudModel (kind "torch")
     inputs: list[dict[str, Any]]  # the signature's input columns: [{"name", "type"}]
     kind: str = "xgboost"
+    #: Whether an XGBoost booster's feature names are the signature's (set on first scoring).
+    _names_match: bool | None = field(default=None, repr=False, compare=False)
 
     @property
     def feature_names(self) -> list[str]:
@@ -64,16 +66,31 @@ class LoadedModel:
 
     def predict_matrix(self, matrix: Any) -> Any:
         """Fraud probability for each row of ``matrix`` (float array, columns in
-        :attr:`feature_names` order): the serving path, without a DataFrame or a DMatrix.
+        :attr:`feature_names` order): the serving path, without a DataFrame.
 
-        For XGBoost a DMatrix straight from the array (~0.2 ms for a row, against ~1.4 ms from
-        a DataFrame), named with the signature's columns so that XGBoost still checks them
-        against the booster's own feature names on every call.
+        For XGBoost an in-place prediction straight from the array (~0.05 ms for a row, against
+        ~0.25 ms through a DMatrix and ~1.4 ms from a DataFrame) when the booster's own feature
+        names are the signature's (checked once); otherwise a DMatrix named with the
+        signature's columns, so that XGBoost checks them against the booster's on every call
+        (and refuses a mismatch).
+
+        Raises:
+            ValueError: ``matrix`` does not have one column per input.
         """
+        import numpy as np
+
+        matrix = np.asarray(matrix, dtype=np.float64)
+        if matrix.ndim != 2 or matrix.shape[1] != len(self.inputs):
+            raise ValueError(f"{self.version.uri} takes {len(self.inputs)} inputs "
+                             f"{self.feature_names}; got an array of shape {matrix.shape}")
         if self.kind == "torch":
             import pandas as pd
 
             return self.model.predict(pd.DataFrame(matrix, columns=self.feature_names))
+        if self._names_match is None:
+            self._names_match = list(self.model.feature_names or []) == self.feature_names
+        if self._names_match:
+            return self.model.inplace_predict(matrix, validate_features=False)
         import xgboost
 
         return self.model.predict(xgboost.DMatrix(matrix, feature_names=self.feature_names))

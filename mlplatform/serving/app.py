@@ -47,6 +47,11 @@ class AppArgs(BaseModel):
         default=0.005, description="How long @serve.batch waits to fill a batch.")
     reload_interval_s: NonNegativeFloat = Field(
         default=30.0, description="How often an alias is re-resolved (0: only on mlp serve reload).")
+    embed_models: bool = Field(
+        default=False, description="Load the models inside each Ingress replica and score "
+        "in-process (no Serve hop per request; no ModelServer deployments): the fastest for "
+        "small CPU models such as the fraud XGBoost. Keep false for GPU or large models, or to "
+        "scale and isolate models apart from the Ingress.")
     auth: bool = Field(default=True, description="Bearer-token auth on every route but /healthz.")
     token_env: str = Field(default="MLP_SERVE_TOKEN", pattern=r"^[A-Z_][A-Z0-9_]*$",
                            description="Environment variable holding the bearer token.")
@@ -124,11 +129,18 @@ def build_app(args: Mapping[str, Any] | None = None):
     for ref in a.served:
         registry.resolve(ref)
     plat = platform.model_dump(mode="json")
+    default = default_router_config(a.served)
+    if a.embed_models:
+        embed = {"refs": a.served, "max_batch_size": a.max_batch_size,
+                 "batch_wait_timeout_s": a.batch_wait_timeout_s,
+                 "reload_interval_s": a.reload_interval_s}
+        router = Router.options(user_config=default).bind(None, default, a.served)
+        return Ingress.bind(plat, router, {}, Explainer.bind(plat), a.max_items,
+                            a.max_body_bytes, a.auth, a.token_env, a.admin_token_env, embed)
     servers = {ref: ModelServer.options(name=server_name(ref)).bind(
         ref, plat, a.max_batch_size, a.batch_wait_timeout_s, a.reload_interval_s)
         for ref in a.served}
-    default = default_router_config(a.served)
-    router = Router.options(user_config=default).bind(servers, default)
+    router = Router.options(user_config=default).bind(servers, default, a.served)
     return Ingress.bind(plat, router, servers, Explainer.bind(plat), a.max_items,
                         a.max_body_bytes, a.auth, a.token_env, a.admin_token_env)
 
@@ -159,12 +171,16 @@ def check_serve_config(raw: Mapping[str, Any]) -> None:
             if missing:
                 raise ConfigError(f"{where}: the Router routes to {missing}, which no ModelServer "
                                   f"serves; add them to args.models (now {args.served})")
-        names = {server_name(r) for r in args.served} | {"Ingress", "Router", "Explainer"}
+        names = ({"Ingress", "Router", "Explainer"} if args.embed_models
+                 else {server_name(r) for r in args.served} | {"Ingress", "Router", "Explainer"})
         unknown = [d.get("name") for d in app.get("deployments") or []
                    if d.get("name") not in names]
         if unknown:
             hint = (" (the feature lookup runs inside the Ingress replicas: size the Ingress "
-                    "instead)" if "FeatureLookup" in unknown else "")
+                    "instead)" if "FeatureLookup" in unknown else
+                    " (with embed_models the models run inside the Ingress replicas: size the "
+                    "Ingress instead)" if args.embed_models and any(
+                        str(u).startswith("ModelServer-") for u in unknown) else "")
             raise ConfigError(f"{where}: deployments {unknown} do not exist in this app; "
                               f"its deployments are {sorted(names)}{hint}")
 
@@ -205,10 +221,12 @@ def deploy(
     raw = yaml.safe_load(Path(config_path).read_text())
     for app in raw.get("applications", []):
         app["args"] = {**(app.get("args") or {}), **dict(args_overrides or {})}
-        if {"model", "models"} & set(args_overrides or {}):
+        if {"model", "models", "embed_models"} & set(args_overrides or {}):
             # Other models were asked for: drop the YAML's options for ModelServers of models
             # no longer served (Serve refuses options for deployments that do not exist).
-            served = {server_name(r) for r in _app_args(app["args"]).served}
+            served_args = _app_args(app["args"])
+            served = (set() if served_args.embed_models
+                      else {server_name(r) for r in served_args.served})
             app["deployments"] = [d for d in app.get("deployments") or [] if not (
                 d.get("name", "").startswith("ModelServer-") and d["name"] not in served)]
         if router_config is not None:
@@ -234,18 +252,24 @@ def deploy(
 
 
 def wait_until_routable(app_name: str, timeout_s: float) -> dict[str, Any]:
-    """Block until the app's Router has a ready model for every arm with weight > 0 (RUNNING
-    means every replica started; the Router still has to probe its arms once)."""
+    """Block until the app routes: an Ingress replica holds a route table in which every arm
+    with weight > 0 has a ready model (RUNNING means every replica started; the Router still
+    has to probe its arms, or the Ingress to load its embedded models)."""
     from ray import serve
 
-    router = serve.get_deployment_handle("Router", app_name)
+    ingress = serve.get_deployment_handle("Ingress", app_name)
     deadline = time.monotonic() + timeout_s
     while True:
-        view = router.models.remote().result()
+        view = ingress.routes_view.remote().result()
         waiting = {a["name"]: a.get("error") for a in view["arms"]
                    if a["weight"] > 0 and not a["ready"]}
         if not waiting:
             return view
+        failed = {a["name"]: view["load_errors"][a["model"]] for a in view["arms"]
+                  if a["name"] in waiting and a["model"] in view.get("load_errors", {})}
+        if failed:   # an embedded model that failed to load: waiting will not fix it
+            raise RuntimeError(f"arms whose model failed to load (they get no traffic; fix "
+                               f"the model or set their weight to 0): {failed}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"arms not ready after {timeout_s}s: {waiting}")
         time.sleep(0.5)   # polling interval of the wait-for-condition loop
@@ -277,8 +301,11 @@ def reload_models(app_name: str = "fraud", timeout_s: float = 300.0) -> dict[str
     each ModelServer deployment: Serve calls ``reconfigure`` on every replica (nothing
     restarts), and a replica whose alias moved loads the new version and swaps it in.
 
+    With ``embed_models`` the same goes to the Ingress deployment, whose replicas hold the
+    models.
+
     Returns:
-        The Router's view afterwards (``GET /models``): arms with their loaded versions.
+        The Ingress's view afterwards (``GET /models``): arms with their loaded versions.
 
     Raises:
         RuntimeError: No such application, or it was not deployed from a config
@@ -303,8 +330,10 @@ def reload_models(app_name: str = "fraud", timeout_s: float = 300.0) -> dict[str
     target = next(c for c in configs if c["name"] == app_name)
     servers = [d for d in details.applications[app_name].deployments if
                d.startswith("ModelServer-")]
+    # No ModelServer deployments: the models are embedded in the Ingress replicas.
+    reloaded = servers or ["Ingress"]
     overrides = {d["name"]: d for d in target.get("deployments", [])}
-    for name in servers:
+    for name in reloaded:
         overrides.setdefault(name, {"name": name})["user_config"] = {"reload": token}
     target["deployments"] = list(overrides.values())
     schema = ServeDeploySchema(
@@ -319,10 +348,13 @@ def reload_models(app_name: str = "fraud", timeout_s: float = 300.0) -> dict[str
     for name in servers:
         out = serve.get_deployment_handle(name, app_name).reload.remote().result()
         expected[out["model_ref"]] = out["to_version"]
-    router = serve.get_deployment_handle("Router", app_name)
+    ingress = serve.get_deployment_handle("Ingress", app_name)
+    if not servers:
+        for out in ingress.reload_models.remote().result().values():
+            expected[out["model_ref"]] = out["to_version"]
     deadline = time.monotonic() + timeout_s
-    while True:   # the Router sees the new versions at its next probe of the arms
-        view = router.models.remote().result()
+    while True:   # the Ingress sees the new versions once the Router probed the arms again
+        view = ingress.routes_view.remote().result()
         loaded = {a["model"]: a.get("model_version") for a in view["arms"]}
         if all(loaded.get(ref, v) == v for ref, v in expected.items()):
             return view

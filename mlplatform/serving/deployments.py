@@ -123,9 +123,15 @@ class Ingress:
     async def __init__(self, platform: dict[str, Any], router, servers: dict[str, Any],
                        explainer, max_items: int = 256, max_body_bytes: int = 1_048_576,
                        auth: bool = True, token_env: str = "MLP_SERVE_TOKEN",
-                       admin_token_env: str = "MLP_SERVE_ADMIN_TOKEN"):
+                       admin_token_env: str = "MLP_SERVE_ADMIN_TOKEN",
+                       embed: dict[str, Any] | None = None):
         self._lookup = FeatureLookup(platform)
         self._dispatch = Dispatcher(router, servers, explainer)
+        if embed is not None:   # args.embed_models: the models live in this replica
+            from mlplatform.config import PlatformConfig
+            from mlplatform.registry import ModelRegistry
+
+            self._dispatch.embed(ModelRegistry(PlatformConfig(**platform)), **embed)
         self._dispatch.start()
         self._max_items, self._max_body_bytes = max_items, max_body_bytes
         self._auth = auth
@@ -188,6 +194,19 @@ class Ingress:
         if single:
             return JSONResponse({**result[0], "request_id": request_id})
         return JSONResponse({key: result, "request_id": request_id})
+
+    async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
+        """Any ``user_config`` change (``mlp serve reload`` sends ``{reload: <token>}``)
+        re-resolves the embedded models' aliases now (nothing when models are not embedded)."""
+        await self._dispatch.reload()
+
+    async def reload_models(self) -> dict[str, Any]:
+        """Re-resolve the embedded models now: ``{ref: ServedModel.reload() result}``."""
+        return await self._dispatch.reload()
+
+    async def routes_view(self) -> dict[str, Any]:
+        """What this replica routes with (``GET /models`` without HTTP; for deploy/reload)."""
+        return await self._dispatch.view()
 
     @api.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:

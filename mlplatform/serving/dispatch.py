@@ -5,6 +5,8 @@
 arm of each request locally, calls that arm's ModelServer (one Serve hop), copies a sample to the
 shadow model, and records the per-arm Prometheus metrics. A request thus crosses
 ``Ingress -> ModelServer`` and nothing else; the Router only publishes config and readiness.
+With ``args.embed_models`` the models live in the Ingress replica itself
+(:class:`~mlplatform.serving.served_model.ServedModel`) and a request crosses no Serve hop.
 """
 
 import asyncio
@@ -68,22 +70,77 @@ class Unavailable(Exception):
 
 
 class Dispatcher:
-    """Routes requests to the arms' ModelServers with the Router's route table.
+    """Routes requests to the arms' models with the Router's route table.
 
     Args:
         router: Handle of the Router deployment (the control plane).
-        servers: Model reference -> ModelServer handle.
+        servers: Model reference -> ModelServer handle (empty when the models are embedded).
         explainer: Handle of the Explainer deployment.
     """
 
     def __init__(self, router: Any, servers: dict[str, Any], explainer: Any):
         self._router, self._explainer = router, explainer
-        self._servers = servers
+        # ref -> the coroutine function that scores a matrix there (a Serve call or in-process)
+        self._predict: dict[str, Any] = {ref: h.predict.remote for ref, h in servers.items()}
+        self._embedded: dict[str, Any] | None = None     # ref -> ServedModel, when embedded
+        self._load_errors: dict[str, str] = {}
+        self._router_data: dict[str, Any] | None = None  # the last table the Router published
         self._table = None            # RouteTable, once the Router answered
         self._metrics = _ArmMetrics()
         self._background: set[asyncio.Task] = set()
         self._sync_task: asyncio.Task | None = None
         self._refresh_lock = asyncio.Lock()
+
+    # ---------------------------------------------------------------- embedded models -----
+    def embed(self, registry: Any, refs: list[str], max_batch_size: int,
+              batch_wait_timeout_s: float, reload_interval_s: float) -> None:
+        """Load ``refs`` here, in this process (``args.embed_models``): no Serve hop per request.
+
+        A model that fails to load is logged with its reason and gets no traffic; it is tried
+        again at every reload (poll or ``mlp serve reload``), so fixing the registry heals it.
+        """
+        self._embedded = {}
+        self._embed_args = (registry, max_batch_size, batch_wait_timeout_s, reload_interval_s)
+        for ref in refs:
+            self._register(ref, self._make(ref))
+        if reload_interval_s > 0 and self._load_errors:
+            task = asyncio.get_running_loop().create_task(self._retry_loads(reload_interval_s))
+            self._background.add(task)
+
+    def _make(self, ref: str) -> Any:
+        """Load ``ref`` (blocking: run it in a thread once serving); None if it failed."""
+        from mlplatform.serving.served_model import ServedModel
+
+        registry, max_batch_size, batch_wait_timeout_s, _ = self._embed_args
+        try:
+            return ServedModel(registry, ref, max_batch_size, batch_wait_timeout_s,
+                               on_change=lambda info: self._retable())
+        except Exception as exc:
+            self._load_errors[ref] = f"{ref} failed to load: {type(exc).__name__}: {exc}"
+            logger.error("Ingress: %s; it gets no traffic", self._load_errors[ref])
+            return None
+
+    def _register(self, ref: str, model: Any) -> None:
+        if model is None:
+            return
+        self._load_errors.pop(ref, None)
+        self._embedded[ref], self._predict[ref] = model, model.predict
+        model.start_polling(self._embed_args[3])
+
+    async def _retry_loads(self, interval_s: float) -> None:
+        while self._load_errors:
+            await asyncio.sleep(interval_s)   # the reload period, not a readiness wait
+            await self.reload()
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-resolve every embedded model now, and retry those that failed to load."""
+        if self._embedded is None:
+            return {}
+        for ref in list(self._load_errors):
+            self._register(ref, await asyncio.to_thread(self._make, ref))
+        out = {ref: await m.reload() for ref, m in self._embedded.items()}
+        self._retable()
+        return out
 
     # ---------------------------------------------------------------- the route table -----
     def start(self) -> None:
@@ -92,16 +149,27 @@ class Dispatcher:
             self._sync_task = asyncio.get_running_loop().create_task(self._follow())
 
     def _take(self, data: dict[str, Any]) -> None:
+        if self._router_data is None or data["version"] != self._router_data["version"]:
+            self._router_data = data
+            self._retable()
+
+    def _retable(self) -> None:
+        """Rebuild the table from the Router's; embedded models overlay their own readiness."""
         from mlplatform.serving.routing import RouteTable
 
-        if self._table is None or data["version"] != self._table.version:
-            self._table = RouteTable.from_dict(data)
+        data = self._router_data
+        if data is None:
+            return
+        if self._embedded is not None:
+            data = {**data, "ready": {r: m.info() for r, m in self._embedded.items()},
+                    "errors": {**data["errors"], **self._load_errors}}
+        self._table = RouteTable.from_dict(data)
 
     async def _follow(self) -> None:
         """Long-poll the Router for new table versions for as long as the replica lives; on
         an error (e.g. the Router replica being replaced) keep the last table and retry."""
         while True:
-            since = -1 if self._table is None else self._table.version
+            since = -1 if self._router_data is None else self._router_data["version"]
             try:
                 self._take(await self._router.routes.remote(since))
             except asyncio.CancelledError:
@@ -111,11 +179,11 @@ class Dispatcher:
                                "version %s", exc, since)
                 await asyncio.sleep(_RESYNC_S)   # back-off before the next try, not a wait
 
-    async def _current(self, probe: bool = False):
+    async def _current(self):
         """The table to route with; asks the Router at once when there is none yet or no arm is
         ready (e.g. just started), instead of answering 503 until the next push."""
         table = self._table
-        if table is None or table.splitter is None or probe:
+        if table is None or table.splitter is None:
             async with self._refresh_lock:
                 if self._table is table:   # nobody refreshed it meanwhile
                     self._take(await self._router.routes.remote(-1, 0.0, True))
@@ -124,7 +192,10 @@ class Dispatcher:
 
     async def view(self) -> dict[str, Any]:
         """``GET /models``: the table this replica routes with."""
-        return (await self._current()).view()
+        view = (await self._current()).view()
+        view["embedded"] = self._embedded is not None
+        view["load_errors"] = dict(self._load_errors)   # embedded models that did not load
+        return view
 
     # ---------------------------------------------------------------- requests ------------
     async def _arms(self, records: list[dict[str, Any]], pin: str | None):
@@ -142,11 +213,11 @@ class Dispatcher:
 
     async def _call(self, arm, matrix: np.ndarray) -> dict[str, Any]:
         """Score on ``arm``'s ModelServer; one retry (a replica that died mid-request)."""
-        handle = self._servers[arm.model]
+        predict = self._predict[arm.model]
         start = time.perf_counter()
         for attempt in (1, 2):
             try:
-                out = await handle.predict.remote(matrix)
+                out = await predict(matrix)
                 break
             except Exception as exc:
                 self._metrics.errors.inc(tags={"arm": arm.name,
@@ -198,7 +269,7 @@ class Dispatcher:
     async def _shadow(self, model: str, matrix: np.ndarray, served: list[dict[str, Any]]) -> None:
         """Score a copy on the shadow model; count disagreements; never reach the caller."""
         try:
-            out = await self._servers[model].predict.remote(matrix)
+            out = await self._predict[model](matrix)
         except Exception as exc:
             self._metrics.shadow_requests.inc(len(served), tags={"model": model,
                                                                  "outcome": "error"})

@@ -30,11 +30,16 @@ class Router:
     so the deploy reports it.
     """
 
-    async def __init__(self, servers: dict[str, Any], default_config: dict[str, Any],
-                       probe_interval_s: float = 2.0, probe_timeout_s: float = 5.0):
+    async def __init__(self, servers: dict[str, Any] | None, default_config: dict[str, Any],
+                       served: list[str] | None = None, probe_interval_s: float = 2.0,
+                       probe_timeout_s: float = 5.0):
         from mlplatform.serving.routing import RouterConfig
 
-        self._servers = servers
+        # servers None: the models are embedded in the Ingress replicas (args.embed_models),
+        # which know their own readiness; the Router then publishes the config alone.
+        self._embedded = servers is None
+        self._servers = servers or {}
+        self._served = sorted(served if served is not None else self._servers)
         self._probe_interval_s, self._probe_timeout_s = probe_interval_s, probe_timeout_s
         self._ready: dict[str, dict[str, Any]] = {}      # model ref -> ModelServer.info()
         self._errors: dict[str, str] = {}                # model ref -> why it is not ready
@@ -43,7 +48,8 @@ class Router:
         self._version = 0
         self._changed = asyncio.Event()   # set (and replaced) on every new table version
         self._apply(RouterConfig.from_user_config(default_config))
-        self._prober = asyncio.get_running_loop().create_task(self._probe_forever())
+        self._prober = (None if self._embedded else
+                        asyncio.get_running_loop().create_task(self._probe_forever()))
 
     # ---------------------------------------------------------------- configuration -------
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -68,9 +74,9 @@ class Router:
     def _apply(self, config) -> None:
         self._config = config
         for ref in self._models(config):
-            if ref not in self._servers:
+            if ref not in self._served:
                 self._errors[ref] = (f"no ModelServer serves {ref}: add it to the application's "
-                                     f"args.models (served: {sorted(self._servers)})")
+                                     f"args.models (served: {self._served})")
                 logger.error("Router: arm model %s is not served; it gets no traffic", ref)
         self._publish()
 
@@ -85,7 +91,7 @@ class Router:
 
         self._version += 1
         self._table = RouteTable(self._config, self._ready, self._errors, self._version,
-                                 self._config_error, sorted(self._servers))
+                                 self._config_error, self._served)
         self._changed.set()
         self._changed = asyncio.Event()
 

@@ -118,32 +118,34 @@ def test_haproxy_env_keeps_its_files_and_ports_private(tmp_path):
 class _CountingModel:
     """A model that records the size of every call (stands in for XGBoost: pure logic here)."""
 
-    def __init__(self):
+    def __init__(self, scale: float = 10.0):
         self.calls: list[int] = []
+        self.scale = scale
 
     def predict_matrix(self, matrix):
         self.calls.append(len(matrix))
-        return matrix[:, 0] / 10
+        return matrix[:, 0] / self.scale
 
 
-def _model_server(batch_wait_s: float, max_batch_size: int):
-    """A ModelServer replica object around a counting model (its batching logic, no registry)."""
-    from mlplatform.serving.model_server import ModelServer
+def _served(batch_wait_s: float, max_batch_size: int, scale: float = 10.0):
+    """A ServedModel around a counting model (its batching logic, no registry)."""
+    from ray import serve
 
-    server = object.__new__(ModelServer.func_or_class)
-    model = _CountingModel()
-    server._state = {"model": model, "model_name": "m", "model_version": "1", "threshold": 0.5}
-    server._in_flight = 0
-    server._score_batch.set_max_batch_size(max_batch_size)
-    server._score_batch.set_batch_wait_timeout_s(batch_wait_s)
-    return server, model
+    from mlplatform.serving.served_model import ServedModel
+
+    served = object.__new__(ServedModel)
+    model = _CountingModel(scale)
+    served._state = {"model": model, "model_name": "m", "model_version": "1", "threshold": 0.5}
+    served._in_flight = 0
+    served._score_batch = serve.batch(max_batch_size=max_batch_size,
+                                      batch_wait_timeout_s=batch_wait_s)(served._score_many)
+    return served, model
 
 
-def test_a_lone_request_is_scored_at_once_and_concurrent_ones_are_batched(monkeypatch):
-    import asyncio
+@pytest.fixture
+def replica_context(monkeypatch):
     from types import SimpleNamespace
 
-    import numpy as np
     from ray.serve import batching
 
     # Outside a replica, @serve.batch's queue asks for the replica's max_ongoing_requests (to
@@ -151,9 +153,15 @@ def test_a_lone_request_is_scored_at_once_and_concurrent_ones_are_batched(monkey
     replica = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
     monkeypatch.setattr(batching.serve, "get_replica_context", lambda: replica)
 
+
+def test_a_lone_request_is_scored_at_once_and_concurrent_ones_are_batched(replica_context):
+    import asyncio
+
+    import numpy as np
+
     async def scenario():
         # A batch window far longer than a direct call, and batches that fill at 8 requests.
-        server, model = _model_server(batch_wait_s=5.0, max_batch_size=8)
+        server, model = _served(batch_wait_s=5.0, max_batch_size=8)
         loop = asyncio.get_running_loop()
         started = loop.time()
         lone = await server.predict(np.array([[3.0, 1.0]]))
@@ -164,5 +172,24 @@ def test_a_lone_request_is_scored_at_once_and_concurrent_ones_are_batched(monkey
         assert [m["scores"] for m in many] == [[i / 10] for i in range(8)]
         assert model.calls[1:] == [8]            # one model call for the 8 concurrent requests
         assert server._in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_two_models_in_one_process_never_share_a_batch(replica_context):
+    """Embedded models (several ServedModels in one Ingress replica) batch apart: @serve.batch
+    on a method would keep one queue per class and score B's requests with A's model."""
+    import asyncio
+
+    import numpy as np
+
+    async def scenario():
+        a, model_a = _served(batch_wait_s=0.05, max_batch_size=4, scale=10.0)
+        b, model_b = _served(batch_wait_s=0.05, max_batch_size=4, scale=100.0)
+        rows = [np.array([[float(i), 0.0]]) for i in range(4)]
+        out = await asyncio.gather(*(a.predict(r) for r in rows), *(b.predict(r) for r in rows))
+        assert [o["scores"][0] for o in out] == [i / 10 for i in range(4)] + [
+            i / 100 for i in range(4)]
+        assert sum(model_a.calls) == sum(model_b.calls) == 4
 
     asyncio.run(scenario())

@@ -169,3 +169,15 @@ def test_the_serving_path_scores_like_predict(cancer, torch_model):
     tframe = make_frame(20)[torch_model.feature_names]
     np.testing.assert_allclose(torch_model.predict_matrix(tframe.to_numpy(dtype=np.float64)),
                                torch_model.predict(tframe), rtol=1e-6)
+
+
+def test_the_serving_path_refuses_wrong_widths_and_mismatched_booster_names(cancer):
+    loaded, x = cancer
+    with pytest.raises(ValueError, match="takes 30 inputs"):
+        loaded.predict_matrix(x.iloc[:2, :5].to_numpy())
+    # A booster whose own feature names are not the signature's: every call goes through a
+    # named DMatrix, which XGBoost refuses (no silent positional scoring).
+    renamed = wrap(loaded.booster, [f"x_{c}" for c in x.columns], "xgboost")
+    with pytest.raises(ValueError, match="feature_names mismatch"):
+        renamed.predict_matrix(x.iloc[:2].to_numpy(dtype=np.float64))
+    assert renamed._names_match is False and loaded._names_match is True

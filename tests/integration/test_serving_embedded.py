@@ -1,0 +1,167 @@
+"""``args.embed_models: true``: the models live in the Ingress replicas, scored in-process.
+
+The same Router config (arms, weights, shadow) routes among embedded models; a model that fails
+to load gets no traffic and says why in ``GET /models``; ``mlp serve reload`` (its library
+function) swaps in a moved alias without a failed request; no ModelServer deployment exists.
+"""
+
+import os
+import subprocess
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+import yaml
+
+from mlplatform.demo import to_instances
+from mlplatform.features import FEATURE_COLUMNS, REQUEST_COLUMNS
+from mlplatform.registry import ModelRegistry, load_model
+from tests.conftest import free_port, wait_for
+from tests.integration.conftest import ADMIN, AUTH, BIN, REPO
+from tests.integration.serving_models import log_xgboost
+
+MODEL = "fraud_emb"
+CHAMPION, CHALLENGER, BROKEN = (f"{MODEL}@{a}" for a in ("champion", "challenger", "broken"))
+ROUTER = {"arms": [{"name": "champion", "model": CHAMPION, "weight": 50},
+                   {"name": "challenger", "model": CHALLENGER, "weight": 50},
+                   {"name": "broken", "model": BROKEN, "weight": 50}]}
+
+
+@pytest.fixture(scope="module")
+def versions(spine, platform):
+    registry = ModelRegistry(platform)
+    out = {}
+    for alias, rounds, kwargs in (("champion", 15, {}), ("challenger", 5, {"threshold": 0.2}),
+                                  ("broken", 3, {"columns": FEATURE_COLUMNS[:5]}),
+                                  ("next", 9, {})):
+        uri = log_xgboost(platform, spine.features_path, rounds, seed=rounds, **kwargs)
+        out[alias] = registry.register(uri, MODEL, alias=alias).version
+    return out
+
+
+@pytest.fixture(scope="module")
+def url(versions, platform, ray_cluster, tmp_path_factory):
+    """serve_configs/fraud.yaml with embed_models on, deployed with the real `serve deploy`."""
+    from ray import serve
+
+    from mlplatform.serving import wait_until_running
+
+    serve.shutdown()
+    raw = yaml.safe_load((REPO / "serve_configs" / "fraud.yaml").read_text())
+    port = raw["http_options"]["port"] = free_port()
+    app = raw["applications"][0]
+    app["args"].update({"models": [CHAMPION, CHALLENGER, BROKEN], "embed_models": True,
+                        "reload_interval_s": 0, "platform": platform.model_dump(mode="json")})
+    app["deployments"] = [d for d in app["deployments"] if not d["name"].startswith("ModelServer")]
+    next(d for d in app["deployments"] if d["name"] == "Router")["user_config"] = ROUTER
+    path = tmp_path_factory.mktemp("serve-embedded") / "fraud-embedded.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = subprocess.run([str(BIN / "serve"), "deploy", str(path), "--address",
+                          ray_cluster["dashboard"]], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "RAY_AUTH_MODE": "token"}, cwd=REPO)
+    assert out.returncode == 0, out.stdout + out.stderr
+    wait_for(lambda: serve.status().applications.get("fraud") is not None, 60, "the app")
+    wait_until_running(["fraud"], 300)
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: requests.get(f"{base}/healthz", timeout=10).status_code == 200, 120,
+             "the app to route", ignore=(requests.RequestException,))
+    yield base
+    serve.shutdown()
+
+
+def test_deploy_fails_fast_naming_an_embedded_model_that_cannot_load(url):
+    from mlplatform.serving.app import wait_until_routable
+
+    with pytest.raises(RuntimeError, match="broken.*takes inputs"):
+        wait_until_routable("fraud", timeout_s=60)
+
+
+@pytest.fixture(scope="module")
+def instances(spine):
+    raw = pd.read_parquet(spine.raw_path, columns=REQUEST_COLUMNS).tail(120)
+    raw["event_timestamp"] = raw["event_timestamp"].map(lambda t: t.isoformat())
+    return to_instances(raw)
+
+
+def test_no_model_server_runs_and_the_broken_model_says_why(url):
+    from ray import serve
+
+    deployments = set(serve.status().applications["fraud"].deployments)
+    assert deployments == {"Ingress", "Router", "Explainer"}
+    view = requests.get(f"{url}/models", headers=AUTH, timeout=30).json()
+    assert view["embedded"] is True
+    ready = {a["name"]: a["ready"] for a in view["arms"]}
+    assert ready == {"champion": True, "challenger": True, "broken": False}
+    broken = next(a for a in view["arms"] if a["name"] == "broken")
+    assert "failed to load" in broken["error"] and "takes inputs" in broken["error"]
+
+
+def test_embedded_arms_split_traffic_and_score_exactly_their_model(url, instances, versions,
+                                                                   platform):
+    from mlplatform.serving.deployments import FeatureLookup
+
+    arms = Counter()
+    for inst in instances[:100]:
+        r = requests.post(f"{url}/predict", json=inst, headers=AUTH, timeout=30)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        arms[body["arm"]] += 1
+        assert body["model_version"] == versions[body["arm"]]
+        threshold = {"champion": 0.3, "challenger": 0.2}[body["arm"]]
+        assert body["decision"] == ("fraud" if body["score"] >= threshold else "legit")
+    # The broken arm has weight 50 but never loaded: the others share everything.
+    assert set(arms) == {"champion", "challenger"} and min(arms.values()) > 20, arms
+    batch = instances[:8]
+    records = [{**i, "event_timestamp": pd.Timestamp(i["event_timestamp"])} for i in batch]
+    lookup = FeatureLookup(platform.model_dump(mode="json"))
+    inputs = pd.DataFrame(lookup.features(records)["matrix"], columns=FEATURE_COLUMNS)
+    registry = ModelRegistry(platform)
+    for arm in ("champion", "challenger"):
+        r = requests.post(f"{url}/predict", json={"instances": batch},
+                          headers={**ADMIN, "X-MLP-Arm": arm}, timeout=30)
+        assert r.status_code == 200, r.text
+        direct = load_model(registry, f"{MODEL}/{versions[arm]}").predict(inputs)
+        np.testing.assert_allclose([p["score"] for p in r.json()["predictions"]], direct,
+                                   rtol=1e-6)
+    r = requests.post(f"{url}/predict", json=batch[0], headers={**ADMIN, "X-MLP-Arm": "broken"},
+                      timeout=30)
+    assert r.status_code == 503 and "takes inputs" in r.json()["message"]
+
+
+def test_reload_swaps_a_moved_alias_in_without_a_failed_request(url, instances, versions,
+                                                                platform):
+    import threading
+
+    from mlplatform.serving.app import reload_models
+
+    registry = ModelRegistry(platform)
+    answers: list[tuple[int, dict]] = []
+    stop = threading.Event()
+
+    def load():
+        with requests.Session() as http:
+            i = 0
+            while not stop.is_set():
+                r = http.post(f"{url}/predict", json=instances[i % len(instances)],
+                              headers={**ADMIN, "X-MLP-Arm": "champion"}, timeout=30)
+                answers.append((r.status_code, r.json()))
+                i += 1
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    try:
+        wait_for(lambda: len(answers) >= 20, 60, "answers before the move")
+        registry.set_alias(MODEL, "champion", versions["next"], reason="embedded reload test")
+        view = reload_models("fraud", timeout_s=120)
+        assert next(a for a in view["arms"] if a["name"] == "champion")["model_version"] == \
+            versions["next"]
+        moved = len(answers)
+        wait_for(lambda: len(answers) >= moved + 20, 60, "answers after the reload")
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+        registry.set_alias(MODEL, "champion", versions["champion"], reason="test done")
+    assert Counter(s for s, _ in answers) == {200: len(answers)}
+    assert {b["model_version"] for _, b in answers[moved:]} == {versions["next"]}
