@@ -93,6 +93,9 @@ def multinode_cluster(workers: list[dict]) -> Iterator:
 
     current = Path(tempfile.gettempdir(), "ray", "ray_current_cluster")
     previous = current.read_text() if current.exists() else None
+    # Cluster() writes there without creating the directory: on a fresh machine (no Ray run
+    # there yet, or every earlier one with its own temp dir) /tmp/ray does not exist.
+    current.parent.mkdir(mode=0o777, exist_ok=True)
     temp_dir = tempfile.mkdtemp(prefix="mlpc-", dir="/tmp")    # short: socket paths <= 107
     saved = {k: os.environ.get(k) for k in ("MLP_SERVE_TOKEN", "PYTHONPATH")}
     os.environ["MLP_SERVE_TOKEN"] = SERVE_TOKEN
