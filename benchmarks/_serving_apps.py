@@ -314,9 +314,10 @@ def serve_instance(ingress: str, work: Path) -> Iterator[tuple[int, int | None, 
     from ray import serve
 
     port, stats, env = _free_port(), None, None
-    if ingress == "serve-haproxy":
+    if ingress.startswith("serve-haproxy"):
         ports = {"stats": _free_port(), "metrics": _free_port(), "fallback": _free_port()}
-        stats, env = ports["stats"], haproxy_env(work, ports)
+        stats, env = ports["stats"], haproxy_env(
+            work, ports, throughput_optimized=ingress.endswith("-tput"))
     serve.start(http_options={"host": "127.0.0.1", "port": port},
                 controller_options={"runtime_env": {"env_vars": env}} if env else None)
     try:

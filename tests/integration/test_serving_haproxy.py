@@ -1,5 +1,6 @@
-"""The same app behind Ray Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``, the
-recommended production setting): auth, 4xx handling, live reconfiguration and metrics."""
+"""The same app behind Ray Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``), alone and
+with Serve's throughput-optimized mode (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``, the recommended
+production setting): auth, 4xx handling, live reconfiguration and metrics."""
 
 import shutil
 import tempfile
@@ -19,8 +20,8 @@ from tests.conftest import free_port, wait_for
 from tests.integration.conftest import AUTH
 
 
-@pytest.fixture(scope="module")
-def url(spine, platform):
+@pytest.fixture(scope="module", params=["haproxy", "haproxy-throughput"])
+def url(request, spine, platform):
     from ray import serve
 
     from mlplatform.serving import deploy
@@ -29,7 +30,8 @@ def url(spine, platform):
     serve.shutdown()
     work = Path(tempfile.mkdtemp(prefix="mh", dir="/tmp"))   # HAProxy's socket paths are short
     env = haproxy_env(work, {"stats": free_port(), "metrics": free_port(),
-                             "fallback": free_port()})
+                             "fallback": free_port()},
+                      throughput_optimized=request.param == "haproxy-throughput")
     port = free_port()
     base = deploy(args_overrides={"platform": platform.model_dump(mode="json")},
                   http_port=port, controller_env=env)
@@ -45,11 +47,18 @@ def instance(spine):
     return to_instances(raw)
 
 
-def test_haproxy_is_what_answers_on_the_http_port(url):
+def test_haproxy_is_what_answers_on_the_http_port(url, request):
     port = int(url.rsplit(":", 1)[1])
     listeners = {c.pid for c in psutil.net_connections("tcp")
                  if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
     assert listeners and {psutil.Process(p).name() for p in listeners} == {"haproxy"}
+    # The mode reached the replicas (they inherit the controller's env vars).
+    ingress = [p for p in psutil.process_iter(["cmdline"])
+               if "ServeReplica:fraud:Ingress" in " ".join(p.info["cmdline"] or [])]
+    assert ingress
+    fast = request.node.callspec.params["url"] == "haproxy-throughput"
+    for p in ingress:
+        assert (p.environ().get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1") is fast
 
 
 def test_auth_and_4xx_behind_haproxy(url, instance, spine):

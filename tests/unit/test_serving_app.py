@@ -111,6 +111,10 @@ def test_haproxy_env_keeps_its_files_and_ports_private(tmp_path):
     assert env["RAY_SERVE_HAPROXY_SOCKET_PATH"].startswith("/tmp/mh1/h/")
     assert (env["RAY_SERVE_HAPROXY_STATS_PORT"], env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"]) == (
         "1", "3")
+    assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in env
+    fast = haproxy_env(Path("/tmp/mh1"), {"stats": 1, "metrics": 2, "fallback": 3},
+                       throughput_optimized=True)
+    assert fast == {**env, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
     with pytest.raises(ValueError, match="too long"):
         haproxy_env(tmp_path / ("x" * 40), {"stats": 1, "metrics": 2, "fallback": 3})
 
