@@ -27,12 +27,12 @@ How the resources are measured (an estimate, not a bill):
 A training job (``train``) is costed as a whole: the CPU time of the Ray tasks that built its
 training set (``ray_tasks``) plus the training's reservation (``scaling``), over the job's wall
 time (``method=ray_tasks+scaling``; each part also as ``cost.prep.*`` / ``cost.train.*``). Its
-accelerator type is the one of the nodes its Ray Train workers actually ran on, read from Ray's
-state API after the run, dead nodes included (:mod:`mlplatform.cluster.job_usage`); workers on
-several types are priced per type (``cost.gpu_hours.<T>``; every GPU run logs that metric).
-Elsewhere (``tune``, ``ci_pipeline``) the type comes from an ``accelerator_type:<T>`` key in
-``resources_per_worker``, else from the cluster's live GPU nodes when they are all one type,
-else it is ``unknown``.
+accelerator type (and ``ci_pipeline``'s) is the one of the nodes its Ray Train workers actually
+ran on, read from Ray's state API after the run, dead nodes included
+(:mod:`mlplatform.cluster.job_usage`); workers on several types are priced per type
+(``cost.gpu_hours.<T>``; every GPU run logs that metric). In sweeps (``tune``) the type comes
+from an ``accelerator_type:<T>`` key in ``resources_per_worker``, else from the cluster's live
+GPU nodes when they are all one type, else it is ``unknown``.
 
 Price table (YAML, USD list prices; ``$MLP_PRICE_TABLE`` or ``PlatformConfig.price_table``
 names the file, else :data:`DEFAULT_PRICES` is used; the cluster YAMLs ship themselves to every

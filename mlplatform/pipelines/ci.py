@@ -240,7 +240,8 @@ class ModelCIPipeline:
                 f"{path}; input digest {s.digest[:12]}")
 
     def _train(self, s: _State, stage: StageReport) -> str:
-        from mlplatform.cluster.cost import record_cost, scaling_usage
+        from mlplatform.cluster.cost import record_cost
+        from mlplatform.cluster.job_usage import TrainingMeter
         from mlplatform.training import train
 
         experiment = s.train_config.experiment_name or self.platform.experiment_name
@@ -254,12 +255,11 @@ class ModelCIPipeline:
                     f"model logged): not trained again; {metrics}")
         cfg = s.train_config.model_copy(update={"tags": {**s.train_config.tags,
                                                          DIGEST_TAG: s.digest}})
-        t0 = time.monotonic()
-        s.result = train(cfg, self.platform)
         sc = cfg.scaling
-        record_cost(self.platform, s.result.run_id,
-                    scaling_usage(sc.resources_per_worker, sc.num_workers, sc.use_gpu,
-                                  time.monotonic() - t0),
+        # GPU type from the nodes the Train workers ran on, as in jobs/train.py
+        with TrainingMeter(sc.resources_per_worker, sc.num_workers, sc.use_gpu) as meter:
+            s.result = train(cfg, self.platform)
+        record_cost(self.platform, s.result.run_id, meter.usage(),
                     job="ci_pipeline", model=s.name, echo=self.echo)
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(s.result.metrics.items()))
         stage.details.update(run_id=s.result.run_id, metrics=s.result.metrics)

@@ -96,6 +96,10 @@ def test_happy_path_runs_every_stage_and_promotes_the_first_version(first, platf
     run = _mlflow.client(platform).get_run(report.run_id)
     assert run.data.tags[DIGEST_TAG] == report.input_digest
     assert run.data.params["num_boost_round"] == "40"
+    # the training's cost, measured by the TrainingMeter (CPU only here: no GPU type)
+    assert run.data.tags["mlplatform.job"] == "ci_pipeline"
+    assert run.data.tags["cost.gpu_type"] == "none" and run.data.tags["cost.method"] == "scaling"
+    assert run.data.metrics["cost.cpu_hours"] > 0 and run.data.metrics["cost.gpu_hours"] == 0
     logged = mlflow.artifacts.load_dict(f"runs:/{report.run_id}/{REPORT_ARTIFACT}")
     assert logged["ok"] is True and logged["version"] == report.version
     assert [s["status"] for s in logged["stages"]] == ["ok"] * len(STAGES)
