@@ -122,11 +122,14 @@ class SQLiteOnlineStore:
             if rows:
                 self._features[view] = set(json.loads(rows[0][0]))
                 _check_features(view, features, self._features[view])
-        # One statement with one parameter whatever the batch size: its plan stays cached.
-        found = {k: (ts, payload) for k, ts, payload in self._query(
-            f"SELECT entity_key, ts, features FROM {table} "
-            "WHERE entity_key IN (SELECT value FROM json_each(?))",
-            (json.dumps([k for k in keys if k is not None]),))}
+        if len(keys) == 1:      # the one-transaction serving path: a plain primary-key read
+            sql, params = (f"SELECT entity_key, ts, features FROM {table} WHERE entity_key = ?",
+                           (keys[0],))
+        else:   # one statement with one parameter whatever the batch size: its plan stays cached
+            sql, params = (f"SELECT entity_key, ts, features FROM {table} "
+                           "WHERE entity_key IN (SELECT value FROM json_each(?))",
+                           (json.dumps([k for k in keys if k is not None]),))
+        found = {k: (ts, payload) for k, ts, payload in self._query(sql, params)}
         out: list[dict | None] = []
         for k in keys:
             hit = found.get(k) if k is not None else None

@@ -62,6 +62,8 @@ class FeatureStore:
         # Ray Data tasks of builds and materializations stay where the config wants them
         # (CPU workers on the clusters of cluster/; anywhere by default).
         self._placement = data_remote_args(config) or None
+        #: get_online_features' resolved reads per distinct request (see _read_plan).
+        self._plans: dict[Any, Any] = {}
 
     # ------------------------------------------------------------------ offline build --------
     def build(self, view_names: Sequence[str] | None = None, start: Any = None, end: Any = None,
@@ -349,23 +351,37 @@ class FeatureStore:
         if isinstance(as_of, (list, tuple, pd.Series)):
             if len(as_of) != len(rows):
                 raise ValueError(f"as_of has {len(as_of)} times for {len(rows)} entity rows")
-            times = [as_utc(t) for t in as_of]
+            times = [_ns(t) for t in as_of]
         else:
-            times = [as_utc(as_of)] * len(rows)
+            times = [_ns(as_of)] * len(rows)
         out: dict[str, list[Any]] = {}
-        for view_name, names in self.repo.resolve(list(features) if features else None).items():
-            view = self.repo.view(view_name)
-            keys = self.repo.join_keys(view)
+        for view_name, keys, names, ttl_ns in self._read_plan(features):
             for k in keys:
                 if any(k not in r for r in rows):
                     raise KeyError(f"entity rows need join key {k!r} for feature view {view_name!r}")
                 out.setdefault(k, [r[k] for r in rows])
-            found = [None if rec is None or _expired(rec, view, t) else rec
+            found = [None if rec is None or _expired(rec, ttl_ns, t) else rec
                      for rec, t in zip(self.online.read(view_name, keys, rows, names), times,
                                        strict=True)]
             for name in names:
                 out[name] = [None if rec is None else rec.get(name) for rec in found]
         return out
+
+    def _read_plan(self, features: Sequence[str] | None) -> list[tuple[str, list[str], list[str],
+                                                                        int | None]]:
+        """(view, join keys, features, TTL in ns) per view that ``features`` reads, resolved once
+        per distinct request (the serving path asks the same every time)."""
+        if self._plans.get("repo") is not self.repo:     # a new repo: resolve again
+            self._plans = {"repo": self.repo}
+        key = None if features is None else tuple(features)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = [(name, self.repo.join_keys(self.repo.view(name)), names,
+                     None if self.repo.view(name).ttl is None
+                     else pd.Timedelta(self.repo.view(name).ttl).value)
+                    for name, names in self.repo.resolve(list(features) if features else None).items()]
+            self._plans[key] = plan
+        return plan
 
     def describe(self, view_name: str) -> dict[str, Any]:
         """A view's definition, current offline version and online state (``mlp features show``)."""
@@ -389,11 +405,21 @@ class FeatureStore:
         return info
 
 
-def _expired(rec: Mapping[str, Any], view: FeatureView, as_of) -> bool:
-    if as_of is None or view.ttl is None:
+def _ns(ts: Any) -> int | None:
+    """A time as UTC epoch nanoseconds (None stays None), for the TTL check."""
+    t = as_utc(ts)
+    return None if t is None else t.value
+
+
+def _expired(rec: Mapping[str, Any], ttl_ns: int | None, as_of_ns: int | None) -> bool:
+    """Whether a stored row is older than the view's TTL at ``as_of`` (epoch ns; None: no check):
+    its time is at or before ``as_of - ttl`` (the window is ``(as_of - ttl, as_of]``)."""
+    if as_of_ns is None or ttl_ns is None:
         return False
     ts = rec.get("event_timestamp")
-    return ts is None or as_utc(ts) <= as_of - view.ttl
+    if ts is None:
+        return True
+    return (ts if isinstance(ts, pd.Timestamp) else as_utc(ts)).value <= as_of_ns - ttl_ns
 
 
 def _date_in(rel: str, start, end) -> bool:

@@ -48,6 +48,7 @@ VOCABULARIES: dict[str, list[str]] = {
     "country": list(COUNTRIES),
     "device_type": list(DEVICE_TYPES),
 }
+_CODES = {col: {v: i for i, v in enumerate(vocab)} for col, vocab in VOCABULARIES.items()}
 _MAX_GAP_HOURS = 720.0   # no event in the look-back (or a first event): capped at 30 days
 _MIN_STD = 1.0           # floor of the user's amount spread, so z-scores stay finite
 
@@ -58,7 +59,7 @@ def encode(column: str, values) -> np.ndarray:
     ``values`` is a pandas Series (training sets: vectorised ``map``) or any sequence (a few
     request rows: a dict lookup each, without pandas' per-call overhead).
     """
-    index = {v: i for i, v in enumerate(VOCABULARIES[column])}
+    index = _CODES[column]
     if isinstance(values, pd.Series):
         return values.map(index).fillna(-1).astype(np.int64).to_numpy()
     return np.fromiter((index.get(v, -1) for v in values), dtype=np.int64, count=len(values))
@@ -83,9 +84,9 @@ def model_inputs(df: pd.DataFrame) -> pd.DataFrame:
     matrix = _inputs_matrix(
         amount=df["amount"].to_numpy(dtype=np.float64),
         event_s=ts.dt.as_unit("us").astype("int64").to_numpy() / 1e6,
-        views={c: pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64)
-               for c in VIEW_FEATURES},
-        codes={col: encode(col, df[col]) for col in VOCABULARIES})
+        views=np.vstack([pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64)
+                         for c in VIEW_FEATURES]),
+        codes=[encode(col, df[col]) for col in VOCABULARIES])
     return pd.DataFrame(matrix, columns=FEATURE_COLUMNS, index=df.index)
 
 
@@ -100,14 +101,14 @@ def model_inputs_matrix(records: list[dict], looked_up: dict[str, list]) -> np.n
             (naive means UTC).
         looked_up: :data:`VIEW_FEATURES` -> one value per record (None: unknown or expired).
     """
-    def column(name: str) -> np.ndarray:
-        return np.array([np.nan if v is None else v for v in looked_up[name]], dtype=np.float64)
-
     return _inputs_matrix(
         amount=np.array([r["amount"] for r in records], dtype=np.float64),
         event_s=np.array([_epoch_s(r["event_timestamp"]) for r in records], dtype=np.float64),
-        views={c: column(c) for c in VIEW_FEATURES},
-        codes={col: encode(col, [r[col] for r in records]) for col in VOCABULARIES})
+        # One array for every looked-up column (None -> NaN), not one per column: on the
+        # one-row serving path numpy's per-call overhead is most of the cost.
+        views=np.array([[np.nan if v is None else v for v in looked_up[c]] for c in VIEW_FEATURES],
+                       dtype=np.float64).reshape(len(VIEW_FEATURES), len(records)),
+        codes=[encode(col, [r[col] for r in records]) for col in VOCABULARIES])
 
 
 def _epoch_s(ts) -> float:
@@ -121,27 +122,54 @@ def _fill_nan(values: np.ndarray, fill: float) -> np.ndarray:
     return np.where(np.isnan(values), fill, values)
 
 
-def _inputs_matrix(amount: np.ndarray, event_s: np.ndarray, views: dict[str, np.ndarray],
-                   codes: dict[str, np.ndarray]) -> np.ndarray:
-    """The on-demand transformation itself, on numpy columns (``event_s``: UTC epoch seconds)."""
-    mean7, std7 = views["user_amount_mean_7d"], views["user_amount_std_7d"]
-    out: dict[str, np.ndarray] = {"amount": amount, "amount_log": np.log1p(amount)}
+#: Rows of the ``views`` matrix of :func:`_inputs_matrix` (one per :data:`VIEW_FEATURES`).
+_VIEW_ROW = {c: i for i, c in enumerate(VIEW_FEATURES)}
+#: Counts: no row in the TTL means nothing happened lately (0), not unknown.
+_COUNTS = ["user_txn_count_1h", "user_txn_count_24h", "user_txn_count_7d",
+           "user_distinct_countries_7d", "user_distinct_devices_7d",
+           "user_country_txn_count_30d", "user_device_txn_count_30d", "merchant_txn_count_24h"]
+_COUNT_ROWS = [_VIEW_ROW[c] for c in _COUNTS]
+_COL = {c: j for j, c in enumerate(FEATURE_COLUMNS)}
+_COUNT_COLS = [_COL[c] for c in _COUNTS]
+
+
+def _inputs_matrix(amount: np.ndarray, event_s: np.ndarray, views: np.ndarray,
+                   codes: list[np.ndarray]) -> np.ndarray:
+    """The on-demand transformation itself, on numpy columns.
+
+    Args:
+        amount: Transaction amounts (n).
+        event_s: Transaction times, UTC epoch seconds (n).
+        views: The looked-up :data:`VIEW_FEATURES` (NaN: unknown or expired), one row each
+            (13 x n).
+        codes: :func:`encode` of each :data:`VOCABULARIES` column, in that order.
+
+    Returns:
+        float64 (n x :data:`FEATURE_COLUMNS`).
+    """
+    out = np.empty((len(amount), len(FEATURE_COLUMNS)), dtype=np.float64)
+
+    def put(name: str, values) -> None:
+        out[:, _COL[name]] = values
+
+    mean7 = views[_VIEW_ROW["user_amount_mean_7d"]]
+    std7 = views[_VIEW_ROW["user_amount_std_7d"]]
+    put("amount", amount)
+    put("amount_log", np.log1p(amount))
     with np.errstate(invalid="ignore", divide="ignore"):
-        out["amount_z_user_7d"] = (amount - mean7) / np.maximum(_fill_nan(std7, 0.0), _MIN_STD)
-        out["amount_ratio_user_7d"] = (amount + 1.0) / (mean7 + 1.0)
-    for c in ("user_txn_count_1h", "user_txn_count_24h", "user_txn_count_7d",
-              "user_distinct_countries_7d", "user_distinct_devices_7d",
-              "user_country_txn_count_30d", "user_device_txn_count_30d", "merchant_txn_count_24h"):
-        out[c] = _fill_nan(views[c], 0.0)   # no row in the TTL = nothing happened lately
-    out["user_amount_std_7d"] = std7
-    gap_h = (event_s - views["user_last_event_at"]) / 3600.0
-    out["hours_since_prev"] = np.clip(_fill_nan(gap_h, _MAX_GAP_HOURS), 0.0, _MAX_GAP_HOURS)
-    out["merchant_fraud_rate_30d"] = views["merchant_fraud_rate_30d"]
+        put("amount_z_user_7d", (amount - mean7) / np.maximum(_fill_nan(std7, 0.0), _MIN_STD))
+        put("amount_ratio_user_7d", (amount + 1.0) / (mean7 + 1.0))
+    out[:, _COUNT_COLS] = _fill_nan(views[_COUNT_ROWS], 0.0).T
+    put("user_amount_std_7d", std7)
+    gap_h = (event_s - views[_VIEW_ROW["user_last_event_at"]]) / 3600.0
+    put("hours_since_prev", np.clip(_fill_nan(gap_h, _MAX_GAP_HOURS), 0.0, _MAX_GAP_HOURS))
+    put("merchant_fraud_rate_30d", views[_VIEW_ROW["merchant_fraud_rate_30d"]])
     # Calendar fields in UTC from epoch seconds (1970-01-01 was a Thursday: Monday = 0).
     days = np.floor(event_s / 86400.0)
-    out["hour_of_day"] = np.floor((event_s - days * 86400.0) / 3600.0)
-    out["is_night"] = (out["hour_of_day"] < 6).astype(np.float64)
-    out["day_of_week"] = (days + 3.0) % 7.0
-    for col, code in codes.items():
-        out[f"{col}_code"] = code.astype(np.float64)
-    return np.column_stack([out[c] for c in FEATURE_COLUMNS]).astype(np.float64, copy=False)
+    hour = np.floor((event_s - days * 86400.0) / 3600.0)
+    put("hour_of_day", hour)
+    put("is_night", hour < 6)
+    put("day_of_week", (days + 3.0) % 7.0)
+    for col, code in zip(VOCABULARIES, codes, strict=True):
+        put(f"{col}_code", code)
+    return out

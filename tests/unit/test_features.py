@@ -155,6 +155,36 @@ def test_request_rows_get_the_same_inputs_as_the_training_set():
     matrix = model_inputs_matrix(records, looked_up)
     assert matrix.shape == (n, len(FEATURE_COLUMNS)) and matrix.dtype == np.float64
     np.testing.assert_array_equal(matrix, model_inputs(frame).to_numpy(), strict=True)
+    for i in range(0, n, 7):     # one transaction per request, the serving path's usual case
+        one = model_inputs_matrix([records[i]], {c: [v[i]] for c, v in looked_up.items()})
+        np.testing.assert_array_equal(one, matrix[i:i + 1], strict=True)
+
+
+def test_online_lookup_applies_the_ttl_window_to_the_microsecond(tmp_path):
+    """A stored row answers at as_of in (t, t + ttl), not at t + ttl or later (the window is
+    (as_of - ttl, as_of], as offline); other views and repeated calls (cached read plan) agree."""
+    from mlplatform.config import PlatformConfig
+    from mlplatform.features import FeatureStore
+
+    store = FeatureStore(PlatformConfig(storage_root=tmp_path))
+    t = pd.Timestamp("2026-01-10T12:00:00Z")
+    for view in store.repo.feature_views:
+        keys = store.repo.join_keys(view)
+        store.online.write(view.name, pd.DataFrame(
+            {**{k: ["k"] for k in keys}, "event_timestamp": [t],
+             **{f: [1.0] for f in view.feature_names}}), keys)
+    row = {"user_id": "k", "merchant_id": "k", "country": "k", "device_type": "k"}
+    us = pd.Timedelta(microseconds=1)
+    for view in store.repo.feature_views:
+        name = view.feature_names[0]
+
+        def value(as_of, name=name):
+            return store.get_online_features([row], [name], as_of=as_of)[name][0]
+
+        assert value(t) == 1.0 and value(None) == 1.0
+        assert value(t + view.ttl - us) == 1.0, view.name
+        assert value(t + view.ttl) is None and value(t + view.ttl - us) == 1.0, view.name
+        assert value([(t + view.ttl).to_pydatetime()]) is None
 
 
 def test_encode_unknown_is_minus_one():
