@@ -7,6 +7,11 @@ from collections.abc import Callable
 # Ray reads RAY_AUTH_MODE once, when it is imported: clients of the token-auth test cluster must
 # have it set before any test module imports ray (the Makefile exports it too).
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# Ray Train's controller checks on its workers every 2 s by default, so each run ends up to 2 s
+# after its last worker returns; the suite trains dozens of times. Every cluster the tests start
+# (and every Train controller, which Ray Train hands this variable) gets a 0.5 s interval. Users'
+# clusters keep Ray's default: nothing in mlplatform sets it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 from mlplatform._ports import free_port  # noqa: E402, F401  (re-exported for the tests)
 

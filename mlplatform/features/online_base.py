@@ -61,6 +61,20 @@ class OnlineStore(Protocol):
         """
         ...
 
+    def read_views(self, entity_rows: list[dict],
+                   views: list[tuple[str, list[str], list[str] | None]]) -> list[list[dict | None]]:
+        """:meth:`read` of the same entity rows in several views, in one round trip (what a
+        scoring request needs: its user, merchant, ... rows at once).
+
+        Args:
+            entity_rows: Dicts holding the join keys of every view.
+            views: ``(view, join_keys, features)`` per view, as :meth:`read` takes them.
+
+        Returns:
+            One :meth:`read` result per view, in the order of ``views``.
+        """
+        ...
+
     def get_watermark(self, view: str) -> pd.Timestamp | None:
         """The UTC event time up to which the view was materialized, or None."""
         ...

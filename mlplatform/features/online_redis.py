@@ -123,33 +123,43 @@ class RedisOnlineStore:
 
     def read(self, view: str, join_keys: list[str], entity_rows: list[dict],
              features: list[str] | None = None) -> list[dict | None]:
-        prefix = self._key(view, "")
-        keys = [_entity_key(row, join_keys) for row in entity_rows]
-        wanted = [prefix + k for k in keys if k is not None]
-        check = features is not None and not set(features) <= self._features.get(view, set())
-        values: list[bytes | None] = []
+        return self.read_views(entity_rows, [(view, join_keys, features)])[0]
+
+    def read_views(self, entity_rows: list[dict],
+                   views: list[tuple[str, list[str], list[str] | None]]) -> list[list[dict | None]]:
+        """One pipeline, one round trip: the feature names of views that ask for a feature not
+        seen yet (SMEMBERS), then every view's entity keys in a single MGET."""
+        keys = [[_entity_key(row, join_keys) for row in entity_rows] for _, join_keys, _ in views]
+        wanted = [self._key(view, "") + k for (view, _, _), ks in zip(views, keys, strict=True)
+                  for k in ks if k is not None]
+        check = [(view, features) for view, _, features in views if features is not None
+                 and not set(features) <= self._features.get(view, set())]
         with self._errors():
-            if check:  # fetch the feature names in the same round trip
+            if check:
                 pipe = self._client.pipeline(transaction=False)
-                pipe.smembers(self._key(view, "#features"))
+                for view, _ in check:
+                    pipe.smembers(self._key(view, "#features"))
                 if wanted:
                     pipe.mget(wanted)
-                names, *rest = pipe.execute()
-                values = rest[0] if rest else []
-                if names:
-                    self._features[view] = {n.decode() for n in names}
-                    _check_features(view, features, self._features[view])
-            elif wanted:
-                values = self._client.mget(wanted)
+                *names, values = pipe.execute() if wanted else [*pipe.execute(), []]
+                for (view, features), got in zip(check, names, strict=True):
+                    if got:
+                        self._features[view] = {n.decode() for n in got}
+                        _check_features(view, features, self._features[view])
+            else:
+                values = self._client.mget(wanted) if wanted else []
         found = dict(zip(wanted, values, strict=True))
-        out: list[dict | None] = []
-        for k in keys:
-            raw = found.get(prefix + k) if k is not None else None
-            if raw is None:
-                out.append(None)
-                continue
-            micros, payload = raw.split(b",", 1)
-            out.append(_result(payload[:-1], int(micros[1:]), features))
+        out: list[list[dict | None]] = []
+        for (view, _, features), ks in zip(views, keys, strict=True):
+            prefix, rows = self._key(view, ""), []
+            for k in ks:
+                raw = found.get(prefix + k) if k is not None else None
+                if raw is None:
+                    rows.append(None)
+                    continue
+                micros, payload = raw.split(b",", 1)
+                rows.append(_result(payload[:-1], int(micros[1:]), features))
+            out.append(rows)
         return out
 
     def get_watermark(self, view: str) -> pd.Timestamp | None:

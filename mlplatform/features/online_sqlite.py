@@ -115,25 +115,72 @@ class SQLiteOnlineStore:
 
     def read(self, view: str, join_keys: list[str], entity_rows: list[dict],
              features: list[str] | None = None) -> list[dict | None]:
-        table = self._table(view)
-        keys = [_entity_key(row, join_keys) for row in entity_rows]
+        return self.read_views(entity_rows, [(view, join_keys, features)])[0]
+
+    def read_views(self, entity_rows: list[dict],
+                   views: list[tuple[str, list[str], list[str] | None]]) -> list[list[dict | None]]:
+        keys = [[_entity_key(row, join_keys) for row in entity_rows] for _, join_keys, _ in views]
+        for view, _, features in views:
+            self._check_known(view, features)
+        if len(views) == 1:
+            found = [self._select(views[0][0], keys[0])]
+        else:    # one statement for every view (UNION ALL)
+            found = self._select_views([view for view, _, _ in views], keys)
+        out = []
+        for by_key, ks, (_, _, features) in zip(found, keys, views, strict=True):
+            hits = [by_key.get(k) if k is not None else None for k in ks]
+            out.append([None if hit is None else _result(hit[1], hit[0], features)
+                        for hit in hits])
+        return out
+
+    def _check_known(self, view: str, features: list[str] | None) -> None:
+        """Refresh the view's feature names when ``features`` asks for one not seen yet, and
+        refuse names the view does not have."""
         if features is not None and not set(features) <= self._features.get(view, set()):
             rows = self._query("SELECT features FROM mlp_views WHERE view = ?", (view,))
             if rows:
                 self._features[view] = set(json.loads(rows[0][0]))
                 _check_features(view, features, self._features[view])
-        if len(keys) == 1:      # the one-transaction serving path: a plain primary-key read
-            sql, params = (f"SELECT entity_key, ts, features FROM {table} WHERE entity_key = ?",
-                           (keys[0],))
-        else:   # one statement with one parameter whatever the batch size: its plan stays cached
-            sql, params = (f"SELECT entity_key, ts, features FROM {table} "
-                           "WHERE entity_key IN (SELECT value FROM json_each(?))",
-                           (json.dumps([k for k in keys if k is not None]),))
-        found = {k: (ts, payload) for k, ts, payload in self._query(sql, params)}
-        out: list[dict | None] = []
-        for k in keys:
-            hit = found.get(k) if k is not None else None
-            out.append(None if hit is None else _result(hit[1], hit[0], features))
+
+    @staticmethod
+    def _where(keys: list[str]) -> tuple[str, tuple]:
+        """One key: a plain primary-key match; several: one JSON parameter whatever their
+        number, so the statement's plan stays cached."""
+        if len(keys) == 1:
+            return "entity_key = ?", (keys[0],)
+        return "entity_key IN (SELECT value FROM json_each(?))", (json.dumps(keys),)
+
+    def _select(self, view: str, keys: list[str | None]) -> dict[str, tuple[int, str]]:
+        present = [k for k in keys if k is not None]
+        if not present:
+            return {}
+        where, params = self._where(present)
+        return {k: (ts, payload) for k, ts, payload in self._query(
+            f"SELECT entity_key, ts, features FROM {self._table(view)} WHERE {where}", params)}
+
+    def _select_views(self, views: list[str],
+                      keys: list[list[str | None]]) -> list[dict[str, tuple[int, str]]]:
+        """Each view's keys in its table, all in one statement; a view without a table yet
+        (nothing materialized) reads as empty, as in :meth:`_select`."""
+        parts, params, out = [], [], [{} for _ in views]
+        for i, (view, ks) in enumerate(zip(views, keys, strict=True)):
+            present = [k for k in ks if k is not None]
+            if present:
+                where, p = self._where(present)
+                parts.append(f"SELECT {i}, entity_key, ts, features FROM {self._table(view)} "
+                             f"WHERE {where}")
+                params += p
+        if not parts:
+            return out
+        with self._lock:
+            try:
+                rows = self._conn.execute(" UNION ALL ".join(parts), params).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "no such table" not in str(exc):
+                    raise
+                return [self._select(v, ks) for v, ks in zip(views, keys, strict=True)]
+        for i, k, ts, payload in rows:
+            out[i][k] = (ts, payload)
         return out
 
     def get_watermark(self, view: str) -> pd.Timestamp | None:

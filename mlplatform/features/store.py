@@ -334,7 +334,8 @@ class FeatureStore:
     def get_online_features(self, entity_rows: Sequence[Mapping[str, Any]],
                             features: Sequence[str] | None = None,
                             as_of: Any = None) -> dict[str, list[Any]]:
-        """Latest feature values per entity row, from the online store (one read per view).
+        """Latest feature values per entity row, from the online store (every view in one
+        round trip: :meth:`OnlineStore.read_views`).
 
         Args:
             entity_rows: Dicts holding the join keys of the requested views.
@@ -355,14 +356,17 @@ class FeatureStore:
         else:
             times = [_ns(as_of)] * len(rows)
         out: dict[str, list[Any]] = {}
-        for view_name, keys, names, ttl_ns in self._read_plan(features):
+        plan = self._read_plan(features)
+        for view_name, keys, _, _ in plan:
             for k in keys:
                 if any(k not in r for r in rows):
                     raise KeyError(f"entity rows need join key {k!r} for feature view {view_name!r}")
                 out.setdefault(k, [r[k] for r in rows])
+        # Every view in one round trip to the online store.
+        stored = self.online.read_views(rows, [(view, keys, names) for view, keys, names, _ in plan])
+        for (_, _, names, ttl_ns), records in zip(plan, stored, strict=True):
             found = [None if rec is None or _expired(rec, ttl_ns, t) else rec
-                     for rec, t in zip(self.online.read(view_name, keys, rows, names), times,
-                                       strict=True)]
+                     for rec, t in zip(records, times, strict=True)]
             for name in names:
                 out[name] = [None if rec is None else rec.get(name) for rec in found]
         return out

@@ -79,10 +79,11 @@ def ray_cluster(storage_root, tmp_path_factory):
         ray.shutdown()
         if head.poll() is None:
             # SIGTERM: `ray start --block` stops its processes gracefully (30-40 s here, most
-            # of it waiting on idle workers); after 10 s the rest of the group is killed.
+            # of it waiting on idle workers); after 2 s the rest of the group is killed (the
+            # session is over: nothing of it is kept).
             os.killpg(head.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                head.wait(timeout=10)
+                head.wait(timeout=2)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(head.pid, signal.SIGKILL)
             head.wait(timeout=30)

@@ -142,6 +142,51 @@ def test_feature_subset_unknown_feature_and_added_features(store):
     assert got == [{"a": 1, "d": None, "event_timestamp": T0}, {"a": 5, "d": 8, "event_timestamp": T0}]
 
 
+def test_read_views_reads_every_view_in_one_round_trip(store, monkeypatch):
+    """Several views with different join keys, as a scoring request reads them: the same
+    answers as one read per view (missing entity, null key, a view never written, a feature
+    subset), from one statement (SQLite) or one MGET (Redis); an unknown feature is refused."""
+    store.write("user", _frame(user_id=[1, 2], event_timestamp=[T0, T0 + HOUR], n=[3, 4]),
+                ["user_id"])
+    store.write("merchant", _frame(merchant_id=["m1"], event_timestamp=[T0], rate=[0.5],
+                                   seen=[9]), ["merchant_id"])
+    store.write("user_country", _frame(user_id=[1], country=["FR"], event_timestamp=[T0], k=[7]),
+                ["user_id", "country"])
+    rows = [{"user_id": 1, "merchant_id": "m1", "country": "FR"},
+            {"user_id": 2, "merchant_id": "m2", "country": "DE"},
+            {"user_id": None, "merchant_id": "m1", "country": "FR"}]
+    views = [("user", ["user_id"], None), ("merchant", ["merchant_id"], ["rate"]),
+             ("user_country", ["user_id", "country"], None), ("never_written", ["user_id"], None)]
+    expected = [store.read(v, keys, rows, features) for v, keys, features in views]
+    assert expected[0][0]["n"] == 3 and expected[1] == [
+        {"rate": 0.5, "event_timestamp": T0}, None, {"rate": 0.5, "event_timestamp": T0}]
+    assert expected[3] == [None, None, None]
+
+    if isinstance(store, SQLiteOnlineStore):
+        statements = []
+        store._conn.set_trace_callback(statements.append)
+        got = store.read_views(rows, views[:3])
+        store._conn.set_trace_callback(None)
+        assert len([q for q in statements if q.lstrip().upper().startswith("SELECT")]) == 1, \
+            statements
+    else:
+        calls = {}
+        real = store._client.execute_command
+
+        def counted(*args, **kwargs):
+            calls[args[0]] = calls.get(args[0], 0) + 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(store._client, "execute_command", counted)
+        got = store.read_views(rows, views[:3])
+        monkeypatch.undo()
+        assert calls == {"MGET": 1}, calls
+    assert got == expected[:3]
+    assert store.read_views(rows, views) == expected     # with a view that has no data yet
+    with pytest.raises(KeyError, match="nope"):
+        store.read_views(rows, [views[0], ("merchant", ["merchant_id"], ["rate", "nope"])])
+
+
 def test_unknown_view_reads_as_absent(store):
     assert store.read("never_written", ["user_id"], [{"user_id": 1}, {"user_id": 2}]) == [None, None]
     assert store.count("never_written") == 0
