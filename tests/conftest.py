@@ -12,9 +12,6 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 # (and every Train controller, which Ray Train hands this variable) gets a 0.5 s interval. Users'
 # clusters keep Ray's default: nothing in mlplatform sets it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-# Ray's processes push their metrics every 10 s by default; the tests that read Serve's and our
-# metrics from Prometheus wait for that push. 2 s on the test clusters.
-os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")
 
 from mlplatform._ports import free_port  # noqa: E402, F401  (re-exported for the tests)
 
