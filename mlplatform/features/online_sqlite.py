@@ -122,10 +122,7 @@ class SQLiteOnlineStore:
         keys = [[_entity_key(row, join_keys) for row in entity_rows] for _, join_keys, _ in views]
         for view, _, features in views:
             self._check_known(view, features)
-        if len(views) == 1:
-            found = [self._select(views[0][0], keys[0])]
-        else:    # one statement for every view (UNION ALL)
-            found = self._select_views([view for view, _, _ in views], keys)
+        found = self._select_views([view for view, _, _ in views], keys)
         out = []
         for by_key, ks, (_, _, features) in zip(found, keys, views, strict=True):
             hits = [by_key.get(k) if k is not None else None for k in ks]
@@ -150,18 +147,10 @@ class SQLiteOnlineStore:
             return "entity_key = ?", (keys[0],)
         return "entity_key IN (SELECT value FROM json_each(?))", (json.dumps(keys),)
 
-    def _select(self, view: str, keys: list[str | None]) -> dict[str, tuple[int, str]]:
-        present = [k for k in keys if k is not None]
-        if not present:
-            return {}
-        where, params = self._where(present)
-        return {k: (ts, payload) for k, ts, payload in self._query(
-            f"SELECT entity_key, ts, features FROM {self._table(view)} WHERE {where}", params)}
-
     def _select_views(self, views: list[str],
                       keys: list[list[str | None]]) -> list[dict[str, tuple[int, str]]]:
-        """Each view's keys in its table, all in one statement; a view without a table yet
-        (nothing materialized) reads as empty, as in :meth:`_select`."""
+        """Each view's keys in its table, all in one statement (UNION ALL); a view without a
+        table yet (nothing materialized) reads as empty."""
         parts, params, out = [], [], [{} for _ in views]
         for i, (view, ks) in enumerate(zip(views, keys, strict=True)):
             present = [k for k in ks if k is not None]
@@ -178,7 +167,10 @@ class SQLiteOnlineStore:
             except sqlite3.OperationalError as exc:
                 if "no such table" not in str(exc):
                     raise
-                return [self._select(v, ks) for v, ks in zip(views, keys, strict=True)]
+                if len(parts) == 1:     # its one table does not exist yet
+                    return out
+                return [self._select_views([v], [ks])[0]
+                        for v, ks in zip(views, keys, strict=True)]
         for i, k, ts, payload in rows:
             out[i][k] = (ts, payload)
         return out

@@ -63,7 +63,8 @@ class FeatureStore:
         # (CPU workers on the clusters of cluster/; anywhere by default).
         self._placement = data_remote_args(config) or None
         #: get_online_features' resolved reads per distinct request (see _read_plan).
-        self._plans: dict[Any, Any] = {}
+        self._plans: dict[tuple[str, ...] | None, list] = {}
+        self._plans_repo: FeatureRepo | None = None
 
     # ------------------------------------------------------------------ offline build --------
     def build(self, view_names: Sequence[str] | None = None, start: Any = None, end: Any = None,
@@ -375,15 +376,16 @@ class FeatureStore:
                                                                         int | None]]:
         """(view, join keys, features, TTL in ns) per view that ``features`` reads, resolved once
         per distinct request (the serving path asks the same every time)."""
-        if self._plans.get("repo") is not self.repo:     # a new repo: resolve again
-            self._plans = {"repo": self.repo}
+        if self._plans_repo is not self.repo:     # a new repo: resolve again
+            self._plans, self._plans_repo = {}, self.repo
         key = None if features is None else tuple(features)
         plan = self._plans.get(key)
         if plan is None:
-            plan = [(name, self.repo.join_keys(self.repo.view(name)), names,
-                     None if self.repo.view(name).ttl is None
-                     else pd.Timedelta(self.repo.view(name).ttl).value)
-                    for name, names in self.repo.resolve(list(features) if features else None).items()]
+            plan = []
+            for name, names in self.repo.resolve(list(features) if features else None).items():
+                view = self.repo.view(name)
+                ttl_ns = None if view.ttl is None else pd.Timedelta(view.ttl).value
+                plan.append((name, self.repo.join_keys(view), names, ttl_ns))
             self._plans[key] = plan
         return plan
 
