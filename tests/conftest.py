@@ -13,7 +13,22 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 # clusters keep Ray's default: nothing in mlplatform sets it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
+import pytest  # noqa: E402
+
 from mlplatform._ports import free_port  # noqa: E402, F401  (re-exported for the tests)
+
+
+@pytest.fixture
+def replica_context(monkeypatch):
+    """``@serve.batch`` outside a Serve replica (pure batching logic, no Serve running)."""
+    from types import SimpleNamespace
+
+    from ray.serve import batching
+
+    # Outside a replica, @serve.batch's queue asks for the replica's max_ongoing_requests (to
+    # warn when batches can never fill): answer it as a replica configured so would.
+    replica = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
+    monkeypatch.setattr(batching.serve, "get_replica_context", lambda: replica)
 
 
 def wait_for(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.5,

@@ -41,8 +41,9 @@ class AppArgs(BaseModel):
         default_factory=dict, description="PlatformConfig overrides, e.g. {storage_root: /data}.")
     max_items: PositiveInt = Field(default=256, description="Most instances in one request.")
     max_body_bytes: PositiveInt = Field(default=1_048_576, description="Largest body (413 above).")
-    max_batch_size: PositiveInt = Field(default=32,
-                                        description="Requests scored together by @serve.batch.")
+    max_batch_size: PositiveInt = Field(
+        default=32, description="Requests scored together by @serve.batch (and looked up "
+        "together in the online store).")
     batch_wait_timeout_s: NonNegativeFloat = Field(
         default=0.005, description="How long @serve.batch waits to fill a batch.")
     reload_interval_s: NonNegativeFloat = Field(
@@ -136,13 +137,15 @@ def build_app(args: Mapping[str, Any] | None = None):
                  "reload_interval_s": a.reload_interval_s}
         router = Router.options(user_config=default).bind(None, default, a.served)
         return Ingress.bind(plat, router, {}, Explainer.bind(plat), a.max_items,
-                            a.max_body_bytes, a.auth, a.token_env, a.admin_token_env, embed)
+                            a.max_body_bytes, a.auth, a.token_env, a.admin_token_env, embed,
+                            a.max_batch_size)
     servers = {ref: ModelServer.options(name=server_name(ref)).bind(
         ref, plat, a.max_batch_size, a.batch_wait_timeout_s, a.reload_interval_s)
         for ref in a.served}
     router = Router.options(user_config=default).bind(servers, default, a.served)
     return Ingress.bind(plat, router, servers, Explainer.bind(plat), a.max_items,
-                        a.max_body_bytes, a.auth, a.token_env, a.admin_token_env)
+                        a.max_body_bytes, a.auth, a.token_env, a.admin_token_env, None,
+                        a.max_batch_size)
 
 
 def check_serve_config(raw: Mapping[str, Any]) -> None:

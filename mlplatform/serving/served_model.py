@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from mlplatform.serving.batching import AdaptiveBatch, split_rows
+
 logger = logging.getLogger("ray.serve")
 
 
@@ -96,13 +98,10 @@ class ServedModel:
         self._state = _load(registry, model_ref, FEATURE_COLUMNS)
         self._on_change = on_change
         _audit_deploy(registry, self._state["model"].version, model_ref)
-        # One batch queue per instance: @serve.batch on a method keeps one queue per class, so
-        # two models in one process (embedded in an Ingress) would share batches.
-        self._score_batch = serve.batch(max_batch_size=max_batch_size,
-                                        batch_wait_timeout_s=batch_wait_timeout_s)(
-            self._score_many)
+        # Adaptive @serve.batch, one queue per instance (two embedded models never share one).
+        self._batch = AdaptiveBatch(self._score_one, self._score_many, max_batch_size,
+                                    batch_wait_timeout_s)
         self._reload_lock = asyncio.Lock()
-        self._in_flight = 0
         self._poller: asyncio.Task | None = None
         logger.info("loaded %s as %s", model_ref, self._state["uri"])
 
@@ -156,34 +155,24 @@ class ServedModel:
         """Scores of the rows of ``matrix`` (the model inputs, in ``FEATURE_COLUMNS`` order),
         with the version that scored them and its decision threshold.
 
-        Adaptive batching: a request that finds no other one in flight here is scored at once;
-        only under concurrency do requests wait (at most ``batch_wait_timeout_s``) to be scored
-        together by ``@serve.batch``. So a lone request never pays the batch window, and a busy
-        replica makes one model call per batch.
+        Adaptive batching (:class:`~mlplatform.serving.batching.AdaptiveBatch`): a request that
+        finds no other one in flight here is scored at once; only under concurrency do requests
+        wait (at most ``batch_wait_timeout_s``) to be scored together by ``@serve.batch``. So a
+        lone request never pays the batch window, and a busy replica makes one model call per
+        batch.
         """
-        self._in_flight += 1
-        try:
-            # One turn of the event loop first: requests that arrived together start and count
-            # themselves, so they see each other and batch.
-            await asyncio.sleep(0)
-            if self._in_flight == 1:
-                state = self._state
-                scores = np.asarray(state["model"].predict_matrix(matrix), dtype=float).tolist()
-            else:
-                scores, state = await self._score_batch(matrix)
-        finally:
-            self._in_flight -= 1
+        scores, state = await self._batch(matrix)
         return {"scores": scores, "model_name": state["model_name"],
                 "model_version": state["model_version"], "threshold": state["threshold"]}
 
-    async def _score_many(self, matrices: list[np.ndarray]) -> list[tuple[list[float], dict]]:
-        # One model call (XGBoost or torch) for every request that arrived within the window.
+    def _score_one(self, matrix: np.ndarray) -> tuple[list[float], dict[str, Any]]:
         state = self._state
-        sizes = [len(m) for m in matrices]
+        return np.asarray(state["model"].predict_matrix(matrix), dtype=float).tolist(), state
+
+    def _score_many(self, matrices: list[np.ndarray]) -> list[tuple[list[float], dict]]:
+        # One model call (XGBoost or torch) for every request that arrived within the window;
+        # the batch is scored by one version, even if a reload swaps another in meanwhile.
+        state = self._state
         scores = np.asarray(state["model"].predict_matrix(np.vstack(matrices)),
                             dtype=float).tolist()
-        out, start = [], 0
-        for n in sizes:
-            out.append((scores[start:start + n], state))
-            start += n
-        return out
+        return [(part, state) for part in split_rows(scores, [len(m) for m in matrices])]

@@ -130,6 +130,87 @@ def test_embedded_arms_split_traffic_and_score_exactly_their_model(url, instance
     assert r.status_code == 503 and "takes inputs" in r.json()["message"]
 
 
+def _records(batch: list[dict]) -> list[dict]:
+    return [{**i, "event_timestamp": pd.Timestamp(i["event_timestamp"])} for i in batch]
+
+
+def test_concurrent_lookups_share_one_store_read_and_equal_lone_ones(platform, instances,
+                                                                      replica_context):
+    """FeatureLookup.lookup under concurrency: one online-store read for every request that
+    arrived together, each request getting exactly its own rows (as a lone lookup gives them),
+    and a request that cannot be looked up failing alone."""
+    import asyncio
+
+    from mlplatform.serving.deployments import FeatureLookup
+
+    lookup = FeatureLookup(platform.model_dump(mode="json"), max_batch_size=32)
+    unknown = {**instances[5], "user_id": "u-nobody", "transaction_id": "t-unknown"}
+    requests_ = [_records([i]) for i in instances[:12]] + [_records(instances[20:23]),
+                                                           _records([unknown])]
+    lone = [lookup.features(r) for r in requests_]
+    reads = []
+    store_read = lookup._store.get_online_features
+    lookup._store.get_online_features = lambda *a, **k: reads.append(len(a[0])) or store_read(
+        *a, **k)
+    bad = [{k: v for k, v in _records([instances[30]])[0].items() if k != "merchant_id"}]
+
+    async def burst():
+        return await asyncio.gather(*(lookup.lookup(r) for r in [*requests_, bad]),
+                                    return_exceptions=True)
+
+    out = asyncio.run(burst())
+    assert reads[0] == 12 + 3 + 1 + 1          # the whole burst in one read first
+    assert isinstance(out[-1], KeyError) and "merchant_id" in str(out[-1])
+    for got, want in zip(out[:-1], lone, strict=True):
+        np.testing.assert_array_equal(got["matrix"], want["matrix"])   # NaNs equal too
+        assert got["unknown_user"] == want["unknown_user"]
+    assert out[-2]["unknown_user"] == [True] and not any(out[0]["unknown_user"])
+    reads.clear()
+    asyncio.run(lookup.lookup(requests_[0]))    # alone: looked up at once, by itself
+    assert reads == [1]
+
+
+def test_concurrent_requests_are_each_answered_for_their_own_transaction(url, instances,
+                                                                         platform):
+    """A burst of concurrent requests (their lookups and model calls batched in the Ingress)
+    gets, request by request, the score of its own transaction: nothing mixed up between the
+    requests batched together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlplatform.serving.deployments import FeatureLookup
+
+    bodies = [dict(i) for i in instances[40:88]]
+    for i in range(0, len(bodies), 12):      # some unknown users (default features) among them
+        bodies[i] = {**bodies[i], "user_id": f"u-nobody-{i}"}
+    bodies += [{"instances": instances[j:j + 3]} for j in range(90, 102, 3)]
+    headers = {**ADMIN, "X-MLP-Arm": "champion"}
+
+    def post(body):
+        with requests.Session() as http:
+            return http.post(f"{url}/predict", json=body, headers=headers, timeout=60)
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(post, bodies))
+    lookup = FeatureLookup(platform.model_dump(mode="json"))
+    registry = ModelRegistry(platform)
+    models = {}
+    for body, r in zip(bodies, answers, strict=True):
+        assert r.status_code == 200, r.text
+        batch = body.get("instances", [body])
+        preds = r.json().get("predictions", [r.json()])
+        features = lookup.features(_records(batch))
+        version = preds[0]["model_version"]
+        if version not in models:
+            models[version] = load_model(registry, f"{MODEL}/{version}")
+        direct = models[version].predict(pd.DataFrame(features["matrix"],
+                                                      columns=FEATURE_COLUMNS))
+        assert [p["transaction_id"] for p in preds] == [b["transaction_id"] for b in batch]
+        assert [p["unknown_user"] for p in preds] == features["unknown_user"]
+        np.testing.assert_allclose([p["score"] for p in preds], direct, rtol=1e-6)
+    assert sum(p["unknown_user"] for r in answers for p in r.json().get("predictions",
+                                                                          [r.json()])) == 4
+
+
 def test_reload_swaps_a_moved_alias_in_without_a_failed_request(url, instances, versions,
                                                                 platform):
     import threading

@@ -133,29 +133,15 @@ class _CountingModel:
 
 def _served(batch_wait_s: float, max_batch_size: int, scale: float = 10.0):
     """A ServedModel around a counting model (its batching logic, no registry)."""
-    from ray import serve
-
+    from mlplatform.serving.batching import AdaptiveBatch
     from mlplatform.serving.served_model import ServedModel
 
     served = object.__new__(ServedModel)
     model = _CountingModel(scale)
     served._state = {"model": model, "model_name": "m", "model_version": "1", "threshold": 0.5}
-    served._in_flight = 0
-    served._score_batch = serve.batch(max_batch_size=max_batch_size,
-                                      batch_wait_timeout_s=batch_wait_s)(served._score_many)
+    served._batch = AdaptiveBatch(served._score_one, served._score_many, max_batch_size,
+                                  batch_wait_s)
     return served, model
-
-
-@pytest.fixture
-def replica_context(monkeypatch):
-    from types import SimpleNamespace
-
-    from ray.serve import batching
-
-    # Outside a replica, @serve.batch's queue asks for the replica's max_ongoing_requests (to
-    # warn when batches can never fill): answer it as a replica configured so would.
-    replica = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
-    monkeypatch.setattr(batching.serve, "get_replica_context", lambda: replica)
 
 
 def test_a_lone_request_is_scored_at_once_and_concurrent_ones_are_batched(replica_context):
@@ -175,7 +161,7 @@ def test_a_lone_request_is_scored_at_once_and_concurrent_ones_are_batched(replic
                                       for i in range(8)))
         assert [m["scores"] for m in many] == [[i / 10] for i in range(8)]
         assert model.calls[1:] == [8]            # one model call for the 8 concurrent requests
-        assert server._in_flight == 0
+        assert server._batch.in_flight == 0
 
     asyncio.run(scenario())
 
@@ -195,5 +181,52 @@ def test_two_models_in_one_process_never_share_a_batch(replica_context):
         assert [o["scores"][0] for o in out] == [i / 10 for i in range(4)] + [
             i / 100 for i in range(4)]
         assert sum(model_a.calls) == sum(model_b.calls) == 4
+
+    asyncio.run(scenario())
+
+
+def test_a_bad_item_fails_only_its_own_caller_in_a_batch(replica_context):
+    """AdaptiveBatch: when the batch call raises, each item is retried alone, so a request
+    that cannot be served fails by itself and the requests batched with it are answered."""
+    import asyncio
+
+    from mlplatform.serving.batching import AdaptiveBatch
+
+    calls: list[list[int]] = []
+
+    def one(x: int) -> int:
+        if x < 0:
+            raise ValueError(f"negative item {x}")
+        return x * 2
+
+    def many(xs: list[int]) -> list[int]:
+        calls.append(list(xs))
+        return [one(x) for x in xs]
+
+    async def scenario():
+        batch = AdaptiveBatch(one, many, max_batch_size=8, batch_wait_timeout_s=0.0)
+        out = await asyncio.gather(*(batch(x) for x in (1, 2, -3, 4)), return_exceptions=True)
+        assert out[:2] == [2, 4] and out[3] == 8
+        assert isinstance(out[2], ValueError) and "negative item -3" in str(out[2])
+        assert calls == [[1, 2, -3, 4]]          # one batch call, then each alone
+        assert await batch(5) == 10 and calls == [[1, 2, -3, 4]]   # alone: one() at once
+        with pytest.raises(ValueError, match="negative item -1"):
+            await batch(-1)
+        assert batch.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_function_that_loses_results_fails_loudly(replica_context):
+    import asyncio
+
+    from mlplatform.serving.batching import AdaptiveBatch
+
+    async def scenario():
+        batch = AdaptiveBatch(lambda x: x, lambda xs: xs[:-1], max_batch_size=4,
+                              batch_wait_timeout_s=0.0)
+        out = await asyncio.gather(*(batch(x) for x in range(3)), return_exceptions=True)
+        assert all(isinstance(o, RuntimeError) and "2 results for 3 items" in str(o)
+                   for o in out), out
 
     asyncio.run(scenario())
