@@ -5,10 +5,10 @@ Read from the setup/start commands and docker options of each node type: literal
 YAMLs' env file. The rules: token auth on and the token shipped, shared storage (and Ray Train's
 ``storage_path``: ``MLP_CHECKPOINT_STORAGE`` on object storage or the shared root; set
 explicitly when GPU workers run on spot/preemptible capacity), an MLflow server and a Redis every
-node reaches, the same known ``MLP_*`` settings everywhere, the price table shipped to every node
-(``MLP_PRICE_TABLE``), the dashboard on localhost, and, when the tracking URI points at the head,
-an ``mlflow server`` started there on a real database (``--backend-store-uri`` or
-``MLFLOW_BACKEND_STORE_URI``, shell variables followed).
+node reaches, the same known ``MLP_*`` settings and the same ``RAY_SERVE_*`` values everywhere,
+the price table shipped to every node (``MLP_PRICE_TABLE``), the dashboard on localhost, and,
+when the tracking URI points at the head, an ``mlflow server`` started there on a real database
+(``--backend-store-uri`` or ``MLFLOW_BACKEND_STORE_URI``, shell variables followed).
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ _ASSIGNMENT = re.compile(r"(?<![\w$-])([A-Z][A-Z0-9_]*)=(\"[^\"]*\"|'[^']*'|[^\s
 _MOUNT_WORDS = ("mount", "gcsfuse", "s3fs")
 _HOME = re.compile(r"^(\$HOME|\$\{HOME\}|/home/[^/]+|/root)(?=/)")
 _HEAD_IP = re.compile(r"\$\{?RAY_HEAD_IP\}?")
+#: Ray Serve's settings (e.g. RAY_SERVE_ENABLE_HA_PROXY, RAY_SERVE_THROUGHPUT_OPTIMIZED): the
+#: same on every node.
+SERVE_PREFIX = "RAY_SERVE_"
 #: How the MLflow server is given its database: the flag or the environment variable.
 _BACKEND_FLAG = re.compile(r"--backend-store-uri[= ]+(\"[^\"]*\"|'[^']*'|[^\s;&|)]+)")
 _BACKEND_ENV = re.compile(r"(?<![\w$-])MLFLOW_BACKEND_STORE_URI=(\"[^\"]*\"|'[^']*'|[^\s;&|)]*)")
@@ -85,7 +88,22 @@ def environment_problems(config: Mapping[str, Any]) -> list[str]:
         who = ("every node type" if len(names) == len(envs) > 1 else
                f"node type{'s' if len(names) > 1 else ''} {', '.join(repr(n) for n in names)}")
         problems.append(f"{who}: {problem}")
-    return problems + _head_command_problems(config, texts.get(head, ""), envs.get(head, {}))
+    return (problems + _serve_problems(envs)
+            + _head_command_problems(config, texts.get(head, ""), envs.get(head, {})))
+
+
+def _serve_problems(envs: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """Ray Serve's settings must be the same on every node: the controller (head) picks the
+    ingress, and every replica (workers) reads the throughput mode when it imports Serve."""
+    serve = {n: {k: v for k, v in e.items() if k.startswith(SERVE_PREFIX)}
+             for n, e in envs.items()}
+    if len({tuple(sorted(s.items())) for s in serve.values()}) <= 1:
+        return []
+    shown = "; ".join(f"{n!r}: {' '.join(f'{k}={v}' for k, v in sorted(s.items())) or 'none'}"
+                      for n, s in serve.items())
+    return [f"the node types disagree on Ray Serve's settings ({shown}): the Serve controller "
+            "on the head and the replicas on the workers must run the same ingress mode; set "
+            "the same RAY_SERVE_* values on every node"]
 
 
 def _node_env_problems(config: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:

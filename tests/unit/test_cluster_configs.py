@@ -291,6 +291,38 @@ def test_a_shipped_price_table_must_be_this_yamls(tmp_path):
     assert "is not a price table" in joined(validate_cluster_config(elsewhere))
 
 
+@pytest.mark.parametrize("path", CLOUD_YAMLS, ids=lambda p: p.name)
+def test_every_node_runs_serve_behind_haproxy_in_throughput_mode(path):
+    """The recommended production setting (mlplatform.serving.haproxy), in the env file every
+    node sources before `ray start`: the head (Serve controller, HAProxy) and the workers
+    (replicas) alike."""
+    from mlplatform.cluster._launcher_yaml import node_types
+    from mlplatform.cluster.validate_env import SERVE_PREFIX, _env, _node_text
+    from mlplatform.serving.haproxy import THROUGHPUT_ENV
+
+    config = yaml.safe_load(path.read_text())
+    head = config["head_node_type"]
+    for name in node_types(config):
+        serve = {k: v for k, v in _env(_node_text(config, name, name == head)).items()
+                 if k.startswith(SERVE_PREFIX)}
+        assert serve == {"RAY_SERVE_ENABLE_HA_PROXY": "1", **THROUGHPUT_ENV}, (path.name, name)
+
+
+def test_nodes_that_disagree_on_serves_settings_are_reported(tmp_path):
+    bad = variant(tmp_path, CLOUD_YAMLS[0], "worker_setup_commands: []",
+                  "worker_setup_commands:\n"
+                  "  - echo 'export RAY_SERVE_THROUGHPUT_OPTIMIZED=0' >> ~/mlp.env")
+    text = joined(validate_cluster_config(bad))
+    assert "the node types disagree on Ray Serve's settings" in text
+    assert ("'cpu_worker': RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=0"
+            in text)
+    assert "'head': RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1" in text
+    # Dropping them everywhere (back to Serve's default proxy) is a choice, not a problem.
+    plain = variant(tmp_path, CLOUD_YAMLS[0], "export RAY_SERVE_ENABLE_HA_PROXY=1\n"
+                    "    export RAY_SERVE_THROUGHPUT_OPTIMIZED=1\n", "")
+    assert validate_cluster_config(plain) == []
+
+
 def test_unknown_mlp_variable_and_unpinned_image_are_reported(tmp_path):
     bad = variant(tmp_path, CLOUD_YAMLS[0], "export MLP_CLUSTER_AUTOSCALES=1",
                   "export MLP_CLUSTER_AUTOSCALES=1\n    export MLP_STORAGE_ROOTS=/x")
@@ -408,7 +440,7 @@ def test_rayservice_serve_config_passes_serves_schema_and_ours():
 
 
 def launcher_env_keys(path: Path) -> set[str]:
-    return set(re.findall(r"export (MLP_[A-Z_]+)=", path.read_text()))
+    return set(re.findall(r"export ((?:MLP|RAY_SERVE)_[A-Z_]+)=", path.read_text()))
 
 
 def launcher_images(path: Path) -> set[str]:
@@ -423,6 +455,9 @@ def test_kuberay_agrees_with_the_launcher_yamls():
     assert images == launcher_images(CLOUD_YAMLS[1])
     configmap = kuberay("raycluster.yaml")[0]
     assert set(configmap["data"]) == {k for k in keys if not k.startswith("MLP_SERVE_")}
+    # The same ingress as the launcher YAMLs' nodes: HAProxy in throughput mode, on every pod.
+    assert {k: v for k, v in configmap["data"].items() if k.startswith("RAY_SERVE_")} == {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
     launcher_types = {"head": "head", "cpu-worker": "cpu_worker", "gpu-worker": "gpu_worker"}
     for doc in ray_docs():
         spec = ray_cluster_spec(doc)
