@@ -33,8 +33,11 @@ the +1000 ms arm is the one that holds), no failed request. The bound catches Se
 replicas or queueing behind the jobs (errors, stalls of seconds); it is not a latency objective.
 """
 
+import shutil
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -103,11 +106,14 @@ def platform(cluster):
 @pytest.fixture(scope="module")
 def url(platform, tmp_path_factory):
     """serve_configs/fraud-cluster.yaml deployed (on 127.0.0.1 and a free port) with a
-    registered fraud@champion."""
+    registered fraud@champion, behind HAProxy in Serve's throughput mode as the cluster YAMLs
+    set it up (RAY_SERVE_* on every node; here in the Serve controller's env, which the
+    replicas on the cpu_worker inherit)."""
     from ray import serve
 
     from mlplatform.registry import ModelRegistry
     from mlplatform.serving import deploy
+    from mlplatform.serving.haproxy import haproxy_env
     from tests.integration.serving_models import log_xgboost
 
     tset = training_set(platform)
@@ -117,10 +123,14 @@ def url(platform, tmp_path_factory):
     raw["http_options"]["host"] = "127.0.0.1"        # the shipped file listens on 0.0.0.0
     path = tmp_path_factory.mktemp("serve") / "fraud-cluster.yaml"
     path.write_text(yaml.safe_dump(raw))
+    work = Path(tempfile.mkdtemp(prefix="mh", dir="/tmp"))   # HAProxy's socket paths are short
+    env = haproxy_env(work, {"stats": free_port(), "metrics": free_port(),
+                             "fallback": free_port()}, throughput_optimized=True)
     base = deploy(path, args_overrides={"platform": platform.model_dump(mode="json")},
-                  http_port=free_port())
+                  http_port=free_port(), controller_env=env)
     yield f"{base}/predict"
     serve.shutdown()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +150,28 @@ def test_serve_replicas_run_on_the_cpu_worker_and_hold_serve_cpu_not_cpu(url):
     available, total = ray.available_resources(), ray.cluster_resources()
     assert available["serve_cpu"] == pytest.approx(SERVE_CPU - SERVE_CPU_HELD)
     assert available["CPU"] == total["CPU"] == TOTAL_CPUS      # replicas took no CPU
+
+
+def test_haproxy_on_the_head_answers_for_the_replicas_on_the_cpu_worker(url, platform):
+    """Multi-node HAProxy: the endpoint's port is HAProxy's (the controller's node, the head),
+    and the Ingress replica it forwards to (its own HTTP server, on the cpu_worker) runs in
+    throughput mode and answers."""
+    import psutil
+    import requests
+
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    listeners = {c.pid for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    assert listeners and {psutil.Process(p).name() for p in listeners} == {"haproxy"}
+    (cpu_node,) = node_ids_with("serve_cpu")
+    assert {node for _, node in replica_nodes()["Ingress"]} == {cpu_node}
+    ingress = [p for p in psutil.process_iter(["cmdline"])
+               if "ServeReplica:fraud:Ingress" in " ".join(p.info["cmdline"] or [])]
+    assert ingress and all(p.environ().get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1"
+                           for p in ingress)
+    body = request_bodies(platform.path("raw"))[0]
+    answer = requests.post(url, json=body, headers=AUTH, timeout=30)
+    assert answer.status_code == 200 and answer.json()["arm"] == "champion", answer.text
 
 
 def test_training_and_feature_build_beside_serve(cluster, platform, load, tmp_path):
