@@ -42,8 +42,8 @@ class AppArgs(BaseModel):
     max_items: PositiveInt = Field(default=256, description="Most instances in one request.")
     max_body_bytes: PositiveInt = Field(default=1_048_576, description="Largest body (413 above).")
     max_batch_size: PositiveInt = Field(
-        default=32, description="Requests scored together by @serve.batch (and looked up "
-        "together in the online store).")
+        default=32, description="Requests scored together by @serve.batch (also: looked up "
+        "together in the online store, and sent together in one ModelServer call).")
     batch_wait_timeout_s: NonNegativeFloat = Field(
         default=0.005, description="How long @serve.batch waits to fill a batch.")
     reload_interval_s: NonNegativeFloat = Field(

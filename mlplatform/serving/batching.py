@@ -8,7 +8,8 @@ request never waits for a batch window.
 """
 
 import asyncio
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from ray import serve
@@ -41,11 +42,14 @@ class AdaptiveBatch(Generic[In, Out]):
     so two models in one process would share batches).
     """
 
-    def __init__(self, one: Callable[[In], Out], many: Callable[[Sequence[In]], Sequence[Out]],
-                 max_batch_size: int, batch_wait_timeout_s: float):
+    def __init__(self, one: Callable[[In], Out | Awaitable[Out]],
+                 many: Callable[[Sequence[In]], Sequence[Out] | Awaitable[Sequence[Out]]],
+                 max_batch_size: int, batch_wait_timeout_s: float,
+                 max_concurrent_batches: int = 1):
         self._one, self._many = one, many
         self._batched = serve.batch(max_batch_size=max_batch_size,
-                                    batch_wait_timeout_s=batch_wait_timeout_s)(self._run)
+                                    batch_wait_timeout_s=batch_wait_timeout_s,
+                                    max_concurrent_batches=max_concurrent_batches)(self._run)
         self.in_flight = 0
 
     async def __call__(self, item: In) -> Out:
@@ -53,7 +57,7 @@ class AdaptiveBatch(Generic[In, Out]):
         try:
             await asyncio.sleep(0)   # let the requests that arrived with this one count in
             if self.in_flight == 1:
-                return self._one(item)
+                return await _result(self._one(item))
             out = await self._batched(item)
         finally:
             self.in_flight -= 1
@@ -63,21 +67,26 @@ class AdaptiveBatch(Generic[In, Out]):
 
     async def _run(self, items: list[In]) -> list[Out | _Failed]:
         try:
-            out = list(self._many(items))
+            out = list(await _result(self._many(items)))
         except Exception:
             if len(items) == 1:
                 raise
-            return [self._alone(x) for x in items]
+            return list(await asyncio.gather(*(self._alone(x) for x in items)))
         if len(out) != len(items):
             raise RuntimeError(f"batch function returned {len(out)} results for {len(items)} "
                                "items")
         return out
 
-    def _alone(self, item: In) -> Out | _Failed:
+    async def _alone(self, item: In) -> Out | _Failed:
         try:
-            return self._one(item)
+            return await _result(self._one(item))
         except Exception as exc:
             return _Failed(exc)
+
+
+async def _result(value: Any) -> Any:
+    """``value``, awaited if it is awaitable (``one``/``many`` may be sync or async)."""
+    return await value if inspect.isawaitable(value) else value
 
 
 def split_rows(rows: Any, sizes: Sequence[int]) -> list[Any]:

@@ -140,9 +140,9 @@ class Ingress:
                        explainer, max_items: int = 256, max_body_bytes: int = 1_048_576,
                        auth: bool = True, token_env: str = "MLP_SERVE_TOKEN",
                        admin_token_env: str = "MLP_SERVE_ADMIN_TOKEN",
-                       embed: dict[str, Any] | None = None, lookup_batch_size: int = 32):
-        self._lookup = FeatureLookup(platform, lookup_batch_size)
-        self._dispatch = Dispatcher(router, servers, explainer)
+                       embed: dict[str, Any] | None = None, max_batch_size: int = 32):
+        self._lookup = FeatureLookup(platform, max_batch_size)
+        self._dispatch = Dispatcher(router, servers, explainer, max_batch_size)
         if embed is not None:   # args.embed_models: the models live in this replica
             from mlplatform.config import PlatformConfig
             from mlplatform.registry import ModelRegistry

@@ -7,10 +7,11 @@ behind HAProxy a no-op app answers ~3.7x the requests of Serve's default proxy a
 (2,193 vs 598 rps) and its p50 at concurrency 1 drops from 3.6 to 1.1 ms; the
 throughput-optimized mode on top adds ~25% (2,782 rps; the composed fraud app with embedded
 models: 1,849 rps, p50 1.64 ms, vs 343 rps and 7.3 ms behind the default proxy). Together they
-are the recommended production setting (the cluster YAMLs and KubeRay set them on every node): pass ``haproxy_env(..., throughput_optimized=True)`` to
-:func:`mlplatform.serving.deploy` (``controller_env=``), or export
-``RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` before ``ray start`` /
-``serve run``. With the throughput mode, replica logs go to the log files only (not stderr).
+are the recommended production setting (the cluster YAMLs and KubeRay set them on every
+node): pass ``haproxy_env(..., throughput_optimized=True)`` to :func:`mlplatform.serving.deploy`
+(``controller_env=``), or export ``RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1``
+before ``ray start`` / ``serve run``. With the throughput mode, replica logs go to the log
+files only (not stderr).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Small XGBoost models for the serving tests, logged to MLflow as training logs them (UBJ,
 signature, evaluation threshold) but trained in-process in a second: the serving tests need
-several distinct versions, not good ones."""
+several distinct versions, not good ones. And :func:`check_burst`, run against both serving
+modes (ModelServer deployments, embedded models)."""
 
 from pathlib import Path
 
@@ -40,3 +41,53 @@ def log_xgboost(platform, features_path: Path, rounds: int, seed: int,
         info = mlflow.xgboost.log_model(booster, name="model", model_format="ubj",
                                         signature=signature_for(sample, np.asarray(scores)))
     return info.model_uri
+
+
+def as_records(batch: list[dict]) -> list[dict]:
+    """Request instances as the Ingress validates them (timestamps parsed)."""
+    return [{**i, "event_timestamp": pd.Timestamp(i["event_timestamp"])} for i in batch]
+
+
+def check_burst(url: str, instances: list[dict], platform, model: str, headers: dict) -> None:
+    """A burst of 52 concurrent requests (48 single transactions, 4 of unknown users, and 4
+    three-transaction requests) from 32 threads: each answer must be the direct model score of
+    its own transactions' looked-up features, in order, with their unknown-user flags. The
+    Ingress batches concurrent lookups and model calls (and, with ModelServers, coalesces the
+    calls), so a mix-up between the requests batched together would show here."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from mlplatform.features import FEATURE_COLUMNS
+    from mlplatform.registry import ModelRegistry, load_model
+    from mlplatform.serving.deployments import FeatureLookup
+
+    bodies = [dict(i) for i in instances[40:88]]
+    for i in range(0, len(bodies), 12):      # some unknown users (default features) among them
+        bodies[i] = {**bodies[i], "user_id": f"u-nobody-{i}"}
+    bodies += [{"instances": instances[j:j + 3]} for j in range(90, 102, 3)]
+
+    def post(body):
+        with requests.Session() as http:
+            return http.post(f"{url}/predict", json=body, headers=headers, timeout=60)
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(post, bodies))
+    lookup = FeatureLookup(platform.model_dump(mode="json"))
+    registry = ModelRegistry(platform)
+    models = {}
+    for body, r in zip(bodies, answers, strict=True):
+        assert r.status_code == 200, r.text
+        batch = body.get("instances", [body])
+        preds = r.json().get("predictions", [r.json()])
+        features = lookup.features(as_records(batch))
+        version = preds[0]["model_version"]
+        if version not in models:
+            models[version] = load_model(registry, f"{model}/{version}")
+        direct = models[version].predict(pd.DataFrame(features["matrix"],
+                                                      columns=FEATURE_COLUMNS))
+        assert [p["transaction_id"] for p in preds] == [b["transaction_id"] for b in batch]
+        assert [p["unknown_user"] for p in preds] == features["unknown_user"]
+        np.testing.assert_allclose([p["score"] for p in preds], direct, rtol=1e-6)
+    assert sum(p["unknown_user"] for r in answers for p in r.json().get("predictions",
+                                                                          [r.json()])) == 4

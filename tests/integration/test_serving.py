@@ -14,6 +14,7 @@ from mlplatform.demo import to_instances
 from mlplatform.features import FEATURE_COLUMNS, REQUEST_COLUMNS, VIEW_FEATURES, model_inputs
 from mlplatform.registry import ModelRegistry, load_model
 from tests.integration.conftest import AUTH
+from tests.integration.serving_models import check_burst
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +167,12 @@ def test_generated_request_id_matches_header(url, sample):
     inst = _requests(sample.head(1))[0]
     r = requests.post(f"{url}/predict", json=inst, headers=AUTH, timeout=30)
     assert r.json()["request_id"] and r.json()["request_id"] == r.headers["x-request-id"]
+
+
+def test_concurrent_requests_are_each_answered_for_their_own_transaction(url, spine, platform):
+    """A burst of concurrent requests, their lookups batched in the Ingress and their
+    ModelServer calls coalesced (several requests' rows in one call): each request gets the
+    score of its own transactions."""
+    raw = pd.read_parquet(spine.raw_path, columns=REQUEST_COLUMNS).tail(120)
+    raw["event_timestamp"] = raw["event_timestamp"].map(lambda t: t.isoformat())
+    check_burst(url, to_instances(raw), platform, "fraud", AUTH)

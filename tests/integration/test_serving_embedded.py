@@ -20,7 +20,7 @@ from mlplatform.features import FEATURE_COLUMNS, REQUEST_COLUMNS
 from mlplatform.registry import ModelRegistry, load_model
 from tests.conftest import free_port, wait_for
 from tests.integration.conftest import ADMIN, AUTH, BIN, REPO
-from tests.integration.serving_models import log_xgboost
+from tests.integration.serving_models import as_records, check_burst, log_xgboost
 
 MODEL = "fraud_emb"
 CHAMPION, CHALLENGER, BROKEN = (f"{MODEL}@{a}" for a in ("champion", "challenger", "broken"))
@@ -130,10 +130,6 @@ def test_embedded_arms_split_traffic_and_score_exactly_their_model(url, instance
     assert r.status_code == 503 and "takes inputs" in r.json()["message"]
 
 
-def _records(batch: list[dict]) -> list[dict]:
-    return [{**i, "event_timestamp": pd.Timestamp(i["event_timestamp"])} for i in batch]
-
-
 def test_concurrent_lookups_share_one_store_read_and_equal_lone_ones(platform, instances,
                                                                       replica_context):
     """FeatureLookup.lookup under concurrency: one online-store read for every request that
@@ -145,14 +141,14 @@ def test_concurrent_lookups_share_one_store_read_and_equal_lone_ones(platform, i
 
     lookup = FeatureLookup(platform.model_dump(mode="json"), max_batch_size=32)
     unknown = {**instances[5], "user_id": "u-nobody", "transaction_id": "t-unknown"}
-    requests_ = [_records([i]) for i in instances[:12]] + [_records(instances[20:23]),
-                                                           _records([unknown])]
+    requests_ = [as_records([i]) for i in instances[:12]] + [as_records(instances[20:23]),
+                                                           as_records([unknown])]
     lone = [lookup.features(r) for r in requests_]
     reads = []
     store_read = lookup._store.get_online_features
     lookup._store.get_online_features = lambda *a, **k: reads.append(len(a[0])) or store_read(
         *a, **k)
-    bad = [{k: v for k, v in _records([instances[30]])[0].items() if k != "merchant_id"}]
+    bad = [{k: v for k, v in as_records([instances[30]])[0].items() if k != "merchant_id"}]
 
     async def burst():
         return await asyncio.gather(*(lookup.lookup(r) for r in [*requests_, bad]),
@@ -173,42 +169,8 @@ def test_concurrent_lookups_share_one_store_read_and_equal_lone_ones(platform, i
 def test_concurrent_requests_are_each_answered_for_their_own_transaction(url, instances,
                                                                          platform):
     """A burst of concurrent requests (their lookups and model calls batched in the Ingress)
-    gets, request by request, the score of its own transaction: nothing mixed up between the
-    requests batched together."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from mlplatform.serving.deployments import FeatureLookup
-
-    bodies = [dict(i) for i in instances[40:88]]
-    for i in range(0, len(bodies), 12):      # some unknown users (default features) among them
-        bodies[i] = {**bodies[i], "user_id": f"u-nobody-{i}"}
-    bodies += [{"instances": instances[j:j + 3]} for j in range(90, 102, 3)]
-    headers = {**ADMIN, "X-MLP-Arm": "champion"}
-
-    def post(body):
-        with requests.Session() as http:
-            return http.post(f"{url}/predict", json=body, headers=headers, timeout=60)
-
-    with ThreadPoolExecutor(32) as pool:
-        answers = list(pool.map(post, bodies))
-    lookup = FeatureLookup(platform.model_dump(mode="json"))
-    registry = ModelRegistry(platform)
-    models = {}
-    for body, r in zip(bodies, answers, strict=True):
-        assert r.status_code == 200, r.text
-        batch = body.get("instances", [body])
-        preds = r.json().get("predictions", [r.json()])
-        features = lookup.features(_records(batch))
-        version = preds[0]["model_version"]
-        if version not in models:
-            models[version] = load_model(registry, f"{MODEL}/{version}")
-        direct = models[version].predict(pd.DataFrame(features["matrix"],
-                                                      columns=FEATURE_COLUMNS))
-        assert [p["transaction_id"] for p in preds] == [b["transaction_id"] for b in batch]
-        assert [p["unknown_user"] for p in preds] == features["unknown_user"]
-        np.testing.assert_allclose([p["score"] for p in preds], direct, rtol=1e-6)
-    assert sum(p["unknown_user"] for r in answers for p in r.json().get("predictions",
-                                                                          [r.json()])) == 4
+    gets, request by request, the score of its own transaction (pinned to the champion)."""
+    check_burst(url, instances, platform, MODEL, {**ADMIN, "X-MLP-Arm": "champion"})
 
 
 def test_reload_swaps_a_moved_alias_in_without_a_failed_request(url, instances, versions,

@@ -230,3 +230,42 @@ def test_a_batch_function_that_loses_results_fails_loudly(replica_context):
                    for o in out), out
 
     asyncio.run(scenario())
+
+
+def test_concurrent_model_server_calls_are_coalesced_with_each_callers_rows(replica_context):
+    """The Ingress's calls to a ModelServer: a request alone is one call with its own rows;
+    concurrent requests share calls (at most CALLS_IN_FLIGHT at a time, up to max_batch_size
+    requests each), and each caller gets exactly its own rows' scores and the version info."""
+    import asyncio
+
+    import numpy as np
+
+    from mlplatform.serving.dispatch import CALLS_IN_FLIGHT, _coalesced
+
+    calls: list[int] = []
+    in_flight = {"now": 0, "most": 0}
+
+    async def remote(matrix: np.ndarray) -> dict:
+        calls.append(len(matrix))
+        in_flight["now"] += 1
+        in_flight["most"] = max(in_flight["most"], in_flight["now"])
+        await asyncio.sleep(0.001)     # a call takes time: others arrive meanwhile
+        in_flight["now"] -= 1
+        return {"scores": matrix[:, 0].tolist(), "model_name": "m", "model_version": "7",
+                "threshold": 0.5}
+
+    async def scenario():
+        predict = _coalesced(remote, max_batch_size=8)
+        alone = await predict(np.array([[3.0, 0.0], [4.0, 0.0]]))
+        assert alone["scores"] == [3.0, 4.0] and calls == [2]
+        calls.clear()
+        matrices = [np.full((1 + i % 3, 2), float(i)) for i in range(100)]
+        outs = await asyncio.gather(*(predict(m) for m in matrices))
+        for i, (m, out) in enumerate(zip(matrices, outs, strict=True)):
+            assert out["scores"] == [float(i)] * len(m), i
+            assert out["model_version"] == "7" and out["threshold"] == 0.5
+        assert sum(calls) == sum(len(m) for m in matrices)    # every row scored once
+        assert len(calls) <= 100 // 8 + CALLS_IN_FLIGHT + 1, calls   # coalesced
+        assert in_flight["most"] <= CALLS_IN_FLIGHT + 1
+
+    asyncio.run(scenario())
