@@ -4,6 +4,8 @@
 - :func:`serve_app`: the same routes as a one-replica Serve deployment, each also through
   ``@serve.batch``;
 - :func:`train_model`: the synthetic booster (the fraud job's parameters, on random data);
+- :func:`make_torch_model`: the torch MLP (the platform's ``TabularNet``, random init, untrained:
+  a cost stand-in for a medium-size neural model), saved without pickle;
 - :func:`prepare_fraud`: the real registered model and online store (``run_spine``), and one
   transaction: its raw request body for the composed app and its 21 model inputs for the rest;
 - :func:`router_overhead`: the arm choice (done in the Ingress), timed in-process;
@@ -53,6 +55,9 @@ MAX_BATCH_SIZE, BATCH_WAIT_S = 32, 0.005
 #: Per replica: above the highest concurrency measured, so that requests reach the replica
 #: (and @serve.batch can fill its batches) rather than queue in the proxy. Same for every row.
 MAX_ONGOING_REQUESTS = 64
+#: The torch MLP (``TabularNet`` over the 21 columns, all numeric): embedding width (unused: no
+#: categorical column), hidden widths, dropout; random init from this seed, never trained.
+TORCH_EMBEDDING_DIM, TORCH_HIDDEN, TORCH_DROPOUT, TORCH_SEED = 4, [1024, 1024, 1024], 0.0, 0
 #: The spine behind the composed app (registered model + online store), kept small.
 SPINE_ROWS, SPINE_SEED, SPINE_ROUNDS = 5000, 3, 300
 MODEL_REF = "fraud@champion"
@@ -62,7 +67,7 @@ SPLIT = {"arms": [{"name": "champion", "model": "fraud@champion", "weight": 90},
 
 
 class Row(BaseModel):
-    """The body of ``POST /predict`` and ``POST /fraud``: one row of model inputs."""
+    """The body of ``POST /predict``, ``/fraud`` and ``/torch``: one row of model inputs."""
 
     features: list[float]
 
@@ -83,16 +88,41 @@ class _Scorer:
         return self._booster.inplace_predict(matrix, validate_features=False).tolist()
 
 
+class _TorchScorer:
+    """The torch MLP (a cost stand-in for a medium-size neural model), loaded without pickle
+    (``load_torch_model``: ``arch.json`` + ``torch.load(weights_only=True)``), scoring rows in
+    one forward call on a float32 tensor of the rows. One intra-op thread in this process, for
+    the reason of ``PREDICT_THREADS``."""
+
+    def __init__(self, folder: str):
+        import torch
+
+        from mlplatform.training.torch_model import load_torch_model
+
+        torch.set_num_threads(PREDICT_THREADS)
+        self._net = load_torch_model(folder).net
+        self._columns = len(self._net.arch.feature_columns)
+
+    def score(self, rows: list[list[float]]) -> list[float]:
+        import torch
+
+        x = torch.from_numpy(np.asarray(rows, dtype=np.float32).reshape(-1, self._columns))
+        with torch.inference_mode():
+            return torch.sigmoid(self._net(x)).tolist()
+
+
 def uvicorn_app():
     """The app of the ``uvicorn`` rows: ``uvicorn --factory _serving_apps:uvicorn_app``, with
-    the model files in ``MLP_BENCH_MODEL`` / ``MLP_BENCH_FRAUD_MODEL`` and the fraud model's
-    input names (JSON) in ``MLP_BENCH_FRAUD_COLUMNS``."""
+    the model files in ``MLP_BENCH_MODEL`` / ``MLP_BENCH_FRAUD_MODEL``, the fraud model's input
+    names (JSON) in ``MLP_BENCH_FRAUD_COLUMNS`` and the torch MLP's folder in
+    ``MLP_BENCH_TORCH_MODEL``."""
     from fastapi import FastAPI
 
     api = FastAPI()
     synthetic = _Scorer(os.environ["MLP_BENCH_MODEL"], COLUMNS)
     fraud = _Scorer(os.environ["MLP_BENCH_FRAUD_MODEL"],
                     json.loads(os.environ["MLP_BENCH_FRAUD_COLUMNS"]))
+    mlp = _TorchScorer(os.environ["MLP_BENCH_TORCH_MODEL"])
 
     @api.get("/noop")
     async def noop() -> dict:
@@ -106,12 +136,16 @@ def uvicorn_app():
     async def score_fraud(row: Row) -> dict:
         return {"score": fraud.score([row.features])[0]}
 
+    @api.post("/torch")
+    async def score_torch(row: Row) -> dict:
+        return {"score": mlp.score([row.features])[0]}
+
     return api
 
 
-def serve_app(model_path: str, fraud_path: str, fraud_columns: list[str]):
-    """The same app as a one-replica Serve deployment, plus ``/predict-batched`` and
-    ``/fraud-batched``: the same scoring through ``@serve.batch``."""
+def serve_app(model_path: str, fraud_path: str, fraud_columns: list[str], torch_folder: str):
+    """The same app as a one-replica Serve deployment, plus ``/predict-batched``,
+    ``/fraud-batched`` and ``/torch-batched``: the same scoring through ``@serve.batch``."""
     from fastapi import FastAPI
     from ray import serve
 
@@ -120,9 +154,11 @@ def serve_app(model_path: str, fraud_path: str, fraud_columns: list[str]):
     @serve.deployment(name="Bench")
     @serve.ingress(api)
     class Bench:
-        def __init__(self, model_path: str, fraud_path: str, fraud_columns: list[str]):
+        def __init__(self, model_path: str, fraud_path: str, fraud_columns: list[str],
+                     torch_folder: str):
             self._synthetic = _Scorer(model_path, COLUMNS)
             self._fraud = _Scorer(fraud_path, fraud_columns)
+            self._torch = _TorchScorer(torch_folder)
 
         @api.get("/noop")
         async def noop(self) -> dict:
@@ -136,6 +172,10 @@ def serve_app(model_path: str, fraud_path: str, fraud_columns: list[str]):
         async def score_fraud(self, row: Row) -> dict:
             return {"score": self._fraud.score([row.features])[0]}
 
+        @api.post("/torch")
+        async def score_torch(self, row: Row) -> dict:
+            return {"score": self._torch.score([row.features])[0]}
+
         @api.post("/predict-batched")
         async def predict_batched(self, row: Row) -> dict:
             return {"score": await self._synthetic_batch(row.features)}
@@ -143,6 +183,10 @@ def serve_app(model_path: str, fraud_path: str, fraud_columns: list[str]):
         @api.post("/fraud-batched")
         async def fraud_batched(self, row: Row) -> dict:
             return {"score": await self._fraud_batch(row.features)}
+
+        @api.post("/torch-batched")
+        async def torch_batched(self, row: Row) -> dict:
+            return {"score": await self._torch_batch(row.features)}
 
         @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
         async def _synthetic_batch(self, rows: list[list[float]]) -> list[float]:
@@ -152,8 +196,12 @@ def serve_app(model_path: str, fraud_path: str, fraud_columns: list[str]):
         async def _fraud_batch(self, rows: list[list[float]]) -> list[float]:
             return self._fraud.score(rows)
 
+        @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
+        async def _torch_batch(self, rows: list[list[float]]) -> list[float]:
+            return self._torch.score(rows)
+
     return Bench.options(num_replicas=1, max_ongoing_requests=MAX_ONGOING_REQUESTS).bind(
-        model_path, fraud_path, fraud_columns)
+        model_path, fraud_path, fraud_columns, torch_folder)
 
 
 def train_model(path: Path) -> list[float]:
@@ -169,6 +217,28 @@ def train_model(path: Path) -> list[float]:
               xgb.DMatrix(x, label=y, feature_names=COLUMNS),
               num_boost_round=XGB_ROUNDS).save_model(path)
     return [round(float(v), 4) for v in x[0]]
+
+
+def make_torch_model(folder: Path) -> int:
+    """Build the torch MLP and save it into ``folder`` (``save_torch_model``: state_dict +
+    arch.json, no pickle); return its parameter count.
+
+    The platform's ``TabularNet`` over the 21 columns (all numeric: means 0, stds 1), hidden
+    layers ``TORCH_HIDDEN``, no dropout, random init (``torch.manual_seed(TORCH_SEED)``), never
+    trained: a cost stand-in for a medium-size neural model, whose scores mean nothing.
+    """
+    import torch
+
+    from mlplatform.training.torch_model import TabularArch, TabularNet, save_torch_model
+
+    arch = TabularArch(feature_columns=COLUMNS, embedding_dim=TORCH_EMBEDDING_DIM,
+                       hidden_sizes=TORCH_HIDDEN, dropout=TORCH_DROPOUT,
+                       numeric_means=dict.fromkeys(COLUMNS, 0.0),
+                       numeric_stds=dict.fromkeys(COLUMNS, 1.0))
+    torch.manual_seed(TORCH_SEED)
+    net = TabularNet(arch)
+    save_torch_model(folder, net, arch)
+    return sum(p.numel() for p in net.parameters())
 
 
 @dataclass(frozen=True)
@@ -285,7 +355,8 @@ def haproxy_counts(stats_port: int) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def uvicorn_server(model_path: Path, fraud: FraudTarget, work: Path) -> Iterator[int]:
+def uvicorn_server(model_path: Path, fraud: FraudTarget, torch_folder: Path,
+                   work: Path) -> Iterator[int]:
     """One uvicorn process (its own process group) serving ``uvicorn_app``; yields the port."""
     port = _free_port()
     with open(work / "uvicorn.log", "w") as log:
@@ -294,7 +365,8 @@ def uvicorn_server(model_path: Path, fraud: FraudTarget, work: Path) -> Iterator
              str(HERE), "--host", "127.0.0.1", "--port", str(port)],
             env={**os.environ, "MLP_BENCH_MODEL": str(model_path),
                  "MLP_BENCH_FRAUD_MODEL": str(fraud.model_path),
-                 "MLP_BENCH_FRAUD_COLUMNS": json.dumps(fraud.columns)}, stdout=log,
+                 "MLP_BENCH_FRAUD_COLUMNS": json.dumps(fraud.columns),
+                 "MLP_BENCH_TORCH_MODEL": str(torch_folder)}, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True)
         try:
             yield port

@@ -22,8 +22,13 @@ Targets (apps in ``_serving_apps.py``), each on:
   fraud job's parameters (300 rounds, depth 6) trained here on synthetic data;
 - ``fraud model``: ``POST /fraud``, the score of one transaction's 21 model inputs (computed once,
   as the app's FeatureLookup computes them) by the registered ``fraud@champion`` itself;
-- on Serve, ``XGBoost`` and ``fraud model`` again through ``@serve.batch`` (32 rows or 5 ms, the
-  ModelServer's settings); those one-deployment rows are one replica of one FastAPI app;
+- ``torch MLP``: ``POST /torch``, the score of the synthetic XGBoost row by the platform's
+  ``TabularNet`` (21 numeric inputs, 3 hidden layers of 1024, ~2.1M parameters), random init,
+  untrained: a cost stand-in for a medium-size neural model, whose call has a real fixed cost
+  that batching can amortize (unlike the trees'); saved and loaded without pickle;
+- on Serve, ``XGBoost``, ``fraud model`` and ``torch MLP`` again through ``@serve.batch`` (32
+  rows or 5 ms, the ModelServer's settings); those one-deployment rows are one replica of one
+  FastAPI app;
 - ``composed app``: ``POST /predict`` of the real app (``serve_configs/fraud.yaml`` through
   :func:`mlplatform.serving.deploy`): Ingress (auth, validation, FeatureLookup and the arm
   choice in-process) -> ModelServer-fraud-champion (adaptive ``@serve.batch``), with the Router
@@ -33,10 +38,11 @@ Targets (apps in ``_serving_apps.py``), each on:
 
 The registered model and online store come from ``run_spine`` (5,000 rows, 300 rounds) into a
 temporary storage root, once per run. Every server must return the same score for the same row
-(synthetic or fraud). The load comes from ``_http_load.py`` in another process (aiohttp, closed
-loop: ``--warmup`` untimed requests, then ``--requests`` timed ones, at each ``--concurrency``).
-The arm choice (``Splitter.choose``, ``RouteTable.arms_for``) is timed in-process. The goals of
-both composed apps are checked at the end (``GOALS``).
+(synthetic XGBoost, fraud or torch MLP). The load comes from ``_http_load.py`` in another
+process (aiohttp, closed loop: ``--warmup`` untimed requests, then ``--requests`` timed ones, at
+each ``--concurrency``). The arm choice (``Splitter.choose``, ``RouteTable.arms_for``) is timed
+in-process. The goals of both composed apps, and @serve.batch's speed-up for each model, are
+checked at the end (``GOALS``).
 
 Results: benchmarks/results/serving.json and serving.md (overwritten by each run).
 """
@@ -61,10 +67,12 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 LABELS = {"noop": "no-op", "xgb": "XGBoost", "xgb-batched": "XGBoost @serve.batch",
           "fraud": "fraud model", "fraud-batched": "fraud model @serve.batch",
+          "torch": "torch MLP", "torch-batched": "torch MLP @serve.batch",
           "composed": "composed app", "composed-embedded": "composed app, embedded models"}
 #: The plain-uvicorn row doing the same work as each workload (for "x uvicorn").
 SAME_WORK = {"noop": "noop", "xgb": "xgb", "xgb-batched": "xgb", "fraud": "fraud",
-             "fraud-batched": "fraud", "composed": "fraud", "composed-embedded": "fraud"}
+             "fraud-batched": "fraud", "torch": "torch", "torch-batched": "torch",
+             "composed": "fraud", "composed-embedded": "fraud"}
 INGRESSES = ("serve-proxy", "serve-haproxy", "serve-haproxy-tput")
 #: The composed app, as fraud.yaml deploys it (a ModelServer deployment per model) and with
 #: ``args.embed_models`` (the models inside the Ingress replicas, no Serve hop per request).
@@ -154,9 +162,9 @@ def table_rows(rows: list[dict]) -> list[tuple[str, ...]]:
 
 COLUMNS_OUT = ("target", "ingress", "concurrency", "rps", "p50 ms", "p99 ms", "x uvicorn",
                "x no-op", "errors")
-RATIOS = ("x uvicorn: rps / plain uvicorn's for the same work (no-op, one XGBoost row, or one "
-          "fraud-model row for the fraud and composed rows); x no-op: rps / the no-op's on the "
-          "same ingress; both at the same concurrency.")
+RATIOS = ("x uvicorn: rps / plain uvicorn's for the same work (no-op, one XGBoost row, one "
+          "torch-MLP row, or one fraud-model row for the fraud and composed rows); x no-op: rps "
+          "/ the no-op's on the same ingress; both at the same concurrency.")
 GOAL_COLUMNS = ("goal", "ingress", "measured", "status")
 
 
@@ -207,12 +215,12 @@ def _composed_goals(by: dict, ing: str, wl: str) -> list[dict]:
 
 
 def _batching_goals(by: dict, ing: str) -> list[dict]:
-    """@serve.batch's speed-up at c=32 on one ingress, for both models, with its ceiling: the
+    """@serve.batch's speed-up at c=32 on one ingress, for each model, with its ceiling: the
     speed-up batching would give if the batched model call cost nothing, i.e. if each request
     cost what a no-op request costs on this ingress (the no-op's rps over the unbatched row's).
     A goal above that ceiling cannot be met by any batching on this machine and ingress."""
     out, noop = [], by.get((ing, "noop", 32))
-    for wl in ("xgb", "fraud"):
+    for wl in ("xgb", "fraud", "torch"):
         one, batched = by.get((ing, wl, 32)), by.get((ing, f"{wl}-batched", 32))
         checks = None
         if one is not None and batched is not None:
@@ -287,8 +295,9 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
     from mlplatform.serving import deploy
 
     cloudpickle.register_pickle_by_value(apps)   # replicas cannot import _serving_apps
-    runner = _Runner(args, progress, (3 + 7 * len(args.ingresses)) * len(args.concurrency))
+    runner = _Runner(args, progress, (4 + 9 * len(args.ingresses)) * len(args.concurrency))
     model, start, facts = work / "model.json", time.monotonic(), {"steps": []}
+    mlp = work / "torch_mlp"
 
     def say(what: str) -> None:
         """Print a step and record when it started (where a run's time goes)."""
@@ -300,6 +309,10 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
     facts["router_overhead"] = apps.router_overhead()
     say(f"training the synthetic booster ({apps.XGB_ROUNDS} rounds, {apps.N_FEATURES} features)")
     body = {"features": apps.train_model(model)}
+    say(f"building the torch MLP (hidden {apps.TORCH_HIDDEN}, random init)")
+    facts["torch_model"] = {"hidden_sizes": apps.TORCH_HIDDEN, "seed": apps.TORCH_SEED,
+                            "params": apps.make_torch_model(mlp), "trained": False,
+                            "intra_op_threads": apps.PREDICT_THREADS}
     # The composed app's bearer token: in the environment of the local Ray it starts.
     token = os.environ["MLP_SERVE_TOKEN"] = secrets.token_hex(16)
     auth = {"Authorization": f"Bearer {token}"}
@@ -313,12 +326,13 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
                             "lookup_ms": fraud.lookup_ms, "spine_s": fraud.spine_s,
                             "features": dict(zip(fraud.columns, fraud.features, strict=True))}
     fraud_body = {"features": fraud.features}
-    with runner.guard("uvicorn"), apps.uvicorn_server(model, fraud, work) as port:
+    with runner.guard("uvicorn"), apps.uvicorn_server(model, fraud, mlp, work) as port:
         say(f"uvicorn on :{port}")
         url = f"http://127.0.0.1:{port}"
         runner.run("uvicorn", "noop", f"{url}/noop")
         runner.run("uvicorn", "xgb", f"{url}/predict", body=body)
         runner.run("uvicorn", "fraud", f"{url}/fraud", body=fraud_body)
+        runner.run("uvicorn", "torch", f"{url}/torch", body=body)
     say("starting a local Ray (8 logical CPUs)")
     _ray_init(work)
     try:
@@ -326,14 +340,17 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
             with runner.guard(ingress), apps.serve_instance(ingress, work) as (port, stats, env):
                 say(f"{ingress} on :{port} ({apps.listener(port)} listening)")
                 url = f"http://127.0.0.1:{port}"
-                serve.run(apps.serve_app(str(model), str(fraud.model_path), fraud.columns),
-                          name="bench", route_prefix="/")
+                serve.run(apps.serve_app(str(model), str(fraud.model_path), fraud.columns,
+                                         str(mlp)), name="bench", route_prefix="/")
                 runner.run(ingress, "noop", f"{url}/noop", stats_port=stats)
                 for suffix in ("", "-batched"):
                     runner.run(ingress, "xgb" + suffix, f"{url}/predict{suffix}", body=body,
                                stats_port=stats)
                     runner.run(ingress, "fraud" + suffix, f"{url}/fraud{suffix}",
                                body=fraud_body, stats_port=stats)
+                for suffix in ("", "-batched"):
+                    runner.run(ingress, "torch" + suffix, f"{url}/torch{suffix}", body=body,
+                               stats_port=stats)
                 serve.delete("bench")
                 say(f"deploying the composed app (serve_configs/fraud.yaml) on {ingress}")
                 base = deploy(args_overrides={"models": [apps.MODEL_REF],
@@ -370,6 +387,18 @@ def notes(rows: list[dict], scores: dict[str, dict[str, float]], facts: dict) ->
         f"over those rows (warm-up included): {total}. serve-haproxy-tput: the same plus "
         "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 in that env (the replicas inherit it).",
         f"Scores of the same row from each server (must be equal within a model): {scores}.",
+        f"torch MLP: the platform's TabularNet (mlplatform.training.torch_model) over the 21 "
+        f"synthetic columns, all numeric (means 0, stds 1; each also gets a missing-value flag: "
+        f"42 inputs), hidden layers {apps.TORCH_HIDDEN} with ReLU, no dropout, one logit -> "
+        f"sigmoid; {facts['torch_model']['params']:,} parameters, random init "
+        f"(torch.manual_seed({apps.TORCH_SEED})), untrained: its scores mean nothing, it stands "
+        "in for the cost of a medium-size neural model. It is here because the tree models' "
+        "call is too cheap for @serve.batch to matter (their ceiling is below the goal), while "
+        "this one's forward pass has a real fixed cost per call (reading ~8.6 MB of weights) "
+        "that a batch amortizes. Saved with save_torch_model (state_dict + arch.json) and loaded "
+        "with load_torch_model (torch.load(weights_only=True), no pickle); one forward call on "
+        f"a float32 tensor of the rows under torch.inference_mode(), {apps.PREDICT_THREADS} "
+        "intra-op thread per server process (torch.set_num_threads), as the boosters' nthread.",
         f"@serve.batch at c=1 waits batch_wait_timeout_s ({apps.BATCH_WAIT_S * 1000:.0f} ms) for "
         "a batch that never fills: its latency includes that wait. The composed app's "
         "ModelServer batches adaptively (a request alone on the replica is scored at once, "
@@ -470,7 +499,8 @@ def main() -> None:
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "model": {"params": apps.XGB_PARAMS, "rounds": apps.XGB_ROUNDS,
                   "features": apps.N_FEATURES, "predict_threads": apps.PREDICT_THREADS},
-        "fraud_model": facts["fraud_model"], "scores": scores,
+        "fraud_model": facts["fraud_model"], "torch_model": facts["torch_model"],
+        "scores": scores,
         "serve": {"replicas": 1, "max_ongoing_requests": apps.MAX_ONGOING_REQUESTS,
                   "max_batch_size": apps.MAX_BATCH_SIZE,
                   "batch_wait_timeout_s": apps.BATCH_WAIT_S},
