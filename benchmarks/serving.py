@@ -348,7 +348,6 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
                                stats_port=stats)
                     runner.run(ingress, "fraud" + suffix, f"{url}/fraud{suffix}",
                                body=fraud_body, stats_port=stats)
-                for suffix in ("", "-batched"):
                     runner.run(ingress, "torch" + suffix, f"{url}/torch{suffix}", body=body,
                                stats_port=stats)
                 serve.delete("bench")

@@ -1,8 +1,12 @@
 """Shared test helpers (no Ray here: unit tests must not pay for it)."""
 
+import contextlib
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 # Ray reads RAY_AUTH_MODE once, when it is imported: clients of the token-auth test cluster must
 # have it set before any test module imports ray (the Makefile exports it too).
@@ -29,6 +33,22 @@ def replica_context(monkeypatch):
     # warn when batches can never fill): answer it as a replica configured so would.
     replica = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
     monkeypatch.setattr(batching.serve, "get_replica_context", lambda: replica)
+
+
+@contextlib.contextmanager
+def haproxy_serve_env(throughput_optimized: bool) -> Iterator[dict[str, str]]:
+    """The Serve controller's env for HAProxy (+ the throughput mode) with this test's own
+    files (a short /tmp directory: HAProxy's socket paths are limited) and free ports; the
+    directory is removed afterwards."""
+    from mlplatform.serving.haproxy import haproxy_env
+
+    work = Path(tempfile.mkdtemp(prefix="mh", dir="/tmp"))
+    try:
+        yield haproxy_env(work, {"stats": free_port(), "metrics": free_port(),
+                                 "fallback": free_port()},
+                          throughput_optimized=throughput_optimized)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def wait_for(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.5,

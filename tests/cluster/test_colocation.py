@@ -33,11 +33,8 @@ the +1000 ms arm is the one that holds), no failed request. The bound catches Se
 replicas or queueing behind the jobs (errors, stalls of seconds); it is not a latency objective.
 """
 
-import shutil
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -64,7 +61,7 @@ from tests.cluster._multinode import (
     training_set,
     wait_all_cpus_free,
 )
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, haproxy_serve_env, wait_for
 
 CONFIG = "serve_configs/fraud-cluster.yaml"
 IDLE_REQUESTS = 200
@@ -113,7 +110,6 @@ def url(platform, tmp_path_factory):
 
     from mlplatform.registry import ModelRegistry
     from mlplatform.serving import deploy
-    from mlplatform.serving.haproxy import haproxy_env
     from tests.integration.serving_models import log_xgboost
 
     tset = training_set(platform)
@@ -123,14 +119,11 @@ def url(platform, tmp_path_factory):
     raw["http_options"]["host"] = "127.0.0.1"        # the shipped file listens on 0.0.0.0
     path = tmp_path_factory.mktemp("serve") / "fraud-cluster.yaml"
     path.write_text(yaml.safe_dump(raw))
-    work = Path(tempfile.mkdtemp(prefix="mh", dir="/tmp"))   # HAProxy's socket paths are short
-    env = haproxy_env(work, {"stats": free_port(), "metrics": free_port(),
-                             "fallback": free_port()}, throughput_optimized=True)
-    base = deploy(path, args_overrides={"platform": platform.model_dump(mode="json")},
-                  http_port=free_port(), controller_env=env)
-    yield f"{base}/predict"
-    serve.shutdown()
-    shutil.rmtree(work, ignore_errors=True)
+    with haproxy_serve_env(throughput_optimized=True) as env:
+        base = deploy(path, args_overrides={"platform": platform.model_dump(mode="json")},
+                      http_port=free_port(), controller_env=env)
+        yield f"{base}/predict"
+        serve.shutdown()
 
 
 @pytest.fixture(scope="module")

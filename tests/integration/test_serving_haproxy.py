@@ -2,12 +2,9 @@
 with Serve's throughput-optimized mode (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``, the recommended
 production setting): auth, 4xx handling, live reconfiguration and metrics."""
 
-import shutil
-import tempfile
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pandas as pd
 import psutil
@@ -16,7 +13,7 @@ import requests
 
 from mlplatform.demo import to_instances
 from mlplatform.features import REQUEST_COLUMNS
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, haproxy_serve_env, wait_for
 from tests.integration.conftest import AUTH
 
 
@@ -25,19 +22,13 @@ def url(request, spine, platform):
     from ray import serve
 
     from mlplatform.serving import deploy
-    from mlplatform.serving.haproxy import haproxy_env
 
     serve.shutdown()
-    work = Path(tempfile.mkdtemp(prefix="mh", dir="/tmp"))   # HAProxy's socket paths are short
-    env = haproxy_env(work, {"stats": free_port(), "metrics": free_port(),
-                             "fallback": free_port()},
-                      throughput_optimized=request.param == "haproxy-throughput")
-    port = free_port()
-    base = deploy(args_overrides={"platform": platform.model_dump(mode="json")},
-                  http_port=port, controller_env=env)
-    yield base
-    serve.shutdown()
-    shutil.rmtree(work, ignore_errors=True)
+    with haproxy_serve_env(request.param == "haproxy-throughput") as env:
+        base = deploy(args_overrides={"platform": platform.model_dump(mode="json")},
+                      http_port=free_port(), controller_env=env)
+        yield base
+        serve.shutdown()
 
 
 @pytest.fixture(scope="module")
