@@ -43,9 +43,13 @@ def platform(storage_root):
     return PlatformConfig(storage_root=storage_root)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_cluster(storage_root, tmp_path_factory):
-    """Start a head node (8 logical CPUs) and connect this process to it."""
+    """Start a head node (8 logical CPUs) and connect this process to it.
+
+    Package scope: it stops after the last test of tests/integration, so packages that come
+    after in one pytest call (``pytest tests/integration tests/cluster``) can connect to their
+    own clusters; session scope left this process connected, and their ``ray.init`` failed."""
     import ray
 
     from mlplatform.cluster.local import ensure_auth_token
@@ -123,7 +127,7 @@ def submit_job(ray_cluster, args: list[str], runtime_env: dict | None = None,
     return result[0]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def spine(ray_cluster, platform):
     """Run the whole spine once (small data) and share the result."""
     from mlplatform.pipelines import run_spine
