@@ -375,6 +375,21 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
     return runner, facts
 
 
+def _model_server_setup() -> str:
+    """How serve_configs/fraud.yaml sizes the champion's ModelServer (read from the YAML)."""
+    import yaml
+
+    from mlplatform.serving.app import DEFAULT_SERVE_CONFIG, AppArgs
+
+    app = yaml.safe_load(DEFAULT_SERVE_CONFIG.read_text())["applications"][0]
+    auto = next(d for d in app["deployments"]
+                if d["name"] == "ModelServer-fraud-champion")["autoscaling_config"]
+    calls = AppArgs(**app["args"]).model_calls_in_flight
+    return (f"ModelServer-fraud-champion autoscaling {auto['min_replicas']}-"
+            f"{auto['max_replicas']} replicas (target {auto['target_ongoing_requests']} ongoing "
+            f"calls; the Ingress keeps at most {calls} calls in flight to it)")
+
+
 def notes(rows: list[dict], scores: dict[str, dict[str, float]], facts: dict) -> list[str]:
     hap = [r["haproxy"] for r in rows if "haproxy" in r]
     total = {k: sum(h[k] for h in hap) for k in hap[0]} if hap else {}
@@ -406,8 +421,8 @@ def notes(rows: list[dict], scores: dict[str, dict[str, float]], facts: dict) ->
         "Composed app as serve_configs/fraud.yaml deploys it: Ingress (auth, validation, the "
         "feature lookup and the arm choice in-process), Router (control plane: publishes the "
         "route table, off the request path), Explainer one replica each; "
-        "ModelServer-fraud-champion autoscaling 1-4 replicas (target 16 ongoing requests): one "
-        "Serve hop per request (Ingress -> ModelServer). 'embedded models' is the same YAML with "
+        f"{_model_server_setup()}: one Serve hop per request (Ingress -> ModelServer). "
+        "'embedded models' is the same YAML with "
         "args.embed_models: true: the model is loaded in the Ingress replica and scored "
         "in-process (adaptive @serve.batch there), no ModelServer deployment, no Serve hop. "
         "Fractional num_cpus; auth on (bearer token). One "

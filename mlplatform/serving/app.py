@@ -11,6 +11,7 @@ Example Serve YAML (``serve_configs/fraud.yaml``)::
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,6 +45,11 @@ class AppArgs(BaseModel):
     max_batch_size: PositiveInt = Field(
         default=32, description="Requests scored together by @serve.batch (also: looked up "
         "together in the online store, and sent together in one ModelServer call).")
+    model_calls_in_flight: PositiveInt = Field(
+        default=8, description="Most calls in flight from one Ingress replica to one "
+        "ModelServer deployment (the requests waiting for one go together in the next call). "
+        "A ModelServer's autoscaler sees these calls: keep it >= max_replicas x "
+        "target_ongoing_requests / Ingress replicas, or max_replicas is never reached.")
     batch_wait_timeout_s: NonNegativeFloat = Field(
         default=0.005, description="How long @serve.batch waits to fill a batch.")
     reload_interval_s: NonNegativeFloat = Field(
@@ -145,7 +151,7 @@ def build_app(args: Mapping[str, Any] | None = None):
     router = Router.options(user_config=default).bind(servers, default, a.served)
     return Ingress.bind(plat, router, servers, Explainer.bind(plat), a.max_items,
                         a.max_body_bytes, a.auth, a.token_env, a.admin_token_env, None,
-                        a.max_batch_size)
+                        a.max_batch_size, a.model_calls_in_flight)
 
 
 def check_serve_config(raw: Mapping[str, Any]) -> None:
@@ -186,6 +192,35 @@ def check_serve_config(raw: Mapping[str, Any]) -> None:
                         str(u).startswith("ModelServer-") for u in unknown) else "")
             raise ConfigError(f"{where}: deployments {unknown} do not exist in this app; "
                               f"its deployments are {sorted(names)}{hint}")
+        for problem in autoscaling_problems(app, args):
+            logging.getLogger(__name__).warning("%s: %s", where, problem)
+
+
+def autoscaling_problems(app: Mapping[str, Any], args: AppArgs) -> list[str]:
+    """ModelServer ``max_replicas`` that autoscaling can never reach: a ModelServer's ongoing
+    requests are the Ingress's calls, at most ``args.model_calls_in_flight`` per Ingress
+    replica, so it scales to at most ``calls x Ingress replicas / target_ongoing_requests``."""
+    if args.embed_models:
+        return []
+    deps = {d.get("name"): d for d in app.get("deployments") or []}
+    ingress = deps.get("Ingress") or {}
+    ingress_max = int((ingress.get("autoscaling_config") or {}).get(
+        "max_replicas", ingress.get("num_replicas", 1)) or 1)
+    out = []
+    for ref in args.served:
+        auto = (deps.get(server_name(ref)) or {}).get("autoscaling_config")
+        if not isinstance(auto, Mapping):
+            continue
+        most, target = auto.get("max_replicas", 1), auto.get("target_ongoing_requests", 2)
+        reachable = args.model_calls_in_flight * ingress_max / target
+        if reachable < most:
+            out.append(
+                f"{server_name(ref)} has max_replicas {most} but can reach only "
+                f"{reachable:g}: {ingress_max} Ingress replica(s) x args.model_calls_in_flight "
+                f"{args.model_calls_in_flight} calls / target_ongoing_requests {target}. Raise "
+                f"args.model_calls_in_flight to {-(-most * target // ingress_max)} (or the Ingress "
+                "replicas), or lower max_replicas.")
+    return out
 
 
 def deploy(

@@ -37,7 +37,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from mlplatform.serving.batching import AdaptiveBatch, split_rows
-from mlplatform.serving.dispatch import PIN_HEADER, Dispatcher, Unavailable
+from mlplatform.serving.dispatch import CALLS_IN_FLIGHT, PIN_HEADER, Dispatcher, Unavailable
 from mlplatform.serving.schemas import (
     RequestRejected,
     parse_body,
@@ -140,9 +140,10 @@ class Ingress:
                        explainer, max_items: int = 256, max_body_bytes: int = 1_048_576,
                        auth: bool = True, token_env: str = "MLP_SERVE_TOKEN",
                        admin_token_env: str = "MLP_SERVE_ADMIN_TOKEN",
-                       embed: dict[str, Any] | None = None, max_batch_size: int = 32):
+                       embed: dict[str, Any] | None = None, max_batch_size: int = 32,
+                       calls_in_flight: int = CALLS_IN_FLIGHT):
         self._lookup = FeatureLookup(platform, max_batch_size)
-        self._dispatch = Dispatcher(router, servers, explainer, max_batch_size)
+        self._dispatch = Dispatcher(router, servers, explainer, max_batch_size, calls_in_flight)
         if embed is not None:   # args.embed_models: the models live in this replica
             from mlplatform.config import PlatformConfig
             from mlplatform.registry import ModelRegistry

@@ -30,11 +30,13 @@ LATENCY_BUCKETS_MS = [0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 500, 1000,
 SCORE_BUCKETS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 #: Seconds between two tries to reach the Router after a failed long poll.
 _RESYNC_S = 1.0
-#: Calls in flight from one Ingress replica to one ModelServer deployment, batches of
-#: coalesced requests included (concurrent requests beyond wait and go together in the next
-#: call). Measured on 2 cores (HAProxy + throughput mode, c=32): the composed app's rps goes from
-#: ~725 (one call per request) to ~1,450-1,530 with 4-16 calls in flight; 1 gives ~520 (the
-#: calls queue behind each other).
+#: Default of ``args.model_calls_in_flight``: calls in flight from one Ingress replica to one
+#: ModelServer deployment, batches of coalesced requests included (concurrent requests beyond
+#: wait and go together in the next call). Measured on 2 cores (HAProxy + throughput mode,
+#: c=32): the composed app's rps goes from ~725 (one call per request) to ~1,450-1,530 with 4-16
+#: calls in flight; 1 gives ~520 (the calls queue behind each other). It also caps what the
+#: ModelServer's autoscaler sees: one Ingress replica keeps at most ``calls_in_flight /
+#: target_ongoing_requests`` ModelServer replicas busy (8 / 4 = fraud.yaml's max_replicas).
 CALLS_IN_FLIGHT = 8
 
 
@@ -73,10 +75,11 @@ def _by_arm(arms: list[Any]) -> dict[str, tuple[Any, list[int]]]:
     return groups
 
 
-def _coalesced(remote: Any, max_batch_size: int) -> AdaptiveBatch:
+def _coalesced(remote: Any, max_batch_size: int,
+               calls_in_flight: int = CALLS_IN_FLIGHT) -> AdaptiveBatch:
     """``remote`` (a ModelServer's ``predict``) called once for the concurrent requests of this
     replica: a request alone is sent at once; under load, the requests waiting for a call slot
-    (at most :data:`CALLS_IN_FLIGHT` calls in flight) go together in one call of up to
+    (at most ``calls_in_flight`` calls in flight) go together in one call of up to
     ``max_batch_size`` requests, their rows stacked. Each caller gets its own rows' scores."""
 
     async def many(matrices: list[np.ndarray]) -> list[dict[str, Any]]:
@@ -85,7 +88,7 @@ def _coalesced(remote: Any, max_batch_size: int) -> AdaptiveBatch:
                 for part in split_rows(out["scores"], [len(m) for m in matrices])]
 
     return AdaptiveBatch(remote, many, max_batch_size, 0.0,
-                         max_concurrent_batches=CALLS_IN_FLIGHT)
+                         max_concurrent_batches=calls_in_flight)
 
 
 class Unavailable(Exception):
@@ -100,14 +103,16 @@ class Dispatcher:
         servers: Model reference -> ModelServer handle (empty when the models are embedded).
         explainer: Handle of the Explainer deployment.
         max_batch_size: Most requests coalesced into one ModelServer call.
+        calls_in_flight: Most calls in flight to one ModelServer deployment.
     """
 
     def __init__(self, router: Any, servers: dict[str, Any], explainer: Any,
-                 max_batch_size: int = 32):
+                 max_batch_size: int = 32, calls_in_flight: int = CALLS_IN_FLIGHT):
         self._router, self._explainer = router, explainer
         # ref -> the coroutine function that scores a matrix there (a Serve call or in-process)
         self._predict: dict[str, Any] = {
-            ref: _coalesced(h.predict.remote, max_batch_size) for ref, h in servers.items()}
+            ref: _coalesced(h.predict.remote, max_batch_size, calls_in_flight)
+            for ref, h in servers.items()}
         self._embedded: dict[str, Any] | None = None     # ref -> ServedModel, when embedded
         self._load_errors: dict[str, str] = {}
         self._router_data: dict[str, Any] | None = None  # the last table the Router published

@@ -11,6 +11,7 @@ from mlplatform.errors import ConfigError
 from mlplatform.serving.app import (
     AppArgs,
     _app_args,
+    autoscaling_problems,
     check_serve_config,
     default_router_config,
     server_name,
@@ -31,6 +32,40 @@ def test_shipped_serve_configs_pass_serve_schema_and_our_checks(path):
     assert {server_name(m) for m in app["args"]["models"]} <= names
     router = next(d for d in app["deployments"] if d["name"] == "Router")
     assert router["ray_actor_options"]["num_cpus"] < 1     # fractional: small machines
+    assert autoscaling_problems(app, _app_args(app["args"])) == []   # max_replicas reachable
+
+
+def test_the_rayservice_model_servers_can_reach_their_max_replicas():
+    raw = yaml.safe_load((CONFIGS.parent / "cluster" / "kuberay" / "rayservice.yaml").read_text())
+    serve_config = yaml.safe_load(raw["spec"]["serveConfigV2"])
+    app = serve_config["applications"][0]
+    assert any("autoscaling_config" in d for d in app["deployments"])
+    assert autoscaling_problems(app, _app_args(app["args"])) == []
+
+
+def test_an_unreachable_model_server_max_replicas_is_reported_with_the_fix(caplog):
+    """A ModelServer's ongoing requests are the Ingress's calls (at most
+    args.model_calls_in_flight per Ingress replica): max_replicas above calls x Ingress
+    replicas / target can never be reached, and the check says what to raise."""
+    import logging
+
+    raw = yaml.safe_load((CONFIGS / "fraud.yaml").read_text())
+    app = raw["applications"][0]
+    server = next(d for d in app["deployments"] if d["name"] == "ModelServer-fraud-champion")
+    server["autoscaling_config"].update(max_replicas=8, target_ongoing_requests=4)
+    app["args"]["model_calls_in_flight"] = 16
+    problems = autoscaling_problems(app, _app_args(app["args"]))
+    assert len(problems) == 1 and "ModelServer-fraud-champion" in problems[0], problems
+    assert "reach only 4" in problems[0] and "model_calls_in_flight to 32" in problems[0]
+    with caplog.at_level(logging.WARNING, logger="mlplatform.serving.app"):
+        check_serve_config(raw)                         # a warning, not a refusal
+    assert "model_calls_in_flight to 32" in caplog.text
+    ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
+    ingress["num_replicas"] = 2                         # two Ingress replicas: 2 x 16 / 4 = 8
+    assert autoscaling_problems(app, _app_args(app["args"])) == []
+    ingress["num_replicas"] = 1
+    app["args"]["embed_models"] = True                  # no ModelServers at all
+    assert autoscaling_problems(app, _app_args(app["args"])) == []
 
 
 def test_server_names_follow_the_model_reference():
@@ -44,6 +79,9 @@ def test_default_routing_sends_everything_to_the_first_model():
     assert default_router_config(["fraud/7", "fraud@challenger"]) == {
         "arms": [{"name": "v7", "model": "fraud/7", "weight": 100}]}
     assert AppArgs().served == ["fraud@champion"]
+    from mlplatform.serving.dispatch import CALLS_IN_FLIGHT
+
+    assert AppArgs().model_calls_in_flight == CALLS_IN_FLIGHT   # one default, two places
     assert AppArgs(models=["a@x", "a@x", "b@y"]).served == ["a@x", "b@y"]
 
 
@@ -234,13 +272,13 @@ def test_a_batch_function_that_loses_results_fails_loudly(replica_context):
 
 def test_concurrent_model_server_calls_are_coalesced_with_each_callers_rows(replica_context):
     """The Ingress's calls to a ModelServer: a request alone is one call with its own rows;
-    concurrent requests share calls (at most CALLS_IN_FLIGHT at a time, up to max_batch_size
+    concurrent requests share calls (at most ``calls_in_flight`` at a time, up to max_batch_size
     requests each), and each caller gets exactly its own rows' scores and the version info."""
     import asyncio
 
     import numpy as np
 
-    from mlplatform.serving.dispatch import CALLS_IN_FLIGHT, _coalesced
+    from mlplatform.serving.dispatch import _coalesced
 
     calls: list[int] = []
     in_flight = {"now": 0, "most": 0}
@@ -255,7 +293,7 @@ def test_concurrent_model_server_calls_are_coalesced_with_each_callers_rows(repl
                 "threshold": 0.5}
 
     async def scenario():
-        predict = _coalesced(remote, max_batch_size=8)
+        predict = _coalesced(remote, max_batch_size=8, calls_in_flight=3)
         alone = await predict(np.array([[3.0, 0.0], [4.0, 0.0]]))
         assert alone["scores"] == [3.0, 4.0] and calls == [2]
         calls.clear()
@@ -265,7 +303,7 @@ def test_concurrent_model_server_calls_are_coalesced_with_each_callers_rows(repl
             assert out["scores"] == [float(i)] * len(m), i
             assert out["model_version"] == "7" and out["threshold"] == 0.5
         assert sum(calls) == sum(len(m) for m in matrices)    # every row scored once
-        assert len(calls) <= 100 // 8 + CALLS_IN_FLIGHT + 1, calls   # coalesced
-        assert in_flight["most"] <= CALLS_IN_FLIGHT + 1
+        assert len(calls) <= 100 // 8 + 3 + 1, calls   # coalesced
+        assert 2 <= in_flight["most"] <= 3 + 1, in_flight
 
     asyncio.run(scenario())
