@@ -204,8 +204,10 @@ def autoscaling_problems(app: Mapping[str, Any], args: AppArgs) -> list[str]:
         return []
     deps = {d.get("name"): d for d in app.get("deployments") or []}
     ingress = deps.get("Ingress") or {}
-    ingress_max = int((ingress.get("autoscaling_config") or {}).get(
-        "max_replicas", ingress.get("num_replicas", 1)) or 1)
+    ingress_max = (ingress.get("autoscaling_config") or {}).get(
+        "max_replicas", ingress.get("num_replicas", 1))
+    if not isinstance(ingress_max, int):      # num_replicas: auto, Serve sizes the Ingress
+        return []
     out = []
     for ref in args.served:
         auto = (deps.get(server_name(ref)) or {}).get("autoscaling_config")

@@ -427,11 +427,14 @@ def test_kuberay_manifests_parse_with_the_right_kinds():
 def test_rayservice_serve_config_passes_serves_schema_and_ours():
     from ray.serve.schema import ServeDeploySchema
 
-    from mlplatform.serving.app import check_serve_config
+    from mlplatform.serving.app import _app_args, autoscaling_problems, check_serve_config
 
     raw = yaml.safe_load(kuberay("rayservice.yaml")[0]["spec"]["serveConfigV2"])
     schema = ServeDeploySchema.model_validate(raw)
     check_serve_config(raw)
+    served = raw["applications"][0]       # its ModelServer can reach its max_replicas
+    assert any("autoscaling_config" in d for d in served["deployments"])
+    assert autoscaling_problems(served, _app_args(served["args"])) == []
     app_ = schema.applications[0]
     assert app_.import_path == "mlplatform.serving.app:build_app"
     for dep in app_.deployments:     # the serve_cpu scheme: no CPU, a share of serve_cpu

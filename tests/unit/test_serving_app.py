@@ -35,14 +35,6 @@ def test_shipped_serve_configs_pass_serve_schema_and_our_checks(path):
     assert autoscaling_problems(app, _app_args(app["args"])) == []   # max_replicas reachable
 
 
-def test_the_rayservice_model_servers_can_reach_their_max_replicas():
-    raw = yaml.safe_load((CONFIGS.parent / "cluster" / "kuberay" / "rayservice.yaml").read_text())
-    serve_config = yaml.safe_load(raw["spec"]["serveConfigV2"])
-    app = serve_config["applications"][0]
-    assert any("autoscaling_config" in d for d in app["deployments"])
-    assert autoscaling_problems(app, _app_args(app["args"])) == []
-
-
 def test_an_unreachable_model_server_max_replicas_is_reported_with_the_fix(caplog):
     """A ModelServer's ongoing requests are the Ingress's calls (at most
     args.model_calls_in_flight per Ingress replica): max_replicas above calls x Ingress
@@ -62,6 +54,8 @@ def test_an_unreachable_model_server_max_replicas_is_reported_with_the_fix(caplo
     assert "model_calls_in_flight to 32" in caplog.text
     ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
     ingress["num_replicas"] = 2                         # two Ingress replicas: 2 x 16 / 4 = 8
+    assert autoscaling_problems(app, _app_args(app["args"])) == []
+    ingress["num_replicas"] = "auto"                    # Serve sizes the Ingress: no bound
     assert autoscaling_problems(app, _app_args(app["args"])) == []
     ingress["num_replicas"] = 1
     app["args"]["embed_models"] = True                  # no ModelServers at all
