@@ -14,7 +14,7 @@ import requests
 from mlplatform.demo import to_instances
 from mlplatform.features import REQUEST_COLUMNS
 from tests.conftest import free_port, haproxy_serve_env, wait_for
-from tests.integration.conftest import AUTH
+from tests.integration.conftest import AUTH, REPO
 
 
 @pytest.fixture(scope="module", params=["haproxy", "haproxy-throughput"])
@@ -103,3 +103,55 @@ def test_live_reconfiguration_and_metrics_behind_haproxy(url, instance, platform
                                                 "ray_mlp_serve_requests_total")} >= {"main"}
 
     wait_for(exported, 90, "the new arm's metrics")
+
+
+def test_ingress_scales_out_under_load_without_a_failed_request(url, instance, request):
+    """fraud.yaml's Ingress autoscales (it is the CPU-bound deployment): sustained load above
+    its target_ongoing_requests brings up max_replicas replicas, HAProxy sends to the new one
+    too, and no request fails meanwhile."""
+    import yaml
+    from ray import serve
+
+    if request.node.callspec.params["url"] != "haproxy-throughput":
+        pytest.skip("checked once, in the recommended production mode (throughput-optimized)")
+    raw = yaml.safe_load((REPO / "serve_configs" / "fraud.yaml").read_text())
+    scaling = next(d for d in raw["applications"][0]["deployments"]
+                   if d["name"] == "Ingress")["autoscaling_config"]
+
+    def running() -> int:
+        states = serve.status().applications["fraud"].deployments["Ingress"].replica_states
+        return states.get("RUNNING", 0)
+
+    def replicas() -> list[psutil.Process]:
+        return [p for p in psutil.process_iter(["cmdline"])
+                if "ServeReplica:fraud:Ingress" in " ".join(p.info["cmdline"] or [])]
+
+    assert running() == scaling["min_replicas"] < scaling["max_replicas"]
+    statuses: Counter = Counter()
+    stop = threading.Event()
+
+    def load(i: int) -> None:
+        with requests.Session() as http:
+            while not stop.is_set():
+                r = http.post(f"{url}/predict", json=instance[i % 20], headers=AUTH, timeout=60)
+                statuses[r.status_code] += 1
+
+    threads = [threading.Thread(target=load, args=(i,), daemon=True)
+               for i in range(3 * scaling["target_ongoing_requests"])]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: running() == scaling["max_replicas"], 180, "the Ingress to scale out")
+        procs = replicas()
+        assert len(procs) == scaling["max_replicas"]
+        before = {p.pid: sum(p.cpu_times()[:2]) for p in procs}
+        served = sum(statuses.values())
+        wait_for(lambda: sum(statuses.values()) >= served + 600, 120, "600 answers after")
+        used = {p.pid: sum(p.cpu_times()[:2]) - before[p.pid] for p in procs}
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert statuses and set(statuses) == {200}, statuses
+    # Both replicas did the work of requests (an idle replica uses a few ms of CPU in that time).
+    assert all(cpu > 0.1 for cpu in used.values()), used

@@ -46,15 +46,23 @@ def test_an_unreachable_model_server_max_replicas_is_reported_with_the_fix(caplo
     server = next(d for d in app["deployments"] if d["name"] == "ModelServer-fraud-champion")
     server["autoscaling_config"].update(max_replicas=8, target_ongoing_requests=4)
     app["args"]["model_calls_in_flight"] = 16
+    ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
+    scaling = ingress.pop("autoscaling_config")         # fraud.yaml's Ingress autoscales (1-2)
+    ingress["num_replicas"] = 1
     problems = autoscaling_problems(app, _app_args(app["args"]))
     assert len(problems) == 1 and "ModelServer-fraud-champion" in problems[0], problems
     assert "reach only 4" in problems[0] and "model_calls_in_flight to 32" in problems[0]
     with caplog.at_level(logging.WARNING, logger="mlplatform.serving.app"):
         check_serve_config(raw)                         # a warning, not a refusal
     assert "model_calls_in_flight to 32" in caplog.text
-    ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
     ingress["num_replicas"] = 2                         # two Ingress replicas: 2 x 16 / 4 = 8
     assert autoscaling_problems(app, _app_args(app["args"])) == []
+    del ingress["num_replicas"]
+    ingress["autoscaling_config"] = {**scaling, "max_replicas": 2}   # scaled out: 2 x 16 / 4
+    assert autoscaling_problems(app, _app_args(app["args"])) == []
+    ingress["autoscaling_config"]["max_replicas"] = 1
+    assert len(autoscaling_problems(app, _app_args(app["args"]))) == 1
+    del ingress["autoscaling_config"]
     ingress["num_replicas"] = "auto"                    # Serve sizes the Ingress: no bound
     assert autoscaling_problems(app, _app_args(app["args"])) == []
     ingress["num_replicas"] = 1
