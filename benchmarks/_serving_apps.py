@@ -143,8 +143,9 @@ def uvicorn_app():
     return api
 
 
-def serve_app(model_path: str, fraud_path: str, fraud_columns: list[str], torch_folder: str):
-    """The same app as a one-replica Serve deployment, plus ``/predict-batched``,
+def serve_app(model_path: str, fraud_path: str, fraud_columns: list[str], torch_folder: str,
+              replicas: int = 1):
+    """The same app as a Serve deployment (``replicas`` replicas), plus ``/predict-batched``,
     ``/fraud-batched`` and ``/torch-batched``: the same scoring through ``@serve.batch``."""
     from fastapi import FastAPI
     from ray import serve
@@ -200,7 +201,7 @@ def serve_app(model_path: str, fraud_path: str, fraud_columns: list[str], torch_
         async def _torch_batch(self, rows: list[list[float]]) -> list[float]:
             return self._torch.score(rows)
 
-    return Bench.options(num_replicas=1, max_ongoing_requests=MAX_ONGOING_REQUESTS).bind(
+    return Bench.options(num_replicas=replicas, max_ongoing_requests=MAX_ONGOING_REQUESTS).bind(
         model_path, fraud_path, fraud_columns, torch_folder)
 
 
@@ -352,6 +353,14 @@ def haproxy_counts(stats_port: int) -> dict[str, int]:
         elif row["svname"].startswith("SERVE_PROXY_ACTOR"):
             count["sessions_to_fallback_proxy"] += int(row["stot"] or 0)
     return count
+
+
+def haproxy_replicas_up(stats_port: int) -> int:
+    """Replica HTTP servers HAProxy lists as UP (its config follows Serve's replicas)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/stats;csv", timeout=5) as r:
+        rows = list(csv.DictReader(io.StringIO(r.read().decode().lstrip("# "))))
+    return sum(row["svname"].startswith("SERVE_REPLICA") and row["status"].startswith("UP")
+               for row in rows)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,9 @@ Targets (apps in ``_serving_apps.py``), each on:
   event loop, gRPC between deployments, buffered request logs, frozen GC), the recommended
   production setting (``haproxy_env(..., throughput_optimized=True)``).
 
-- ``no-op``: ``GET /noop`` -> ``{"ok": true}``;
+- ``no-op``: ``GET /noop`` -> ``{"ok": true}``; ``no-op, scaled out``: the same with as many
+  replicas as fraud.yaml's Ingress scales out to, at concurrency > 1: the like-for-like baseline
+  of the composed apps' throughput goal;
 - ``XGBoost``: ``POST /predict``, the score of one row of 21 features by a booster with the
   fraud job's parameters (300 rounds, depth 6) trained here on synthetic data;
 - ``fraud model``: ``POST /fraud``, the score of one transaction's 21 model inputs (computed once,
@@ -35,6 +37,9 @@ Targets (apps in ``_serving_apps.py``), each on:
   publishing the route table off the request path (+ Explainer); the raw transaction as body;
 - ``composed app, embedded models``: the same YAML with ``args.embed_models: true``: the model
   is loaded in the Ingress replica, no ModelServer deployment, no Serve hop per request.
+  The Ingress autoscales (fraud.yaml): before each measurement at concurrency > 1 of either
+  composed app the load runs, untimed, until it has its ``max_replicas``; every row records how
+  many replicas answered HTTP.
 
 The registered model and online store come from ``run_spine`` (5,000 rows, 300 rounds) into a
 temporary storage root, once per run. Every server must return the same score for the same row
@@ -65,12 +70,13 @@ import _serving_apps as apps
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
-LABELS = {"noop": "no-op", "xgb": "XGBoost", "xgb-batched": "XGBoost @serve.batch",
+LABELS = {"noop": "no-op", "noop-scaled": "no-op, scaled out", "xgb": "XGBoost",
+          "xgb-batched": "XGBoost @serve.batch",
           "fraud": "fraud model", "fraud-batched": "fraud model @serve.batch",
           "torch": "torch MLP", "torch-batched": "torch MLP @serve.batch",
           "composed": "composed app", "composed-embedded": "composed app, embedded models"}
 #: The plain-uvicorn row doing the same work as each workload (for "x uvicorn").
-SAME_WORK = {"noop": "noop", "xgb": "xgb", "xgb-batched": "xgb", "fraud": "fraud",
+SAME_WORK = {"noop": "noop", "noop-scaled": "noop", "xgb": "xgb", "xgb-batched": "xgb", "fraud": "fraud",
              "fraud-batched": "fraud", "torch": "torch", "torch-batched": "torch",
              "composed": "fraud", "composed-embedded": "fraud"}
 INGRESSES = ("serve-proxy", "serve-haproxy", "serve-haproxy-tput")
@@ -93,15 +99,22 @@ class _Runner:
         self.overall = progress.add_task("all measurements", total=total)
 
     def run(self, ingress: str, workload: str, url: str, headers: dict | None = None,
-            body: object = None, stats_port: int | None = None) -> None:
-        """Wait for ``url`` to answer, then measure it at each concurrency."""
+            body: object = None, stats_port: int | None = None,
+            replicas: tuple[str, str, int] | None = None,
+            concurrency: list[int] | None = None) -> None:
+        """Wait for ``url`` to answer, then measure it at each concurrency (``concurrency``, by
+        default ``--concurrency``). ``replicas``: (Serve app, its HTTP-facing deployment, the
+        replicas it scales out to): before each measurement at concurrency > 1 the load runs
+        until the deployment has that many RUNNING replicas; each row records how many it had."""
         from urllib.parse import urlsplit
 
         from _http_load import LoadSpec, measure, wait_ready
 
         self.answers[f"{ingress} {workload}"] = wait_ready(LoadSpec(url, headers or {}, body))
-        for c in self.args.concurrency:
+        for c in concurrency or self.args.concurrency:
             spec = LoadSpec(url, headers or {}, body, c, self.args.requests, self.args.warmup)
+            scale_out_s = (self._scale_out(spec, *replicas, stats_port=stats_port)
+                           if replicas and c > 1 else None)
             task = self.progress.add_task(f"{ingress} {LABELS[workload]} c={c}",
                                           total=spec.warmup + spec.requests)
             before = apps.haproxy_counts(stats_port) if stats_port else {}
@@ -109,7 +122,9 @@ class _Runner:
             self.progress.remove_task(task)
             self.progress.advance(self.overall)
             res |= {"ingress": ingress, "workload": workload, "url": url,
-                    "listener": apps.listener(urlsplit(url).port or 80)}
+                    "listener": apps.listener(urlsplit(url).port or 80),
+                    "replicas": _running(*replicas[:2]) if replicas else 1,
+                    "scale_out_s": scale_out_s}
             if stats_port:
                 after = apps.haproxy_counts(stats_port)
                 res["haproxy"] = {k: after[k] - before[k] for k in after}
@@ -120,6 +135,35 @@ class _Runner:
                 self.failures.append(f"{ingress} {workload} c={c}: {res['errors']} of "
                                      f"{spec.requests} requests failed {res['statuses']}")
             self.rows.append(res)
+
+    def _scale_out(self, spec, app: str, deployment: str, want: int,
+                   stats_port: int | None = None, timeout_s: float = 300.0) -> float:
+        """Send ``spec``'s load (untimed) until ``deployment`` of ``app`` has ``want`` RUNNING
+        replicas (its autoscaler's doing) and HAProxy, if any, lists them all as UP (its
+        reload resets its counters); returns the seconds it took."""
+        from dataclasses import replace
+
+        from _http_load import measure
+
+        start, chunk = time.monotonic(), replace(spec, requests=500, warmup=0)
+        task = self.progress.add_task(f"load until {deployment} has {want} replicas", total=None)
+        try:
+            while _running(app, deployment) < want:
+                if time.monotonic() - start > timeout_s:
+                    raise RuntimeError(f"{deployment} of {app} did not reach {want} replicas in "
+                                       f"{timeout_s:.0f} s of load at c={spec.concurrency}")
+                res = measure(chunk)
+                if res["errors"]:
+                    self.failures.append(f"{spec.url} while scaling out: {res['errors']} "
+                                         f"requests failed {res['statuses']}")
+            while stats_port and apps.haproxy_replicas_up(stats_port) < want:
+                if time.monotonic() - start > timeout_s:
+                    raise RuntimeError(f"HAProxy did not list {want} replicas of {deployment} "
+                                       f"as UP in {timeout_s:.0f} s")
+                time.sleep(0.2)    # poll interval of this condition wait
+        finally:
+            self.progress.remove_task(task)
+        return round(time.monotonic() - start, 1)
 
     @contextlib.contextmanager
     def guard(self, what: str) -> Iterator[None]:
@@ -133,14 +177,29 @@ class _Runner:
             self.progress.console.print(f"[red]{what} failed:[/] {escape(repr(e))}")
 
 
+def _running(app: str, deployment: str) -> int:
+    """RUNNING replicas of ``deployment`` in Serve application ``app``."""
+    from ray import serve
+
+    states = serve.status().applications[app].deployments[deployment].replica_states
+    return states.get("RUNNING", 0)
+
+
+def _noops(rows: list[dict]) -> dict[tuple[str, int, int], dict]:
+    """The no-op rows by (ingress, concurrency, replicas of the HTTP-facing deployment)."""
+    return {(r["ingress"], r["concurrency"], r["replicas"]): r for r in rows
+            if SAME_WORK[r["workload"]] == "noop" and r["ingress"] != "uvicorn"}
+
+
 def add_ratios(rows: list[dict]) -> dict[str, dict[int, float]]:
     """Each row's rps over plain uvicorn's (same work) and over the no-op on its own ingress
-    (same concurrency); returns @serve.batch's speed-up (synthetic XGBoost) per Serve ingress
-    and concurrency."""
+    (same concurrency, as many replicas answering HTTP); returns @serve.batch's speed-up
+    (synthetic XGBoost) per Serve ingress and concurrency."""
     by = {(r["ingress"], r["workload"], r["concurrency"]): r["rps"] for r in rows}
+    noops = _noops(rows)
     for r in rows:
         base = by.get(("uvicorn", SAME_WORK[r["workload"]], r["concurrency"]))
-        noop = by.get((r["ingress"], "noop", r["concurrency"]))
+        noop = (noops.get((r["ingress"], r["concurrency"], r["replicas"])) or {}).get("rps")
         r["rps_vs_uvicorn"] = r["rps"] / base if base else None
         r["rps_vs_noop_same_ingress"] = r["rps"] / noop if noop else None
     speedup: dict[str, dict[int, float]] = {}
@@ -155,16 +214,19 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def table_rows(rows: list[dict]) -> list[tuple[str, ...]]:
-    return [(LABELS[r["workload"]], r["ingress"], str(r["concurrency"]), _fmt(r["rps"], ",.0f"),
+    return [(LABELS[r["workload"]], r["ingress"], str(r["concurrency"]), str(r["replicas"]),
+             _fmt(r["rps"], ",.0f"),
              _fmt(r["p50_ms"], ".2f"), _fmt(r["p99_ms"], ".2f"), _fmt(r["rps_vs_uvicorn"], ".2f"),
              _fmt(r["rps_vs_noop_same_ingress"], ".2f"), str(r["errors"])) for r in rows]
 
 
-COLUMNS_OUT = ("target", "ingress", "concurrency", "rps", "p50 ms", "p99 ms", "x uvicorn",
+COLUMNS_OUT = ("target", "ingress", "concurrency", "replicas", "rps", "p50 ms", "p99 ms", "x uvicorn",
                "x no-op", "errors")
 RATIOS = ("x uvicorn: rps / plain uvicorn's for the same work (no-op, one XGBoost row, one "
           "torch-MLP row, or one fraud-model row for the fraud and composed rows); x no-op: rps "
-          "/ the no-op's on the same ingress; both at the same concurrency.")
+          "/ the no-op's on the same ingress with as many replicas answering HTTP (replicas: "
+          "of the Serve deployment that answers HTTP, the composed app's Ingress; uvicorn: one "
+          "process); both at the same concurrency.")
 GOAL_COLUMNS = ("goal", "ingress", "measured", "status")
 
 
@@ -205,12 +267,18 @@ def _composed_goals(by: dict, ing: str, wl: str) -> list[dict]:
                           comp[k] - noop[k] <= g["latency_over_noop_ms"]) for s, k in STATS]))
     out.append(_goal(f"{name} c=1 vs plain uvicorn, same model (no goal)", ing,
                      _vs(comp, by.get(("uvicorn", "fraud", 1)), None)))
-    comp32, noop32 = by.get((ing, wl, 32)), by.get((ing, "noop", 32))
-    out.append(_goal(f"{name} rps c=32 >= {g['throughput_ratio']}x no-op Serve app", ing,
-                     None if comp32 is None or noop32 is None else [
-                         ("rps", f"{comp32['rps'] / noop32['rps']:.2f}x ({comp32['rps']:,.0f} "
-                          f"vs {noop32['rps']:,.0f})",
-                          comp32["rps"] / noop32["rps"] >= g["throughput_ratio"])]))
+    comp32, noops = by.get((ing, wl, 32)), _noops(list(by.values()))
+    same = noops.get((ing, 32, comp32["replicas"])) if comp32 else None
+    one = noops.get((ing, 32, 1))
+    out.append(_goal(f"{name} rps c=32 >= {g['throughput_ratio']}x no-op Serve app, as many "
+                     "replicas answering HTTP", ing, None if comp32 is None or same is None else [
+                         ("rps", f"{comp32['rps'] / same['rps']:.2f}x ({comp32['rps']:,.0f} "
+                          f"vs {same['rps']:,.0f}, {comp32['replicas']} replica(s) each)",
+                          comp32["rps"] / same["rps"] >= g["throughput_ratio"])]))
+    if comp32 is not None and one is not None and comp32["replicas"] != 1:
+        out.append(_goal(f"{name} rps c=32 vs the one-replica no-op (no goal)", ing, [
+            ("rps", f"{comp32['rps'] / one['rps']:.2f}x ({comp32['rps']:,.0f} with "
+                    f"{comp32['replicas']} Ingress replicas vs {one['rps']:,.0f})", None)]))
     return out
 
 
@@ -295,7 +363,10 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
     from mlplatform.serving import deploy
 
     cloudpickle.register_pickle_by_value(apps)   # replicas cannot import _serving_apps
-    runner = _Runner(args, progress, (4 + 9 * len(args.ingresses)) * len(args.concurrency))
+    loaded = [c for c in args.concurrency if c > 1]
+    runner = _Runner(args, progress, (4 + 9 * len(args.ingresses)) * len(args.concurrency)
+                     + len(args.ingresses) * len(loaded))
+    ingress_max = _ingress_scaling()["max_replicas"]
     model, start, facts = work / "model.json", time.monotonic(), {"steps": []}
     mlp = work / "torch_mlp"
 
@@ -351,6 +422,15 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
                     runner.run(ingress, "torch" + suffix, f"{url}/torch{suffix}", body=body,
                                stats_port=stats)
                 serve.delete("bench")
+                if loaded and ingress_max > 1:
+                    say(f"the no-op again with {ingress_max} replicas (the composed app's "
+                        "Ingress scales out to as many)")
+                    serve.run(apps.serve_app(str(model), str(fraud.model_path), fraud.columns,
+                                             str(mlp), replicas=ingress_max),
+                              name="bench", route_prefix="/")
+                    runner.run(ingress, "noop-scaled", f"{url}/noop", stats_port=stats,
+                               replicas=("bench", "Bench", ingress_max), concurrency=loaded)
+                    serve.delete("bench")
                 say(f"deploying the composed app (serve_configs/fraud.yaml) on {ingress}")
                 base = deploy(args_overrides={"models": [apps.MODEL_REF],
                                               "platform": fraud.platform},
@@ -358,7 +438,8 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
                                                        "model": apps.MODEL_REF, "weight": 100}]},
                               http_port=port, controller_env=env)   # env: Serve already started
                 runner.run(ingress, "composed", f"{base}/predict", headers=auth,
-                           body=fraud.instance, stats_port=stats)
+                           body=fraud.instance, stats_port=stats,
+                           replicas=("fraud", "Ingress", ingress_max))
                 serve.delete("fraud")
                 say(f"deploying it with embed_models: true on {ingress}")
                 base = deploy(args_overrides={"models": [apps.MODEL_REF], "embed_models": True,
@@ -367,7 +448,8 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
                                                        "model": apps.MODEL_REF, "weight": 100}]},
                               http_port=port, controller_env=env)
                 runner.run(ingress, "composed-embedded", f"{base}/predict", headers=auth,
-                           body=fraud.instance, stats_port=stats)
+                           body=fraud.instance, stats_port=stats,
+                           replicas=("fraud", "Ingress", ingress_max))
                 say(f"{ingress} done")
     finally:
         ray.shutdown()
@@ -375,13 +457,40 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
     return runner, facts
 
 
-def _model_server_setup() -> str:
-    """How serve_configs/fraud.yaml sizes the champion's ModelServer (read from the YAML)."""
+def _fraud_app() -> dict:
+    """The application of serve_configs/fraud.yaml."""
     import yaml
 
-    from mlplatform.serving.app import DEFAULT_SERVE_CONFIG, AppArgs
+    from mlplatform.serving.app import DEFAULT_SERVE_CONFIG
 
-    app = yaml.safe_load(DEFAULT_SERVE_CONFIG.read_text())["applications"][0]
+    return yaml.safe_load(DEFAULT_SERVE_CONFIG.read_text())["applications"][0]
+
+
+def _ingress_scaling() -> dict:
+    """fraud.yaml's Ingress replicas: its autoscaling_config, or min = max = num_replicas."""
+    ingress = next(d for d in _fraud_app()["deployments"] if d["name"] == "Ingress")
+    fixed = ingress.get("num_replicas", 1)
+    return ingress.get("autoscaling_config") or {"min_replicas": fixed, "max_replicas": fixed}
+
+
+def _ingress_setup(rows: list[dict]) -> str:
+    """How fraud.yaml scales the Ingress, and how long the composed apps took to scale out."""
+    auto = _ingress_scaling()
+    took = [f"{r['ingress']} {LABELS[r['workload']]} {r['scale_out_s']:.0f} s" for r in rows
+            if r.get("scale_out_s") is not None and r["workload"] in COMPOSED]
+    return (f"autoscaling {auto['min_replicas']}-{auto['max_replicas']} replicas, target "
+            f"{auto.get('target_ongoing_requests', '-')} ongoing requests: one replica at c=1; "
+            f"before each measurement at higher concurrency the load ran (untimed) until it had "
+            f"{auto['max_replicas']}" + (f" ({', '.join(took)})" if took else "")
+            + ", and the no-op was measured again with as many replicas, the like-for-like "
+            "baseline of the throughput goal")
+
+
+def _model_server_setup() -> str:
+    """How serve_configs/fraud.yaml sizes the champion's ModelServer (read from the YAML)."""
+    from mlplatform.serving.app import AppArgs
+
+    app = _fraud_app()
     auto = next(d for d in app["deployments"]
                 if d["name"] == "ModelServer-fraud-champion")["autoscaling_config"]
     calls = AppArgs(**app["args"]).model_calls_in_flight
@@ -419,9 +528,10 @@ def notes(rows: list[dict], scores: dict[str, dict[str, float]], facts: dict) ->
         "concurrent ones go through @serve.batch), so at c=1 the like-for-like line is 'no "
         "@serve.batch'.",
         "Composed app as serve_configs/fraud.yaml deploys it: Ingress (auth, validation, the "
-        "feature lookup and the arm choice in-process), Router (control plane: publishes the "
-        "route table, off the request path), Explainer one replica each; "
-        f"{_model_server_setup()}: one Serve hop per request (Ingress -> ModelServer). "
+        f"feature lookup and the arm choice in-process; {_ingress_setup(rows)}), Router "
+        "(control plane: publishes the route table, off the request path) and Explainer one "
+        f"replica each; {_model_server_setup()}: one Serve hop per request (Ingress -> "
+        "ModelServer). "
         "'embedded models' is the same YAML with "
         "args.embed_models: true: the model is loaded in the Ingress replica and scored "
         "in-process (adaptive @serve.batch there), no ModelServer deployment, no Serve hop. "
@@ -475,7 +585,7 @@ def main() -> None:
     scores: dict[str, dict[str, float]] = {}
     for key, answer in runner.answers.items():
         workload = key.split()[-1]
-        if workload != "noop":
+        if SAME_WORK[workload] != "noop":
             scores.setdefault(SAME_WORK[workload], {})[key] = json.loads(answer)["score"]
     for family, by_server in scores.items():
         if len({round(s, 6) for s in by_server.values()}) > 1:
