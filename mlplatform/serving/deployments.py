@@ -141,9 +141,10 @@ class Ingress:
                        auth: bool = True, token_env: str = "MLP_SERVE_TOKEN",
                        admin_token_env: str = "MLP_SERVE_ADMIN_TOKEN",
                        embed: dict[str, Any] | None = None, max_batch_size: int = 32,
-                       calls_in_flight: int = CALLS_IN_FLIGHT):
+                       calls_in_flight: int = CALLS_IN_FLIGHT, by_reference: bool = False):
         self._lookup = FeatureLookup(platform, max_batch_size)
-        self._dispatch = Dispatcher(router, servers, explainer, max_batch_size, calls_in_flight)
+        self._dispatch = Dispatcher(router, servers, explainer, max_batch_size, calls_in_flight,
+                                    by_reference)
         if embed is not None:   # args.embed_models: the models live in this replica
             from mlplatform.config import PlatformConfig
             from mlplatform.registry import ModelRegistry

@@ -21,8 +21,11 @@ from pathlib import Path
 #: Ray Serve 2.60's throughput-optimized mode, read by every Serve actor when ``ray.serve`` is
 #: imported (so, like the HAProxy switch, it belongs in the controller's env, which the replicas
 #: inherit, or in the env of ``ray start``): user code on the replica's main event loop instead
-#: of a second thread, the handle's router on that loop too, gRPC between deployments, request
-#: logs buffered and not copied to stderr, the GC frozen after start-up.
+#: of a second thread, the handle's router on that loop too, gRPC between deployments (not
+#: through handles passed to a constructor, which keep the default of the process that built
+#: the app: the Ingress sets its ModelServer calls' transport itself,
+#: ``args.model_calls_by_reference``), request logs buffered and not copied to stderr, the GC
+#: frozen after start-up.
 THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 

@@ -176,3 +176,37 @@ def test_concurrent_requests_are_each_answered_for_their_own_transaction(url, sp
     raw = pd.read_parquet(spine.raw_path, columns=REQUEST_COLUMNS).tail(120)
     raw["event_timestamp"] = raw["event_timestamp"].map(lambda t: t.isoformat())
     check_burst(url, to_instances(raw), platform, "fraud", AUTH)
+
+
+
+def test_model_server_calls_go_over_grpc_not_actor_tasks(url, sample):
+    """The Ingress calls its ModelServer over Serve's gRPC channel between replicas
+    (``args.model_calls_by_reference: false``, the default), not as Ray actor tasks.
+
+    A ModelServer replica listens on two ports: its Ray core worker (actor tasks, and Serve's
+    queue-length probes, which every caller uses) and Serve's inter-deployment gRPC server. A
+    caller that sends actor tasks only is connected to the first; one that calls over gRPC is
+    connected to both (Serve opens the gRPC channel on the first call over it).
+    """
+    import psutil
+    from ray.util.state import list_actors
+
+    inst = _requests(sample.head(1))[0]
+    with requests.Session() as http:
+        for _ in range(20):
+            r = http.post(f"{url}/predict", json=inst, headers=AUTH, timeout=30)
+            assert r.status_code == 200, r.text
+    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+    server = next(a.pid for a in alive
+                  if a.class_name == "ServeReplica:fraud:ModelServer-fraud-champion")
+    ingresses = [a.pid for a in alive if a.class_name == "ServeReplica:fraud:Ingress"]
+    listening = {c.laddr.port for c in psutil.Process(server).net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN}
+    assert len(listening) == 2, f"the ModelServer replica listens on {listening}: expected its " \
+        "Ray core worker's port and Serve's gRPC server's"
+    reached = {c.raddr.port for pid in ingresses
+               for c in psutil.Process(pid).net_connections("tcp")
+               if c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.port in listening}
+    assert reached == listening, (
+        f"the Ingress replicas are connected to the ModelServer's ports {reached} of "
+        f"{listening}: its calls go as Ray actor tasks, not over Serve's gRPC channel")
