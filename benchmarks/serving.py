@@ -493,10 +493,13 @@ def _model_server_setup() -> str:
     app = _fraud_app()
     auto = next(d for d in app["deployments"]
                 if d["name"] == "ModelServer-fraud-champion")["autoscaling_config"]
-    calls = AppArgs(**app["args"]).model_calls_in_flight
+    args = AppArgs(**app["args"])
+    transport = ("Ray actor tasks" if args.model_calls_by_reference
+                 else "Serve's gRPC channel between replicas")
     return (f"ModelServer-fraud-champion autoscaling {auto['min_replicas']}-"
             f"{auto['max_replicas']} replicas (target {auto['target_ongoing_requests']} ongoing "
-            f"calls; the Ingress keeps at most {calls} calls in flight to it)")
+            f"calls; the Ingress keeps at most {args.model_calls_in_flight} calls in flight to "
+            f"it, over {transport})")
 
 
 def notes(rows: list[dict], scores: dict[str, dict[str, float]], facts: dict) -> list[str]:
