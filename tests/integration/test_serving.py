@@ -178,7 +178,6 @@ def test_concurrent_requests_are_each_answered_for_their_own_transaction(url, sp
     check_burst(url, to_instances(raw), platform, "fraud", AUTH)
 
 
-
 def test_model_server_calls_go_over_grpc_not_actor_tasks(url, sample):
     """The Ingress calls its ModelServer over Serve's gRPC channel between replicas
     (``args.model_calls_by_reference: false``, the default), not as Ray actor tasks.
