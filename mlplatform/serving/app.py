@@ -201,6 +201,13 @@ def check_serve_config(raw: Mapping[str, Any]) -> None:
             logging.getLogger(__name__).warning("%s: %s", where, problem)
 
 
+def most_replicas(deployment: Mapping[str, Any]) -> int | str:
+    """The replicas a deployment of a Serve config can have: its autoscaling ``max_replicas``,
+    else its ``num_replicas`` (1 when unset; ``"auto"`` when Serve sizes it)."""
+    auto = deployment.get("autoscaling_config") or {}
+    return auto.get("max_replicas", deployment.get("num_replicas", 1))
+
+
 def autoscaling_problems(app: Mapping[str, Any], args: AppArgs) -> list[str]:
     """ModelServer ``max_replicas`` that autoscaling can never reach: a ModelServer's ongoing
     requests are the Ingress's calls, at most ``args.model_calls_in_flight`` per Ingress
@@ -208,9 +215,7 @@ def autoscaling_problems(app: Mapping[str, Any], args: AppArgs) -> list[str]:
     if args.embed_models:
         return []
     deps = {d.get("name"): d for d in app.get("deployments") or []}
-    ingress = deps.get("Ingress") or {}
-    ingress_max = (ingress.get("autoscaling_config") or {}).get(
-        "max_replicas", ingress.get("num_replicas", 1))
+    ingress_max = most_replicas(deps.get("Ingress") or {})
     if not isinstance(ingress_max, int):      # num_replicas: auto, Serve sizes the Ingress
         return []
     out = []

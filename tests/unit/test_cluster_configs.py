@@ -545,21 +545,18 @@ def test_rayservice_serve_config_is_fraud_cluster_yaml():
         assert set(app_) - set(other) <= INTENDED_SERVE_DIFFERENCES
 
 
-def _most_replicas(deployment: dict) -> int:
-    auto = deployment.get("autoscaling_config")
-    return auto["max_replicas"] if auto else deployment.get("num_replicas", 1)
-
-
 @pytest.mark.parametrize("path", CLOUD_YAMLS, ids=lambda p: p.name)
 def test_fraud_cluster_yaml_scales_its_ingress_within_the_cpu_workers(path):
     """The Ingress (the deployment that spends the CPU) autoscales on a cluster, and every
     deployment at its max_replicas fits the serve_cpu of the cpu_workers the YAML may start:
     autoscaling never asks for a node the launcher cannot add."""
+    from mlplatform.serving.app import most_replicas
+
     served = yaml.safe_load((REPO / "serve_configs" / "fraud-cluster.yaml").read_text())
     deployments = {d["name"]: d for d in served["applications"][0]["deployments"]}
-    assert _most_replicas(deployments["Ingress"]) > 1
+    assert most_replicas(deployments["Ingress"]) > 1
     assert deployments["Ingress"]["autoscaling_config"]["min_replicas"] == 1
-    demand = sum(_most_replicas(d) * d["ray_actor_options"]["resources"]["serve_cpu"]
+    demand = sum(most_replicas(d) * d["ray_actor_options"]["resources"]["serve_cpu"]
                  for d in deployments.values())
     worker = yaml.safe_load(path.read_text())["available_node_types"]["cpu_worker"]
     assert demand <= worker["max_workers"] * worker["resources"]["serve_cpu"], demand
