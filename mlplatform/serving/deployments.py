@@ -79,7 +79,8 @@ class FeatureLookup:
         from mlplatform.features import FeatureStore
 
         self._store = FeatureStore(PlatformConfig(**platform))
-        self._batch = AdaptiveBatch(self.features, self._features_many, max_batch_size, 0.0)
+        self._batch = AdaptiveBatch(self.features, self._features_many, max_batch_size, 0.0,
+                                    coalesce=True)
 
     def features(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """``{"matrix": model inputs (rows x FEATURE_COLUMNS), "unknown_user": [bool]}``."""
@@ -104,6 +105,43 @@ class FeatureLookup:
         return [{"matrix": m, "unknown_user": u} for m, u in zip(
             split_rows(out["matrix"], sizes), split_rows(out["unknown_user"], sizes),
             strict=True)]
+
+
+def _route_path(scope: dict[str, Any]) -> str:
+    """The request's path below the app's route prefix (``root_path``), as Starlette routes."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root):len(root) + 1] == "/":
+        return path[len(root):]
+    return path
+
+
+class PredictFastPath:
+    """ASGI middleware of the Ingress's FastAPI app: ``POST /predict`` goes straight to the
+    replica's :meth:`Ingress.predict`; every other request goes through FastAPI as before.
+
+    It sits inside FastAPI's ``ServerErrorMiddleware`` (an unexpected exception is still a
+    logged 500) and skips the rest: route matching, dependency solving, the exception and
+    exit-stack middlewares. Measured on 2 cores under load (HAProxy + throughput mode, c=32)
+    that is ~8% of the Ingress's CPU per request; ``/predict`` keeps its OpenAPI route, and its
+    handler returns its own 4xx JSON for every bad request, so nothing else changes.
+    """
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if (scope["type"] == "http" and scope["method"] == "POST"
+                and _route_path(scope) == "/predict"):
+            from ray import serve
+
+            ingress = serve.get_replica_context().servable_object
+            response = await ingress.predict(Request(scope, receive))
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(PredictFastPath)
 
 
 def _token(env_name: str | None) -> str | None:

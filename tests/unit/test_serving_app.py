@@ -225,7 +225,8 @@ def test_two_models_in_one_process_never_share_a_batch(replica_context):
     asyncio.run(scenario())
 
 
-def test_a_bad_item_fails_only_its_own_caller_in_a_batch(replica_context):
+@pytest.mark.parametrize("coalesce", [False, True], ids=["serve.batch", "coalescer"])
+def test_a_bad_item_fails_only_its_own_caller_in_a_batch(replica_context, coalesce):
     """AdaptiveBatch: when the batch call raises, each item is retried alone, so a request
     that cannot be served fails by itself and the requests batched with it are answered."""
     import asyncio
@@ -244,7 +245,8 @@ def test_a_bad_item_fails_only_its_own_caller_in_a_batch(replica_context):
         return [one(x) for x in xs]
 
     async def scenario():
-        batch = AdaptiveBatch(one, many, max_batch_size=8, batch_wait_timeout_s=0.0)
+        batch = AdaptiveBatch(one, many, max_batch_size=8, batch_wait_timeout_s=0.0,
+                              coalesce=coalesce)
         out = await asyncio.gather(*(batch(x) for x in (1, 2, -3, 4)), return_exceptions=True)
         assert out[:2] == [2, 4] and out[3] == 8
         assert isinstance(out[2], ValueError) and "negative item -3" in str(out[2])
@@ -257,19 +259,71 @@ def test_a_bad_item_fails_only_its_own_caller_in_a_batch(replica_context):
     asyncio.run(scenario())
 
 
-def test_a_batch_function_that_loses_results_fails_loudly(replica_context):
+@pytest.mark.parametrize("coalesce", [False, True], ids=["serve.batch", "coalescer"])
+def test_a_batch_function_that_loses_results_fails_loudly(replica_context, coalesce):
     import asyncio
 
     from mlplatform.serving.batching import AdaptiveBatch
 
     async def scenario():
         batch = AdaptiveBatch(lambda x: x, lambda xs: xs[:-1], max_batch_size=4,
-                              batch_wait_timeout_s=0.0)
+                              batch_wait_timeout_s=0.0, coalesce=coalesce)
         out = await asyncio.gather(*(batch(x) for x in range(3)), return_exceptions=True)
         assert all(isinstance(o, RuntimeError) and "2 results for 3 items" in str(o)
                    for o in out), out
 
     asyncio.run(scenario())
+
+
+def test_the_coalescer_batches_what_queued_during_a_call_and_survives_cancelled_callers():
+    """AdaptiveBatch(coalesce=True), the feature lookup's batching: a lone item is served alone
+    at once; items that arrive together go in one call; items that arrive while a call runs go
+    together in the next one (never more than max_batch_size); a caller cancelled while queued
+    is dropped and the others are still answered."""
+    import asyncio
+
+    from mlplatform.serving.batching import AdaptiveBatch
+
+    calls: list[list[int]] = []
+
+    async def scenario():
+        gate = asyncio.Event()
+
+        def one(x: int) -> int:
+            calls.append([x])
+            return -x
+
+        async def many(xs: list[int]) -> list[int]:
+            calls.append(list(xs))
+            await gate.wait()                # the call takes a while: others queue meanwhile
+            return [-x for x in xs]
+
+        batch = AdaptiveBatch(one, many, max_batch_size=3, batch_wait_timeout_s=0.0,
+                              coalesce=True)
+        assert await batch(7) == -7 and calls == [[7]]
+        first = [asyncio.ensure_future(batch(x)) for x in (1, 2)]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)               # the call of 1 and 2 is running (waits on gate)
+        assert calls[-1] == [1, 2]
+        queued = [asyncio.ensure_future(batch(x)) for x in (3, 4, 5, 6, 8)]
+        await asyncio.sleep(0)
+        queued[1].cancel()                   # 4 gives up while it waits
+        gate.set()
+        assert await asyncio.gather(*first) == [-1, -2]
+        out = await asyncio.gather(*queued, return_exceptions=True)
+        assert isinstance(out[1], asyncio.CancelledError)
+        assert [o for i, o in enumerate(out) if i != 1] == [-3, -5, -6, -8]
+        assert calls[2:] == [[3, 5], [6, 8]], calls   # 4 dropped; at most 3 per call
+        assert batch.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_coalesce_refuses_a_batch_window():
+    from mlplatform.serving.batching import AdaptiveBatch
+
+    with pytest.raises(ValueError, match="batch_wait_timeout_s must be 0"):
+        AdaptiveBatch(lambda x: x, lambda xs: xs, 4, 0.005, coalesce=True)
 
 
 def test_concurrent_model_server_calls_are_coalesced_with_each_callers_rows(replica_context):
@@ -309,3 +363,56 @@ def test_concurrent_model_server_calls_are_coalesced_with_each_callers_rows(repl
         assert 2 <= in_flight["most"] <= 3 + 1, in_flight
 
     asyncio.run(scenario())
+
+
+def _asgi_call(app, method: str, path: str, root_path: str = "", body: bytes = b""):
+    """One HTTP request straight into an ASGI app: (status, response body)."""
+    import asyncio
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+             "root_path": root_path, "query_string": b"", "server": ("test", 80),
+             "client": ("client", 1234), "headers": [(b"content-type", b"application/json")]}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_post_predict_goes_straight_to_the_replica_and_the_rest_through_fastapi(monkeypatch):
+    """PredictFastPath: POST /predict (below any route prefix) reaches the replica's predict
+    without FastAPI's routing (no matched route in its scope); other methods and paths are
+    FastAPI's (405, the trailing-slash redirect)."""
+    import json
+    from types import SimpleNamespace
+
+    from fastapi.responses import JSONResponse
+    from ray import serve
+
+    from mlplatform.serving import deployments
+
+    seen: list[tuple] = []
+
+    class Replica:
+        async def predict(self, request):
+            seen.append((request.scope.get("route"), json.loads(await request.body())))
+            return JSONResponse({"scored": True}, status_code=200)
+
+    monkeypatch.setattr(serve, "get_replica_context",
+                        lambda: SimpleNamespace(servable_object=Replica()))
+    app = deployments.api
+    assert _asgi_call(app, "POST", "/predict", body=b'{"amount": 1}') == (200, b'{"scored":true}')
+    assert _asgi_call(app, "POST", "/fraud/predict", root_path="/fraud",
+                      body=b'{"amount": 2}') == (200, b'{"scored":true}')
+    assert seen == [(None, {"amount": 1}), (None, {"amount": 2})]   # FastAPI matched no route
+    assert _asgi_call(app, "GET", "/predict")[0] == 405
+    assert _asgi_call(app, "POST", "/predict/")[0] == 307
+    assert _asgi_call(app, "POST", "/fraud/predictions", root_path="/fraud")[0] == 404
+    assert len(seen) == 2
