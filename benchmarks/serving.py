@@ -1,7 +1,7 @@
 """Benchmark: HTTP serving - plain FastAPI+uvicorn vs Ray Serve (default proxy vs HAProxy), and
 the composed fraud app vs one deployment of the same registered model, side by side.
 
-    nice .venv/bin/python benchmarks/serving.py   # 7 min on 2 quiet cores, 10-12 busy
+    nice .venv/bin/python benchmarks/serving.py   # 15 min on 2 cores
     nice .venv/bin/python benchmarks/serving.py --requests 2000 --concurrency 1 32 128
     nice .venv/bin/python benchmarks/serving.py --ingresses serve-haproxy serve-haproxy-tput
 
