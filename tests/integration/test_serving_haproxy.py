@@ -169,3 +169,9 @@ def test_ingress_scales_out_under_load_without_a_failed_request(url, instance, r
         applied = deployments[name].deployment_config.autoscaling_config
         applied = applied if isinstance(applied, dict) else applied.model_dump()
         assert {k: applied[k] for k in wanted} == wanted, name
+    # A stopping Router cuts the Ingress replicas' long polls after 1 s instead of waiting them
+    # out (serve delete: 9 s -> 3 s); the decorator's setting reaches the deployed app.
+    from mlplatform.serving.router import GRACEFUL_SHUTDOWN_S
+
+    router = deployments["Router"].deployment_config
+    assert router.graceful_shutdown_timeout_s == GRACEFUL_SHUTDOWN_S
