@@ -63,9 +63,6 @@ def ray_cluster(storage_root, tmp_path_factory):
     # cloud nodes theirs: Train workers write checkpoints there when a test asks for it.
     env = {**os.environ, **S3_CREDENTIALS, "MLP_STORAGE_ROOT": str(storage_root),
            "RAY_AUTH_MODE": "token",
-           # Metrics reach Prometheus every 2 s instead of 10 (Ray's metrics_report_interval_ms):
-           # the metrics tests wait for a few report cycles.
-           "RAY_metrics_report_interval_ms": "2000",
            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     log_path = tmp_path_factory.mktemp("ray-head") / "head.log"
