@@ -58,6 +58,11 @@ class AdaptiveBatch(Generic[In, Out]):
             raise ValueError("coalesce=True batches without waiting: batch_wait_timeout_s "
                              f"must be 0, not {batch_wait_timeout_s}")
         self._one, self._many = one, many
+        self.in_flight = 0
+        self._coalescer, self._batched = None, None
+        if coalesce:
+            self._coalescer = _Coalescer(self._run, max_batch_size, max_concurrent_batches)
+            return
 
         async def run(items: list[In]) -> list[Out | _Failed]:
             return await self._run(items)
@@ -66,12 +71,9 @@ class AdaptiveBatch(Generic[In, Out]):
         # us for a bound method, twice per request in the Ingress); a plain function carrying
         # its signature answers that at once.
         run.__signature__ = inspect.signature(run)
-        self._coalescer = (_Coalescer(self._run, max_batch_size, max_concurrent_batches)
-                           if coalesce else None)
-        self._batched = None if coalesce else serve.batch(
+        self._batched = serve.batch(
             max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
             max_concurrent_batches=max_concurrent_batches)(run)
-        self.in_flight = 0
 
     async def __call__(self, item: In) -> Out:
         self.in_flight += 1

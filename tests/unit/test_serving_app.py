@@ -286,6 +286,13 @@ def test_the_coalescer_batches_what_queued_during_a_call_and_survives_cancelled_
 
     calls: list[list[int]] = []
 
+    async def until(condition, timeout_s: float = 5.0) -> None:
+        """Yield to the event loop until ``condition()`` holds (fails after ``timeout_s``)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not condition():
+            assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+            await asyncio.sleep(0)           # one turn of the loop between checks
+
     async def scenario():
         gate = asyncio.Event()
 
@@ -302,11 +309,10 @@ def test_the_coalescer_batches_what_queued_during_a_call_and_survives_cancelled_
                               coalesce=True)
         assert await batch(7) == -7 and calls == [[7]]
         first = [asyncio.ensure_future(batch(x)) for x in (1, 2)]
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)               # the call of 1 and 2 is running (waits on gate)
+        await until(lambda: len(calls) == 2)  # the call of 1 and 2 runs (waits on gate)
         assert calls[-1] == [1, 2]
         queued = [asyncio.ensure_future(batch(x)) for x in (3, 4, 5, 6, 8)]
-        await asyncio.sleep(0)
+        await until(lambda: batch.in_flight == 7)   # all five wait behind that call
         queued[1].cancel()                   # 4 gives up while it waits
         gate.set()
         assert await asyncio.gather(*first) == [-1, -2]
