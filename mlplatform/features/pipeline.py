@@ -112,10 +112,9 @@ def grouped(ds, shuffle: str, num_buckets: int):
     one piece per (input block, output block): blocks are first merged (no shuffle) to as many
     as there are buckets, so a join of 1M rows read as 348 blocks does not move 348^2 pieces.
     """
-    from ray.data.context import ShuffleStrategy
+    from mlplatform._ray import with_shuffle
 
-    ds = ds.repartition(num_buckets)
-    ds.context.shuffle_strategy = ShuffleStrategy(shuffle)
+    ds = with_shuffle(ds.repartition(num_buckets), shuffle)
     # numpy dtypes for the pandas batches: the kernels are numpy code, and Arrow-backed columns
     # made the 5M-row build 3x slower (174 s -> 53 s without them, same output).
     ds.context.enable_arrow_backed_pandas_conversion = False

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlplatform._ray import data_remote_args, read_parquet
+from mlplatform._ray import DEFAULT_SHUFFLE, data_remote_args, read_parquet
 from mlplatform.config import PlatformConfig
 from mlplatform.errors import DataValidationError
 from mlplatform.features.definitions import FeatureRepo, FeatureView, load_repo
@@ -53,7 +53,7 @@ class FeatureStore:
     """
 
     def __init__(self, config: PlatformConfig, repo: Any = None,
-                 shuffle: str = "sort_shuffle_pull_based"):
+                 shuffle: str = DEFAULT_SHUFFLE):
         self.config = config
         self.repo: FeatureRepo = load_repo(repo if repo is not None else config.feature_repo)
         self.offline = OfflineStore(config.path(*OFFLINE_DIR))
@@ -154,7 +154,7 @@ class FeatureStore:
         if cpath is None:
             return None
         check = gate if raise_on_failure else validate
-        return check(self.source_path(source_name), cpath)
+        return check(self.source_path(source_name), cpath, self._shuffle)
 
     def _write_version(self, view: FeatureView, rows, source: Path, start, end,
                        elapsed: float) -> Manifest:

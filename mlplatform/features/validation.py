@@ -53,7 +53,8 @@ _PARTIAL = "__validation_partial__"  # column carrying each block's pickled stat
 
 
 # ----------------------------------------------------------------------------- entry points
-def validate(dataset: Any, contract: Contract | Mapping | str | Path) -> ValidationReport:
+def validate(dataset: Any, contract: Contract | Mapping | str | Path,
+             shuffle: str | None = None) -> ValidationReport:
     """Check ``dataset`` against ``contract`` and return every result (passing ones too).
 
     The input runs once (one ``map_batches``); ``unique`` columns add one shuffle each over
@@ -62,6 +63,8 @@ def validate(dataset: Any, contract: Contract | Mapping | str | Path) -> Validat
     Args:
         dataset: A ``ray.data.Dataset``, a pandas DataFrame, or a Parquet file/folder path.
         contract: A :class:`Contract` or anything :func:`load_contract` accepts.
+        shuffle: Ray Data shuffle strategy of the uniqueness checks' group-bys (default
+            :data:`mlplatform._ray.DEFAULT_SHUFFLE`, tasks only: no aggregator actors).
 
     Returns:
         The report; ``report.passed`` says whether every check passed.
@@ -85,17 +88,19 @@ def validate(dataset: Any, contract: Contract | Mapping | str | Path) -> Validat
     if not parts:  # no block at all: take the column names from the schema
         schema = ds.schema()
         stats.names = list(schema.names) if schema is not None else []
-    return ValidationReport(contract.name, stats.rows, _checks(out, contract, stats, len(parts)))
+    return ValidationReport(contract.name, stats.rows,
+                            _checks(out, contract, stats, len(parts), shuffle))
 
 
-def gate(dataset: Any, contract: Contract | Mapping | str | Path) -> ValidationReport:
+def gate(dataset: Any, contract: Contract | Mapping | str | Path,
+         shuffle: str | None = None) -> ValidationReport:
     """:func:`validate`, then raise if any check failed.
 
     Raises:
         DataValidationError: Naming the contract, the number of failing checks and every
             failing check with its count and examples.
     """
-    report = validate(dataset, contract)
+    report = validate(dataset, contract, shuffle)
     if not report.passed:
         raise DataValidationError(
             f"dataset breaks contract '{report.contract}' ({len(report.failures)} failing check(s)):\n"
@@ -296,7 +301,8 @@ def _extend(current: Any, new: Any, pick) -> Any:
         return current
 
 
-def _checks(keys, contract: Contract, stats: _Stats, num_blocks: int) -> list[CheckResult]:
+def _checks(keys, contract: Contract, stats: _Stats, num_blocks: int,
+            shuffle: str | None) -> list[CheckResult]:
     out: list[CheckResult] = []
     for name, rule in contract.columns.items():
         col = stats.cols.get(name)
@@ -310,7 +316,7 @@ def _checks(keys, contract: Contract, stats: _Stats, num_blocks: int) -> list[Ch
             out += _column_checks(name, rule, col)
         if col is not None and rule.unique:
             kinds = {k for k in col.types.values() if k}
-            out.append(_unique(keys, name, num_blocks) if not missing and len(kinds) <= 1 else
+            out.append(_unique(keys, name, num_blocks, shuffle) if not missing and len(kinds) <= 1 else
                        CheckResult("unique", name, False, 0, [], f"{name}: uniqueness not checked: the "
                                    "column is missing from some blocks or its type differs between them"))
     if contract.row_count is not None:
@@ -360,16 +366,25 @@ def _column_checks(name: str, rule: ColumnRule, col: _Column) -> list[CheckResul
     return out
 
 
-def _unique(keys, name: str, num_blocks: int) -> CheckResult:
-    """Duplicates of ``name`` by one shuffle: group-by count, keep counts > 1, reduce per block."""
+def _key_counts(keys, name: str, num_blocks: int, shuffle: str | None = None):
+    """The (lazy) dataset of ``name``'s non-null values and their counts: one group-by shuffle
+    with ``shuffle`` (default :data:`mlplatform._ray.DEFAULT_SHUFFLE`)."""
     from ray.data import DataContext
+
+    from mlplatform._ray import DEFAULT_SHUFFLE, with_shuffle
 
     # As many output partitions as input blocks, at most Ray's default: its default of 200
     # partitions costs ~10 s of task overhead on a small single-block dataset.
     partitions = max(1, min(num_blocks, DataContext.get_current().default_hash_shuffle_parallelism))
-    counts = (keys.select_columns([name])
-              .map_batches(_drop_nulls, batch_format="pyarrow", batch_size=None, fn_kwargs={"column": name})
-              .groupby(name, num_partitions=partitions).count())
+    values = keys.select_columns([name]).map_batches(
+        _drop_nulls, batch_format="pyarrow", batch_size=None, fn_kwargs={"column": name})
+    return with_shuffle(values, shuffle or DEFAULT_SHUFFLE).groupby(
+        name, num_partitions=partitions).count()
+
+
+def _unique(keys, name: str, num_blocks: int, shuffle: str | None = None) -> CheckResult:
+    """Duplicates of ``name`` by one shuffle: group-by count, keep counts > 1, reduce per block."""
+    counts = _key_counts(keys, name, num_blocks, shuffle)
     extra, values, t = 0, 0, _Tally()
     for row in counts.map_batches(_duplicate_stats, batch_format="pyarrow", batch_size=None,
                                   fn_kwargs={"column": name}).take_all():

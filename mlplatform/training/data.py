@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from mlplatform._ray import read_parquet
+from mlplatform._ray import read_parquet, with_shuffle
 from mlplatform.config import PlatformConfig
 from mlplatform.errors import ConfigError, DataValidationError, TrainingError
 from mlplatform.training.config import ScalingSpec, TrainConfig
@@ -88,7 +88,9 @@ def time_split(features_path: Path, config: TrainConfig):
             f"available: {schema.names}.")
     from ray.data.aggregate import Count, Max, Min, Sum
 
-    ds = read_parquet(str(features_path), columns=needed).materialize()
+    # The split's aggregates shuffle with tasks, not Ray 2.60's default aggregator actors
+    # (mlplatform._ray.DEFAULT_SHUFFLE; the first aggregate of a job: ~1.9 s vs ~4 s).
+    ds = with_shuffle(read_parquet(str(features_path), columns=needed).materialize())
     bounds = ds.aggregate(Min(config.timestamp_column), Max(config.timestamp_column))
     ts_min = _utc(bounds[f"min({config.timestamp_column})"])
     ts_max = _utc(bounds[f"max({config.timestamp_column})"])

@@ -144,6 +144,32 @@ def test_many_blocks_give_the_same_counts_as_one(ray_cluster, clean, contract):
     assert by_check[("label", "is_fraud")] == {2, 7, -1}
 
 
+def _operators(ds) -> set[str]:
+    import re
+
+    return set(re.findall(r"Operator \d+ ([^:(]+)", ds.stats()))
+
+
+def test_the_uniqueness_check_shuffles_with_tasks_not_ray_s_hash_aggregate(ray_cluster, clean,
+                                                                          contract):
+    """Ray 2.60's default shuffle (``shuffle_v2``) hash-aggregates a keyed group-by, ~12 s for
+    20,000 keys on 2 cores; the uniqueness check uses the sort-based shuffle (~1-3 s), with the
+    same counts."""
+    import ray.data
+
+    from mlplatform.features.validation import _key_counts
+
+    blocks = ray.data.from_pandas(_broken(clean)).repartition(4).materialize()
+    ours = _key_counts(blocks, "transaction_id", 4).materialize()
+    assert "Aggregate" in _operators(ours)
+    assert not any(op.startswith("HashAggregate") for op in _operators(ours)), _operators(ours)
+    # What the check tells apart: Ray's default plans the hash aggregate.
+    hashed = _key_counts(blocks, "transaction_id", 4, shuffle="shuffle_v2").materialize()
+    assert any(op.startswith("HashAggregate") for op in _operators(hashed)), _operators(hashed)
+    assert ours.count() == hashed.count() == N - 3
+    assert _failing(validate(blocks, contract))[("unique", "transaction_id")] == 3
+
+
 def test_parquet_path_input(ray_cluster, clean, contract, tmp_path):
     folder = save_transactions(_broken(clean), tmp_path / "raw", n_files=3)
     report = validate(str(folder), contract)
