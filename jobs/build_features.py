@@ -32,7 +32,7 @@ class BuildSection(BaseModel):
     start: str | None = None
     end: str | None = None
     validate_source: bool = Field(True, alias="validate")
-    num_buckets: PositiveInt = 64
+    num_buckets: PositiveInt | None = None    # None: FeatureStore.build_buckets (from the size)
 
 
 class MaterializeSection(BaseModel):
@@ -79,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
             if report is not None:
                 print(f"data contract {report.contract!r}: {len(report.checks)} checks passed "
                       f"on {report.num_rows:,} rows")
+        views = [store.repo.view(v) for v in job.build.views or
+                 [v.name for v in store.repo.feature_views]]
+        buckets = job.build.num_buckets or max(store.build_buckets(src) for src in
+                                               {v.source for v in views})
         built = store.build(job.build.views, start=job.build.start, end=job.build.end,
-                            validate=False, num_buckets=job.build.num_buckets)
+                            validate=False, num_buckets=buckets)
         for name, m in built.items():
             print(f"built {name}: version {m.version} ({m.num_rows:,} rows) at {m.path}")
         if job.materialize.enabled:
@@ -92,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     # Only a build that succeeded gets an MLflow run: it carries the versions and the cost.
-    record_job_run(platform, data_usage(time.time() - t0, job.build.num_buckets, since=t0),
-                   job="build_features", params={"num_buckets": job.build.num_buckets},
+    record_job_run(platform, data_usage(time.time() - t0, buckets, since=t0),
+                   job="build_features", params={"num_buckets": buckets},
                    tags={"mlplatform.feature_build": "true",
                          **{f"feature_version.{n}": m.version for n, m in built.items()}})
     return 0

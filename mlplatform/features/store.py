@@ -39,6 +39,13 @@ from mlplatform.features.pipeline import compute_view, latest_per_entity
 from mlplatform.features.pit import FeatureSide, point_in_time_join
 
 _ROWS_PER_BUCKET = 200_000
+#: A build's hash groups by default (:meth:`FeatureStore.build_buckets`): one per this many
+#: source rows, at least 8 and at most 64. Each bucket is a task per view (and a piece per block
+#: in the shuffle), so a small source in many buckets pays task overhead, not work: measured on
+#: 2 cores, building the four fraud views of 20,000 rows took 11.3-16.7 s in 64 buckets and
+#: 3.4-3.6 s in 8.
+_BUILD_ROWS_PER_BUCKET = 20_000
+_BUILD_BUCKETS = (8, 64)
 _ROWS_PER_FILE = 500_000   # rows a write task gathers before writing (per date partition)
 
 
@@ -68,7 +75,7 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ offline build --------
     def build(self, view_names: Sequence[str] | None = None, start: Any = None, end: Any = None,
-              validate: bool = True, num_buckets: int = 64) -> dict[str, Manifest]:
+              validate: bool = True, num_buckets: int | None = None) -> dict[str, Manifest]:
         """Compute views with Ray Data and write one new immutable offline version of each.
 
         Args:
@@ -77,7 +84,8 @@ class FeatureStore:
                 the store is partitioned by date). Other dates are carried over unchanged from
                 the current version; history before ``start`` still feeds the windows.
             validate: Gate the source with its data contract first (if it declares one).
-            num_buckets: Hash groups of entities (the unit of parallel work).
+            num_buckets: Hash groups of entities (the unit of parallel work); default
+                :meth:`build_buckets` of each source (from its size).
 
         Returns:
             The new manifest of every built view.
@@ -97,16 +105,26 @@ class FeatureStore:
             path = self.source_path(source_name)
             if validate:
                 self.validate_source(source_name)
+            buckets = num_buckets or self.build_buckets(source_name)
             for view in (v for v in views if v.source == source_name):
                 t0 = time.perf_counter()
                 ds = read_parquet(str(path), columns=self._source_columns(view, src),
                                   **(self._placement or {}))
                 rows = compute_view(ds, view, self.repo.join_keys(view), src.timestamp_field,
-                                    start, end, num_buckets, self._shuffle,
+                                    start, end, buckets, self._shuffle,
                                     ray_remote_args=self._placement)
                 out[view.name] = self._write_version(view, rows, path, start, end,
                                                      time.perf_counter() - t0)
         return out
+
+    def build_buckets(self, source_name: str = "transactions") -> int:
+        """The hash groups a build of ``source_name``'s views uses by default: one per
+        20,000 source rows (from the Parquet footers), at least 8, at most 64."""
+        import pyarrow.dataset as pads
+
+        rows = pads.dataset(str(self.source_path(source_name)), format="parquet").count_rows()
+        low, high = _BUILD_BUCKETS
+        return max(low, min(high, rows // _BUILD_ROWS_PER_BUCKET + 1))
 
     def source_path(self, source_name: str) -> Path:
         """Where a source's Parquet lives (relative paths are under ``storage_root``).

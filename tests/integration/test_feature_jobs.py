@@ -26,7 +26,7 @@ def job_root(ray_cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("feature-job")
     cfg = yaml.safe_load((REPO / "jobs/configs/build_features.yaml").read_text())
     cfg["data"]["generate_rows"] = 3000
-    cfg["build"]["num_buckets"] = 8
+    assert cfg["build"]["num_buckets"] is None   # the shipped default: buckets from the size
     job_yaml = root / "job.yaml"
     job_yaml.write_text(yaml.safe_dump(cfg))
     out = submit_job(ray_cluster, ["python", "jobs/build_features.py", "--config", str(job_yaml)],
@@ -45,6 +45,13 @@ def test_build_job_validates_builds_and_materializes(job_root):
         assert m.num_rows > 0
         assert store.online.count(view.name) > 0
         assert store.online.get_watermark(view.name) is not None
+    # 3,000 rows: the fewest buckets (FeatureStore.build_buckets), recorded on the job's run.
+    from mlplatform import _mlflow
+
+    client = _mlflow.client(PlatformConfig(storage_root=root))
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                "tags.`mlplatform.job` = 'build_features'")
+    assert run.data.params["num_buckets"] == str(store.build_buckets()) == "8"
 
 
 def test_cli_show_validate_and_materialize(job_root, monkeypatch):

@@ -200,3 +200,23 @@ def test_bucket_is_stable_and_in_range():
     assert (b1 == b2).all() and b1.min() >= 0 and b1.max() < 16 and len(set(b1)) == 16
     both = pd.DataFrame({"user_id": ["u1", "u1"], "country": ["US", "FR"]})
     assert bucket_of(both, 1000)[0] != bucket_of(both, 1000)[1]
+
+
+@pytest.mark.parametrize("rows, buckets", [(50, 8), (20_000 * 20, 21), (20_000 * 200, 64)])
+def test_a_build_uses_buckets_by_the_size_of_its_source(tmp_path, monkeypatch, rows, buckets):
+    """Few buckets for a small source (task overhead, not work, dominated 64 of them), one per
+    20,000 rows as it grows, capped at 64. Counted from the Parquet footers: no data read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mlplatform.config import PlatformConfig
+    from mlplatform.features import FeatureStore
+
+    store = FeatureStore(PlatformConfig(storage_root=tmp_path))
+    folder = tmp_path / "raw" / "transactions"
+    folder.mkdir(parents=True)
+    # Four one-column files: only their footers are read.
+    for i in range(4):
+        pq.write_table(pa.table({"x": np.zeros(rows // 4, dtype=np.int8)}), folder / f"{i}.parquet")
+    assert store.source_path("transactions") == folder, "the shipped source moved"
+    assert store.build_buckets("transactions") == buckets
