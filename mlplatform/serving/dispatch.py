@@ -38,6 +38,8 @@ _RESYNC_S = 1.0
 #: ModelServer's autoscaler sees: one Ingress replica keeps at most ``calls_in_flight /
 #: target_ongoing_requests`` ModelServer replicas busy (8 / 4 = fraud.yaml's max_replicas).
 CALLS_IN_FLIGHT = 8
+#: Seconds between two flushes of a :class:`SummedCounter` (per-request counts summed here).
+COUNT_FLUSH_S = 1.0
 
 
 def model_handle(handle: Any, by_reference: bool = False) -> Any:
@@ -56,15 +58,53 @@ def model_handle(handle: Any, by_reference: bool = False) -> Any:
     return handle.options(_by_reference=by_reference)
 
 
+class SummedCounter:
+    """A Ray metrics counter whose increments are summed in-process and added to it once per
+    ``flush_s`` per tag set, instead of one Ray record per request.
+
+    A Ray metric record costs the replica ~40 us of CPU under load (measured on 2 cores,
+    HAProxy + throughput mode, c=32: the Ingress's three per-request records took 103-122 us of
+    its event loop and ~125 us of process CPU per request). Ray exports every 10 s anyway, so
+    summing for a second changes no Prometheus reading; a replica that dies loses at most
+    ``flush_s`` of counts. Call :meth:`inc` from the replica's event loop.
+    """
+
+    def __init__(self, counter: Any, flush_s: float = COUNT_FLUSH_S):
+        self._counter, self._flush_s = counter, flush_s
+        self._pending: dict[tuple[tuple[str, str], ...], float] = {}
+        self._flusher: asyncio.Task | None = None
+
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
+        key = tuple(tags.items()) if tags else ()
+        self._pending[key] = self._pending.get(key, 0.0) + value
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_every())
+
+    def flush(self) -> None:
+        """Add what was summed since the last flush to the Ray counter (one record per tags)."""
+        pending, self._pending = self._pending, {}
+        for key, value in pending.items():
+            self._counter.inc(value, tags=dict(key))
+
+    async def _flush_every(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_s)   # the flush period, not a readiness wait
+            self.flush()
+
+
 class _ArmMetrics:
-    """Per-arm Prometheus metrics (Ray Serve's metrics API; exported as ``ray_<name>``)."""
+    """Per-arm Prometheus metrics (Ray Serve's metrics API; exported as ``ray_<name>``).
+
+    ``requests`` is summed in-process (:class:`SummedCounter`, flushed every second); the rest
+    is recorded as it happens (the histograms need every value; errors and shadow copies are
+    rare)."""
 
     def __init__(self):
         from ray.serve import metrics
 
-        self.requests = metrics.Counter(
+        self.requests = SummedCounter(metrics.Counter(
             "mlp_serve_requests", description="Predictions served, per arm and model version.",
-            tag_keys=("arm", "model_name", "model_version"))
+            tag_keys=("arm", "model_name", "model_version")))
         self.errors = metrics.Counter(
             "mlp_serve_errors", description="Predictions that failed, per arm.",
             tag_keys=("arm", "model_name"))

@@ -422,3 +422,44 @@ def test_post_predict_goes_straight_to_the_replica_and_the_rest_through_fastapi(
     assert _asgi_call(app, "POST", "/predict/")[0] == 307
     assert _asgi_call(app, "POST", "/fraud/predictions", root_path="/fraud")[0] == 404
     assert len(seen) == 2
+
+
+def test_summed_counter_records_once_per_tag_set_per_flush():
+    """Per-request counts are summed in-process; the Ray counter gets one record per tag set
+    per flush, from the counter's own task, and nothing in between."""
+    import asyncio
+
+    from mlplatform.serving.dispatch import SummedCounter
+
+    class Recorder:              # stands in for ray.serve.metrics.Counter: records its calls
+        def __init__(self):
+            self.calls: list[tuple[float, dict]] = []
+
+        def inc(self, value: float, tags: dict | None = None) -> None:
+            self.calls.append((value, tags))
+
+    async def until(condition, timeout_s: float = 5.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not condition():
+            assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+            await asyncio.sleep(0.005)       # poll interval of this condition wait
+
+    async def scenario():
+        ray_counter = Recorder()
+        counter = SummedCounter(ray_counter, flush_s=0.05)
+        a, b = {"arm": "champion", "model_version": "3"}, {"arm": "challenger", "model_version": "4"}
+        for _ in range(5):
+            counter.inc(1, dict(a))
+        counter.inc(3, dict(b))
+        assert ray_counter.calls == []                  # nothing recorded per request
+        await until(lambda: len(ray_counter.calls) == 2)
+        assert sorted(ray_counter.calls, key=lambda c: c[1]["arm"]) == [(3.0, b), (5.0, a)]
+        counter.inc(2, dict(a))
+        await until(lambda: len(ray_counter.calls) == 3)
+        assert ray_counter.calls[-1] == (2.0, a)        # only what came since the last flush
+        counter.inc(1, dict(b))
+        counter.flush()                                 # e.g. at shutdown: at once
+        assert ray_counter.calls[-1] == (1.0, b) and len(ray_counter.calls) == 4
+        counter._flusher.cancel()
+
+    asyncio.run(scenario())
