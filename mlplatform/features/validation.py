@@ -32,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlplatform._ray import read_parquet
+from mlplatform._ray import DEFAULT_SHUFFLE, read_parquet, with_shuffle
 from mlplatform.errors import DataValidationError
 from mlplatform.features.contracts import (
     CheckResult,
@@ -54,7 +54,7 @@ _PARTIAL = "__validation_partial__"  # column carrying each block's pickled stat
 
 # ----------------------------------------------------------------------------- entry points
 def validate(dataset: Any, contract: Contract | Mapping | str | Path,
-             shuffle: str | None = None) -> ValidationReport:
+             shuffle: str = DEFAULT_SHUFFLE) -> ValidationReport:
     """Check ``dataset`` against ``contract`` and return every result (passing ones too).
 
     The input runs once (one ``map_batches``); ``unique`` columns add one shuffle each over
@@ -63,8 +63,8 @@ def validate(dataset: Any, contract: Contract | Mapping | str | Path,
     Args:
         dataset: A ``ray.data.Dataset``, a pandas DataFrame, or a Parquet file/folder path.
         contract: A :class:`Contract` or anything :func:`load_contract` accepts.
-        shuffle: Ray Data shuffle strategy of the uniqueness checks' group-bys (default
-            :data:`mlplatform._ray.DEFAULT_SHUFFLE`, tasks only: no aggregator actors).
+        shuffle: Ray Data shuffle strategy of the uniqueness checks' group-bys (default: the
+            sort-based one, :data:`mlplatform._ray.DEFAULT_SHUFFLE`).
 
     Returns:
         The report; ``report.passed`` says whether every check passed.
@@ -93,7 +93,7 @@ def validate(dataset: Any, contract: Contract | Mapping | str | Path,
 
 
 def gate(dataset: Any, contract: Contract | Mapping | str | Path,
-         shuffle: str | None = None) -> ValidationReport:
+         shuffle: str = DEFAULT_SHUFFLE) -> ValidationReport:
     """:func:`validate`, then raise if any check failed.
 
     Raises:
@@ -302,7 +302,7 @@ def _extend(current: Any, new: Any, pick) -> Any:
 
 
 def _checks(keys, contract: Contract, stats: _Stats, num_blocks: int,
-            shuffle: str | None) -> list[CheckResult]:
+            shuffle: str) -> list[CheckResult]:
     out: list[CheckResult] = []
     for name, rule in contract.columns.items():
         col = stats.cols.get(name)
@@ -366,23 +366,21 @@ def _column_checks(name: str, rule: ColumnRule, col: _Column) -> list[CheckResul
     return out
 
 
-def _key_counts(keys, name: str, num_blocks: int, shuffle: str | None = None):
+def _key_counts(keys, name: str, num_blocks: int, shuffle: str = DEFAULT_SHUFFLE):
     """The (lazy) dataset of ``name``'s non-null values and their counts: one group-by shuffle
-    with ``shuffle`` (default :data:`mlplatform._ray.DEFAULT_SHUFFLE`)."""
+    with ``shuffle``."""
     from ray.data import DataContext
-
-    from mlplatform._ray import DEFAULT_SHUFFLE, with_shuffle
 
     # As many output partitions as input blocks, at most Ray's default: its default of 200
     # partitions costs ~10 s of task overhead on a small single-block dataset.
     partitions = max(1, min(num_blocks, DataContext.get_current().default_hash_shuffle_parallelism))
     values = keys.select_columns([name]).map_batches(
         _drop_nulls, batch_format="pyarrow", batch_size=None, fn_kwargs={"column": name})
-    return with_shuffle(values, shuffle or DEFAULT_SHUFFLE).groupby(
+    return with_shuffle(values, shuffle).groupby(
         name, num_partitions=partitions).count()
 
 
-def _unique(keys, name: str, num_blocks: int, shuffle: str | None = None) -> CheckResult:
+def _unique(keys, name: str, num_blocks: int, shuffle: str) -> CheckResult:
     """Duplicates of ``name`` by one shuffle: group-by count, keep counts > 1, reduce per block."""
     counts = _key_counts(keys, name, num_blocks, shuffle)
     extra, values, t = 0, 0, _Tally()
