@@ -210,6 +210,41 @@ def serve_app(model_path: str, fraud_path: str, fraud_columns: list[str], torch_
         model_path, fraud_path, fraud_columns, torch_folder)
 
 
+def hop_app(replicas: int = 1):
+    """One Serve hop and nothing else: ``GET /hop`` on ``HopFront`` (``replicas`` replicas)
+    awaits ``HopEcho.predict`` (one replica) with one row of ``N_FEATURES`` floats, the shape of
+    the composed app's ModelServer call, over the same transport
+    (:func:`mlplatform.serving.dispatch.model_handle`: Serve's gRPC channel), and answers
+    ``{"ok": true}``. Neither does any work: the floor of a graph with one hop per request."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    from mlplatform.serving.dispatch import model_handle
+
+    api = FastAPI()
+
+    @serve.deployment(name="HopEcho")
+    class HopEcho:
+        async def predict(self, matrix: np.ndarray) -> dict:
+            return {"scores": [0.0] * len(matrix)}
+
+    @serve.deployment(name="HopFront")
+    @serve.ingress(api)
+    class HopFront:
+        def __init__(self, echo):
+            self._echo = model_handle(echo)
+            self._row = np.zeros((1, N_FEATURES))
+
+        @api.get("/hop")
+        async def hop(self) -> dict:
+            await self._echo.predict.remote(self._row)
+            return {"ok": True}
+
+    echo = HopEcho.options(max_ongoing_requests=MAX_ONGOING_REQUESTS).bind()
+    return HopFront.options(num_replicas=replicas,
+                            max_ongoing_requests=MAX_ONGOING_REQUESTS).bind(echo)
+
+
 def model_call_costs(model_path: Path, fraud: "FraudTarget", torch_folder: Path,
                      row: list[float], batch: int = MAX_BATCH_SIZE,
                      repeat: int = 30) -> dict[str, dict[str, float]]:

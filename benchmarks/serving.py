@@ -37,6 +37,11 @@ Targets (apps in ``_serving_apps.py``), each on:
   publishing the route table off the request path (+ Explainer); the raw transaction as body;
 - ``composed app, embedded models``: the same YAML with ``args.embed_models: true``: the model
   is loaded in the Ingress replica, no ModelServer deployment, no Serve hop per request.
+- ``one Serve hop``: ``GET /hop`` on a deployment that awaits a second one with one row of 21
+  floats over the composed app's transport (Serve's gRPC channel) and answers ``{"ok": true}``;
+  neither does any work. The floor of any graph with a Serve hop per request (information: the
+  composed app's ModelServer graph is compared with it; at c > 1 it has as many front replicas
+  as the composed app's Ingress scales out to).
   The Ingress autoscales (fraud.yaml): before each measurement at concurrency > 1 of either
   composed app the load runs, untimed, until it has its ``max_replicas``; every row records how
   many replicas answered HTTP.
@@ -75,11 +80,12 @@ LABELS = {"noop": "no-op", "noop-scaled": "no-op, scaled out", "xgb": "XGBoost",
           "xgb-batched": "XGBoost @serve.batch",
           "fraud": "fraud model", "fraud-batched": "fraud model @serve.batch",
           "torch": "torch MLP", "torch-batched": "torch MLP @serve.batch",
-          "composed": "composed app", "composed-embedded": "composed app, embedded models"}
+          "composed": "composed app", "composed-embedded": "composed app, embedded models",
+          "hop": "one Serve hop (no-op -> no-op)"}
 #: The plain-uvicorn row doing the same work as each workload (for "x uvicorn").
 SAME_WORK = {"noop": "noop", "noop-scaled": "noop", "xgb": "xgb", "xgb-batched": "xgb", "fraud": "fraud",
              "fraud-batched": "fraud", "torch": "torch", "torch-batched": "torch",
-             "composed": "fraud", "composed-embedded": "fraud"}
+             "composed": "fraud", "composed-embedded": "fraud", "hop": "noop"}
 INGRESSES = ("serve-proxy", "serve-haproxy", "serve-haproxy-tput")
 #: The composed app, as fraud.yaml deploys it (a ModelServer deployment per model) and with
 #: ``args.embed_models`` (the models inside the Ingress replicas, no Serve hop per request).
@@ -201,7 +207,7 @@ def _running(app: str, deployment: str) -> int:
 def _noops(rows: list[dict]) -> dict[tuple[str, int, int], dict]:
     """The no-op rows by (ingress, concurrency, replicas of the HTTP-facing deployment)."""
     return {(r["ingress"], r["concurrency"], r["replicas"]): r for r in rows
-            if SAME_WORK[r["workload"]] == "noop" and r["ingress"] != "uvicorn"}
+            if r["workload"] in ("noop", "noop-scaled") and r["ingress"] != "uvicorn"}
 
 
 def add_ratios(rows: list[dict]) -> dict[str, dict[int, float]]:
@@ -292,7 +298,36 @@ def _composed_goals(by: dict, ing: str, wl: str) -> list[dict]:
         out.append(_goal(f"{name} rps c=32 vs the one-replica no-op (no goal)", ing, [
             ("rps", f"{comp32['rps'] / one['rps']:.2f}x ({comp32['rps']:,.0f} with "
                     f"{comp32['replicas']} Ingress replicas vs {one['rps']:,.0f})", None)]))
+    hop1, hop32 = by.get((ing, "hop", 1)), by.get((ing, "hop", 32))
+    if wl == "composed" and (comp and hop1 or comp32 and hop32):
+        checks = []
+        if comp and hop1:
+            checks.append(("p50 c=1", f"+{comp['p50_ms'] - hop1['p50_ms']:.2f} ms "
+                           f"({comp['p50_ms']:.2f} vs {hop1['p50_ms']:.2f})", None))
+        if comp32 and hop32:
+            checks.append(("rps c=32", f"{comp32['rps'] / hop32['rps']:.2f}x "
+                           f"({comp32['rps']:,.0f} vs {hop32['rps']:,.0f})", None))
+        out.append(_goal(f"{name} vs one bare Serve hop, same transport (no goal)", ing, checks))
     return out
+
+
+def _hop_floor(by: dict, ing: str) -> dict | None:
+    """One Serve hop and nothing else, against the no-op on the same ingress: the latency and
+    throughput any graph with a hop per request starts from (information, no goal)."""
+    noops = _noops(list(by.values()))
+    hop1, noop1, hop32 = by.get((ing, "hop", 1)), by.get((ing, "noop", 1)), by.get((ing, "hop", 32))
+    noop32 = noops.get((ing, 32, hop32["replicas"])) if hop32 else None
+    checks = []
+    if hop1 and noop1:
+        checks += [(s, f"+{hop1[k] - noop1[k]:.2f} ms ({hop1[k]:.2f} vs {noop1[k]:.2f})", None)
+                   for s, k in STATS]
+    if hop32 and noop32:
+        checks.append(("rps c=32", f"{hop32['rps'] / noop32['rps']:.2f}x ({hop32['rps']:,.0f} vs "
+                       f"{noop32['rps']:,.0f}, {hop32['replicas']} replica(s) each)", None))
+    if not checks:
+        return None
+    return _goal("one Serve hop, nothing else (no-op -> no-op over gRPC), vs the no-op: "
+                 "the floor of a graph with a hop per request (no goal)", ing, checks)
 
 
 def _batching_goals(by: dict, ing: str, calls: dict | None = None) -> list[dict]:
@@ -330,6 +365,8 @@ def goals(rows: list[dict], facts: dict) -> list[dict]:
     for ing in [i for i in INGRESSES if any(r["ingress"] == i for r in rows)]:
         for wl in COMPOSED:
             out += _composed_goals(by, ing, wl)
+        hop = _hop_floor(by, ing)
+        out += [hop] if hop else []
         out += _batching_goals(by, ing, facts.get("model_calls"))
     router, lookup_ms = facts["router_overhead"], facts["fraud_model"]["lookup_ms"]
     p50 = [by[(i, w, 1)]["p50_ms"] for i in INGRESSES for w in COMPOSED if (i, w, 1) in by]
@@ -384,7 +421,7 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
 
     cloudpickle.register_pickle_by_value(apps)   # replicas cannot import _serving_apps
     loaded = [c for c in args.concurrency if c > 1]
-    runner = _Runner(args, progress, (4 + 9 * len(args.ingresses)) * len(args.concurrency)
+    runner = _Runner(args, progress, (4 + 10 * len(args.ingresses)) * len(args.concurrency)
                      + len(args.ingresses) * len(loaded))
     ingress_max = _ingress_scaling()["max_replicas"]
     model, start, facts = work / "model.json", time.monotonic(), {"steps": []}
@@ -453,6 +490,17 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
                     runner.run(ingress, "noop-scaled", f"{url}/noop", stats_port=stats,
                                replicas=("bench", "Bench", ingress_max), concurrency=loaded)
                     serve.delete("bench")
+                say("one Serve hop, nothing else (HopFront -> HopEcho)")
+                serve.run(apps.hop_app(), name="hop", route_prefix="/")
+                unloaded = [c for c in args.concurrency if c == 1]
+                if unloaded:
+                    runner.run(ingress, "hop", f"{url}/hop", stats_port=stats,
+                               concurrency=unloaded)
+                if loaded:   # as many front replicas as the composed app's Ingress
+                    serve.run(apps.hop_app(ingress_max), name="hop", route_prefix="/")
+                    runner.run(ingress, "hop", f"{url}/hop", stats_port=stats,
+                               replicas=("hop", "HopFront", ingress_max), concurrency=loaded)
+                serve.delete("hop")
                 say(f"deploying the composed app (serve_configs/fraud.yaml) on {ingress}")
                 base = deploy(args_overrides={"models": [apps.MODEL_REF],
                                               "platform": fraud.platform},
@@ -568,6 +616,13 @@ def notes(rows: list[dict], scores: dict[str, dict[str, float]], facts: dict) ->
         f"the same transaction's inputs, precomputed, are the fraud-model rows' body. Model: "
         f"{facts['fraud_model']['version']} (run_spine, {apps.SPINE_ROWS:,} rows, "
         f"{apps.SPINE_ROUNDS} rounds).",
+        "One Serve hop (no-op -> no-op): HopFront awaits HopEcho.predict with one row of "
+        f"{apps.N_FEATURES} floats over Serve's gRPC channel (the composed app's transport, "
+        "mlplatform.serving.dispatch.model_handle), one call per request, no coalescing, and "
+        "answers {'ok': true}; HopEcho returns one score. What Serve itself costs a graph with "
+        "a hop per request, before any work; the composed app's ModelServer graph coalesces "
+        "the concurrent requests of an Ingress replica into shared calls, so under load it can "
+        "beat this floor.",
         "Arm choice (in the Ingress, with the route table the Router publishes): "
         "Splitter.choose() (weighted random) and choose(key) (sticky: SHA-256 of the key), and "
         "RouteTable.arms_for() of one request (what the Ingress calls), 90/10 split, best of 5 "
