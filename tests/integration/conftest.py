@@ -61,8 +61,11 @@ def ray_cluster(storage_root, tmp_path_factory):
     # user who started Ray from an activated venv.
     # S3 credentials of the session's S3 server (`s3_server`), as an instance profile gives
     # cloud nodes theirs: Train workers write checkpoints there when a test asks for it.
+    # Metrics: every Ray process exports its metrics every 2 s instead of Ray's 10 s, so the
+    # tests that read the per-arm metrics off Prometheus wait one short cycle for a new series
+    # (test cluster only: users' clusters keep Ray's default).
     env = {**os.environ, **S3_CREDENTIALS, "MLP_STORAGE_ROOT": str(storage_root),
-           "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_MODE": "token", "RAY_metrics_report_interval_ms": "2000",
            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     log_path = tmp_path_factory.mktemp("ray-head") / "head.log"
