@@ -214,11 +214,8 @@ class _Runner:
                 if res["errors"]:
                     self.failures.append(f"{spec.url} while scaling out: {res['errors']} "
                                          f"requests failed {res['statuses']}")
-            while stats_port and apps.haproxy_replicas_up(stats_port) < want:
-                if time.monotonic() - start > timeout_s:
-                    raise RuntimeError(f"HAProxy did not list {want} replicas of {deployment} "
-                                       f"as UP in {timeout_s:.0f} s")
-                time.sleep(0.2)    # poll interval of this condition wait
+            if stats_port:
+                _wait_haproxy_up(stats_port, want, start + timeout_s)
         finally:
             self.progress.remove_task(task)
         return round(time.monotonic() - start, 1)
@@ -233,6 +230,14 @@ class _Runner:
         except Exception as e:
             self.failures.append(f"{what}: {type(e).__name__}: {e}")
             self.progress.console.print(f"[red]{what} failed:[/] {escape(repr(e))}")
+
+
+def _wait_haproxy_up(stats_port: int, want: int, deadline: float) -> None:
+    """Wait until HAProxy lists ``want`` replica servers as UP (by ``deadline``, monotonic)."""
+    while apps.haproxy_replicas_up(stats_port) < want:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"HAProxy did not list {want} replicas as UP in time")
+        time.sleep(0.2)    # poll interval of this condition wait
 
 
 def _running(app: str, deployment: str) -> int:
@@ -528,11 +533,9 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
         try:
             noop_url = f"{url}/bench/noop"
             wait_ready(LoadSpec(noop_url))
-            want, deadline = _running("fraud", "Ingress") + ingress_max, time.monotonic() + 120
-            while stats and apps.haproxy_replicas_up(stats) < want:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"HAProxy did not list {want} replicas as UP in 120 s")
-                time.sleep(0.2)    # poll interval of this condition wait
+            if stats:   # the fraud app's Ingress replicas and the no-op's
+                _wait_haproxy_up(stats, _running("fraud", "Ingress") + ingress_max,
+                                 time.monotonic() + 120)
             runner.pair(ingress, workload, noop_url, f"{base}/predict", auth, fraud.instance,
                         idle, max(loaded))
         finally:
