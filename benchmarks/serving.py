@@ -31,12 +31,14 @@ Targets (apps in ``_serving_apps.py``), each on:
 - on Serve, ``XGBoost``, ``fraud model`` and ``torch MLP`` again through ``@serve.batch`` (32
   rows or 5 ms, the ModelServer's settings); those one-deployment rows are one replica of one
   FastAPI app;
-- ``composed app``: ``POST /predict`` of the real app (``serve_configs/fraud.yaml`` through
-  :func:`mlplatform.serving.deploy`): Ingress (auth, validation, FeatureLookup and the arm
-  choice in-process) -> ModelServer-fraud-champion (adaptive ``@serve.batch``), with the Router
-  publishing the route table off the request path (+ Explainer); the raw transaction as body;
-- ``composed app, embedded models``: the same YAML with ``args.embed_models: true``: the model
-  is loaded in the Ingress replica, no ModelServer deployment, no Serve hop per request.
+- ``composed app, embedded models (fraud.yaml)``: ``POST /predict`` of the real app as
+  ``serve_configs/fraud.yaml`` deploys it (through :func:`mlplatform.serving.deploy`): Ingress
+  (auth, validation, FeatureLookup, the arm choice and the model in-process, adaptive
+  ``@serve.batch``), with the Router publishing the route table off the request path (+
+  Explainer); no Serve hop per request; the raw transaction as body;
+- ``composed app, ModelServer graph``: the same YAML with ``args.embed_models: false`` and
+  fraud-ab.yaml's ModelServer options: Ingress -> ModelServer-fraud-champion (adaptive
+  ``@serve.batch``) over Serve's gRPC channel, one Serve hop per request.
 - ``one Serve hop``: ``GET /hop`` on a deployment that awaits a second one with one row of 21
   floats over the composed app's transport (Serve's gRPC channel) and answers ``{"ok": true}``;
   neither does any work. The floor of any graph with a Serve hop per request (information: the
@@ -85,15 +87,17 @@ LABELS = {"noop": "no-op", "noop-scaled": "no-op, scaled out", "xgb": "XGBoost",
           "xgb-batched": "XGBoost @serve.batch",
           "fraud": "fraud model", "fraud-batched": "fraud model @serve.batch",
           "torch": "torch MLP", "torch-batched": "torch MLP @serve.batch",
-          "composed": "composed app", "composed-embedded": "composed app, embedded models",
+          "composed": "composed app, ModelServer graph",
+          "composed-embedded": "composed app, embedded models (fraud.yaml)",
           "hop": "one Serve hop (no-op -> no-op)"}
 #: The plain-uvicorn row doing the same work as each workload (for "x uvicorn").
 SAME_WORK = {"noop": "noop", "noop-scaled": "noop", "xgb": "xgb", "xgb-batched": "xgb", "fraud": "fraud",
              "fraud-batched": "fraud", "torch": "torch", "torch-batched": "torch",
              "composed": "fraud", "composed-embedded": "fraud", "hop": "noop"}
 INGRESSES = ("serve-proxy", "serve-haproxy", "serve-haproxy-tput")
-#: The composed app, as fraud.yaml deploys it (a ModelServer deployment per model) and with
-#: ``args.embed_models`` (the models inside the Ingress replicas, no Serve hop per request).
+#: The composed app: its ModelServer graph (``args.embed_models: false``, a ModelServer
+#: deployment per model, one Serve hop per request) and as serve_configs/fraud.yaml deploys it
+#: (``embed_models: true``: the models inside the Ingress replicas, no Serve hop per request).
 COMPOSED = ("composed", "composed-embedded")
 #: The composed app's goals: p50/p99 at c=1 at most 1.3x one deployment of the same model and
 #: at most 2 ms above the no-op; rps at c=32 at least half the no-op's (same ingress); and
@@ -579,9 +583,9 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
                     runner.run(ingress, "hop", f"{url}/hop", stats_port=stats,
                                replicas=("hop", "HopFront", ingress_max), concurrency=loaded)
                 serve.delete("hop")
-                say(f"deploying the composed app (serve_configs/fraud.yaml) on {ingress}")
-                base = deploy(args_overrides={"models": [apps.MODEL_REF],
-                                              "platform": fraud.platform},
+                say(f"deploying the composed app's ModelServer graph on {ingress}")
+                base = deploy(_graph_config(work), args_overrides={"models": [apps.MODEL_REF],
+                                                                   "platform": fraud.platform},
                               router_config={"arms": [{"name": "champion",
                                                        "model": apps.MODEL_REF, "weight": 100}]},
                               http_port=port, controller_env=env)   # env: Serve already started
@@ -591,8 +595,8 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
                 with runner.guard(f"{ingress} composed beside the no-op"):
                     beside_noop(ingress, "composed", url, base, stats)
                 serve.delete("fraud")
-                say(f"deploying it with embed_models: true on {ingress}")
-                base = deploy(args_overrides={"models": [apps.MODEL_REF], "embed_models": True,
+                say(f"deploying it as serve_configs/fraud.yaml does (embedded models) on {ingress}")
+                base = deploy(args_overrides={"models": [apps.MODEL_REF],
                                               "platform": fraud.platform},
                               router_config={"arms": [{"name": "champion",
                                                        "model": apps.MODEL_REF, "weight": 100}]},
@@ -618,6 +622,34 @@ def _fraud_app() -> dict:
     return yaml.safe_load(DEFAULT_SERVE_CONFIG.read_text())["applications"][0]
 
 
+def _model_server_entry() -> dict:
+    """The champion's ModelServer deployment options of serve_configs/fraud-ab.yaml (the
+    shipped single-node config with ModelServers; fraud.yaml embeds its model)."""
+    import yaml
+
+    from mlplatform.serving.app import DEFAULT_SERVE_CONFIG
+
+    raw = yaml.safe_load((DEFAULT_SERVE_CONFIG.parent / "fraud-ab.yaml").read_text())
+    return next(d for d in raw["applications"][0]["deployments"]
+                if d["name"] == "ModelServer-fraud-champion")
+
+
+def _graph_config(work: Path) -> Path:
+    """serve_configs/fraud.yaml with ``args.embed_models: false`` and the champion's
+    ModelServer sized as fraud-ab.yaml sizes it: the composed app's ModelServer graph."""
+    import yaml
+
+    from mlplatform.serving.app import DEFAULT_SERVE_CONFIG
+
+    raw = yaml.safe_load(DEFAULT_SERVE_CONFIG.read_text())
+    app = raw["applications"][0]
+    app["args"]["embed_models"] = False
+    app["deployments"].append(_model_server_entry())
+    path = work / "fraud-graph.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
 def _ingress_scaling() -> dict:
     """fraud.yaml's Ingress replicas: its autoscaling_config, or min = max = num_replicas."""
     ingress = next(d for d in _fraud_app()["deployments"] if d["name"] == "Ingress")
@@ -639,13 +671,11 @@ def _ingress_setup(rows: list[dict]) -> str:
 
 
 def _model_server_setup() -> str:
-    """How serve_configs/fraud.yaml sizes the champion's ModelServer (read from the YAML)."""
+    """How the ModelServer graph sizes the champion's ModelServer (fraud-ab.yaml's entry)."""
     from mlplatform.serving.app import AppArgs
 
-    app = _fraud_app()
-    auto = next(d for d in app["deployments"]
-                if d["name"] == "ModelServer-fraud-champion")["autoscaling_config"]
-    args = AppArgs(**app["args"])
+    auto = _model_server_entry()["autoscaling_config"]
+    args = AppArgs(**{**_fraud_app()["args"], "embed_models": False})
     transport = ("Ray actor tasks" if args.model_calls_by_reference
                  else "Serve's gRPC channel between replicas")
     return (f"ModelServer-fraud-champion autoscaling {auto['min_replicas']}-"
@@ -685,14 +715,14 @@ def notes(rows: list[dict], scores: dict[str, dict[str, float]], facts: dict) ->
         "ModelServer batches adaptively (a request alone on the replica is scored at once, "
         "concurrent ones go through @serve.batch), so at c=1 the like-for-like line is 'no "
         "@serve.batch'.",
-        "Composed app as serve_configs/fraud.yaml deploys it: Ingress (auth, validation, the "
-        f"feature lookup and the arm choice in-process; {_ingress_setup(rows)}), Router "
-        "(control plane: publishes the route table, off the request path) and Explainer one "
-        f"replica each; {_model_server_setup()}: one Serve hop per request (Ingress -> "
-        "ModelServer). "
-        "'embedded models' is the same YAML with "
-        "args.embed_models: true: the model is loaded in the Ingress replica and scored "
-        "in-process (adaptive @serve.batch there), no ModelServer deployment, no Serve hop. "
+        "Composed app, embedded models, as serve_configs/fraud.yaml deploys it "
+        "(args.embed_models: true): Ingress (auth, validation, the feature lookup, the arm "
+        "choice and the model in-process, adaptive @serve.batch there; "
+        f"{_ingress_setup(rows)}), Router (control plane: publishes the route table, off the "
+        "request path) and Explainer one replica each; no Serve hop per request. "
+        "'ModelServer graph' is the same YAML with args.embed_models: false and "
+        f"{_model_server_setup()} (its options from fraud-ab.yaml): one Serve hop per request "
+        "(Ingress -> ModelServer), the layout for GPU or large models. "
         "Fractional num_cpus; auth on (bearer token). One "
         "transaction per request, its features looked up in the online store on every request; "
         f"the same transaction's inputs, precomputed, are the fraud-model rows' body. Model: "

@@ -63,7 +63,8 @@ def deploy_cmd(config: Path = ServeConfigArg, address: str = AddressOpt) -> None
 
 @serve_app.command("reload")
 def reload_cmd(app: str = AppOpt, address: str = AddressOpt) -> None:
-    """Make every ModelServer re-resolve its alias now; print the arms and loaded versions."""
+    """Make every served model (embedded or in its ModelServer) re-resolve its alias now;
+    print the arms and loaded versions."""
     from mlplatform.serving.app import reload_models
 
     view = _on_cluster(address, reload_models, app)

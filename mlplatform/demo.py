@@ -88,7 +88,8 @@ def run_demo(config: PlatformConfig | None = None, n_rows: int = 100_000, seed: 
     spine = run_spine(config, n_rows=n_rows, seed=seed, on_step=step, online_until=live_from)
     mv = spine.model_version
 
-    step(f"Serving models:/{mv.name}@champion with Ray Serve (serve_configs/fraud.yaml)")
+    step(f"Serving models:/{mv.name}@champion with Ray Serve (serve_configs/fraud.yaml: "
+         "the model in the Ingress replicas)")
     url = deploy(args_overrides={"models": [f"{mv.name}@champion"],
                                  "platform": config.model_dump(mode="json")},
                  router_config={"arms": [{"name": "champion", "model": f"{mv.name}@champion",

@@ -113,11 +113,16 @@ def build_app(args: Mapping[str, Any] | None = None):
     """Build ``Ingress (+ FeatureLookup, arm choice) -> ModelServer-<model>`` (+ ``Explainer``),
     with the ``Router`` deployment publishing the route table the Ingress replicas follow.
 
+    With ``embed_models`` (serve_configs/fraud.yaml's default) the models are loaded in the
+    Ingress replicas instead: ``Ingress (+ FeatureLookup, arm choice, models)``.
+
     Every served model is resolved here, so a missing model fails the deploy with a clear
-    message instead of starting replicas that cannot load.
+    message instead of starting replicas that cannot load; an embedded one is also loaded once
+    here (:func:`check_loads`).
 
     Raises:
-        ConfigError: Unknown or invalid ``args``, or auth on without a token.
+        ConfigError: Unknown or invalid ``args``, auth on without a token, or an embedded
+            model that cannot load.
         ModelNotFound: A model reference does not resolve in the registry.
     """
     import logging
@@ -143,6 +148,8 @@ def build_app(args: Mapping[str, Any] | None = None):
     plat = platform.model_dump(mode="json")
     default = default_router_config(a.served)
     if a.embed_models:
+        for ref in a.served:
+            check_loads(registry, ref)
         embed = {"refs": a.served, "max_batch_size": a.max_batch_size,
                  "batch_wait_timeout_s": a.batch_wait_timeout_s,
                  "reload_interval_s": a.reload_interval_s}
@@ -157,6 +164,31 @@ def build_app(args: Mapping[str, Any] | None = None):
     return Ingress.bind(plat, router, servers, Explainer.bind(plat), a.max_items,
                         a.max_body_bytes, a.auth, a.token_env, a.admin_token_env, None,
                         a.max_batch_size, a.model_calls_in_flight, a.model_calls_by_reference)
+
+
+def check_loads(registry: Any, ref: str) -> None:
+    """Load ``ref`` once where the app is built (``args.embed_models``), and throw it away.
+
+    An embedded model lives inside the Ingress replicas, so no deployment of its own could
+    report in ``serve status`` that it cannot load. Loading it while the app is built makes a
+    model that cannot load fail the deploy instead: ``serve status`` shows the application
+    ``DEPLOY_FAILED`` with this message, and an app already running keeps its previous config
+    (Serve applies nothing of a build that failed), so the model never gets traffic.
+
+    Raises:
+        ConfigError: Naming the model, why it cannot load, and what to do.
+    """
+    from mlplatform.features import FEATURE_COLUMNS
+    from mlplatform.serving.served_model import _load
+
+    try:
+        _load(registry, ref, FEATURE_COLUMNS)
+    except Exception as exc:
+        raise ConfigError(
+            f"embedded model {ref} cannot load, so this app is not deployed (a running app "
+            f"keeps its previous config): {type(exc).__name__}: {exc}. Fix the model or its "
+            "alias in the registry, or remove it from args.models and the Router's arms"
+        ) from None
 
 
 def check_serve_config(raw: Mapping[str, Any]) -> None:

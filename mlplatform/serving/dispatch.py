@@ -188,8 +188,11 @@ class Dispatcher:
               batch_wait_timeout_s: float, reload_interval_s: float) -> None:
         """Load ``refs`` here, in this process (``args.embed_models``): no Serve hop per request.
 
-        A model that fails to load is logged with its reason and gets no traffic; it is tried
-        again at every reload (poll or ``mlp serve reload``), so fixing the registry heals it.
+        Each model already loaded once while the app was built (``app.check_loads``: one that
+        cannot load fails the deploy, in ``serve status``). One that still fails here (the
+        registry or the artifact store unreachable from this replica) is logged with its reason,
+        shown in ``GET /models`` and gets no traffic; it is tried again at every reload (poll or
+        ``mlp serve reload``), so the replica heals when the store is back.
         """
         self._embedded = {}
         self._embed_args = (registry, max_batch_size, batch_wait_timeout_s, reload_interval_s)

@@ -48,9 +48,10 @@ def as_records(batch: list[dict]) -> list[dict]:
     return [{**i, "event_timestamp": pd.Timestamp(i["event_timestamp"])} for i in batch]
 
 
-def check_burst(url: str, instances: list[dict], platform, model: str, headers: dict) -> None:
+def check_burst(url: str, instances: list[dict], platform, model: str, headers: dict,
+                threads: int = 32) -> None:
     """A burst of 52 concurrent requests (48 single transactions, 4 of unknown users, and 4
-    three-transaction requests) from 32 threads: each answer must be the direct model score of
+    three-transaction requests) from ``threads`` threads: each answer must be the direct model score of
     its own transactions' looked-up features, in order, with their unknown-user flags. The
     Ingress batches concurrent lookups and model calls (and, with ModelServers, coalesces the
     calls), so a mix-up between the requests batched together would show here."""
@@ -71,7 +72,7 @@ def check_burst(url: str, instances: list[dict], platform, model: str, headers: 
         with requests.Session() as http:
             return http.post(f"{url}/predict", json=body, headers=headers, timeout=60)
 
-    with ThreadPoolExecutor(32) as pool:
+    with ThreadPoolExecutor(threads) as pool:
         answers = list(pool.map(post, bodies))
     lookup = FeatureLookup(platform.model_dump(mode="json"))
     registry = ModelRegistry(platform)

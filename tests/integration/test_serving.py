@@ -1,5 +1,8 @@
 """The Serve app from serve_configs/fraud.yaml, deployed on the shared cluster, over real HTTP.
 
+fraud.yaml's layout: the model embedded in the Ingress replicas (``args.embed_models: true``).
+The ModelServer graph (``embed_models: false``) has its own suite: test_serving_routing.py.
+
 Requests carry raw transactions; the app looks features up in the online store. The served
 score must equal the score computed through the offline path (point-in-time join of the same
 transaction + the same model_inputs): one feature definition, offline and online.
@@ -135,6 +138,7 @@ def test_healthz_and_models(url, spine):
     h = requests.get(f"{url}/healthz", timeout=30)     # no token needed
     assert h.status_code == 200 and h.json() == {"status": "ok", "ready_arms": ["champion"]}
     m = requests.get(f"{url}/models", headers=AUTH, timeout=30).json()
+    assert m["embedded"] is True and m["load_errors"] == {}     # fraud.yaml's layout
     assert [(a["name"], a["model"], a["weight"], a["ready"], a["model_version"])
             for a in m["arms"]] == [("champion", "fraud@champion", 100, True,
                                      spine.model_version.version)]
@@ -170,42 +174,8 @@ def test_generated_request_id_matches_header(url, sample):
 
 
 def test_concurrent_requests_are_each_answered_for_their_own_transaction(url, spine, platform):
-    """A burst of concurrent requests, their lookups batched in the Ingress and their
-    ModelServer calls coalesced (several requests' rows in one call): each request gets the
-    score of its own transactions."""
+    """A burst of concurrent requests, their lookups and model calls batched in the Ingress:
+    each request gets the score of its own transactions."""
     raw = pd.read_parquet(spine.raw_path, columns=REQUEST_COLUMNS).tail(120)
     raw["event_timestamp"] = raw["event_timestamp"].map(lambda t: t.isoformat())
     check_burst(url, to_instances(raw), platform, "fraud", AUTH)
-
-
-def test_model_server_calls_go_over_grpc_not_actor_tasks(url, sample):
-    """The Ingress calls its ModelServer over Serve's gRPC channel between replicas
-    (``args.model_calls_by_reference: false``, the default), not as Ray actor tasks.
-
-    A ModelServer replica listens on two ports: its Ray core worker (actor tasks, and Serve's
-    queue-length probes, which every caller uses) and Serve's inter-deployment gRPC server. A
-    caller that sends actor tasks only is connected to the first; one that calls over gRPC is
-    connected to both (Serve opens the gRPC channel on the first call over it).
-    """
-    import psutil
-    from ray.util.state import list_actors
-
-    inst = _requests(sample.head(1))[0]
-    with requests.Session() as http:
-        for _ in range(20):
-            r = http.post(f"{url}/predict", json=inst, headers=AUTH, timeout=30)
-            assert r.status_code == 200, r.text
-    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-    server = next(a.pid for a in alive
-                  if a.class_name == "ServeReplica:fraud:ModelServer-fraud-champion")
-    ingresses = [a.pid for a in alive if a.class_name == "ServeReplica:fraud:Ingress"]
-    listening = {c.laddr.port for c in psutil.Process(server).net_connections("tcp")
-                 if c.status == psutil.CONN_LISTEN}
-    assert len(listening) == 2, f"the ModelServer replica listens on {listening}: expected its " \
-        "Ray core worker's port and Serve's gRPC server's"
-    reached = {c.raddr.port for pid in ingresses
-               for c in psutil.Process(pid).net_connections("tcp")
-               if c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.port in listening}
-    assert reached == listening, (
-        f"the Ingress replicas are connected to the ModelServer's ports {reached} of "
-        f"{listening}: its calls go as Ray actor tasks, not over Serve's gRPC channel")

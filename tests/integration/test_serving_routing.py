@@ -1,10 +1,12 @@
 """Traffic splitting on Ray Serve, over real HTTP, driven with the real `serve deploy` CLI.
 
-One app serves four versions of ``fraud_ab`` (champion, challenger, candidate, faulty: a model
-that loads but fails every prediction). Tests run in file order and move the same app along:
-split accuracy, metrics, live weight change under load, sticky keys, shadow errors, a rejected
-config, `mlp serve reload` after an alias move, a replica killed under load, backpressure, and
-last (it rebuilds the app) an arm whose model fails to load plus alias polling.
+One app (serve_configs/fraud-ab.yaml: the ModelServer graph, one deployment per model, called
+over Serve's gRPC channel) serves four versions of ``fraud_ab`` (champion, challenger,
+candidate, faulty: a model that loads but fails every prediction). Tests run in file order and
+move the same app along: split accuracy, composition, coalesced calls, the gRPC transport,
+metrics, live weight change under load, sticky keys, shadow errors, a rejected config,
+`mlp serve reload` after an alias move, a replica killed under load, backpressure, and last (it
+rebuilds the app) an arm whose model fails to load plus alias polling.
 """
 
 import copy
@@ -26,7 +28,7 @@ from mlplatform.features import FEATURE_COLUMNS, REQUEST_COLUMNS
 from mlplatform.registry import ModelRegistry, load_model
 from tests.conftest import free_port, wait_for
 from tests.integration.conftest import ADMIN, AUTH, BIN, REPO
-from tests.integration.serving_models import log_xgboost
+from tests.integration.serving_models import check_burst, log_xgboost
 
 MODEL = "fraud_ab"
 CHAMPION, CHALLENGER, CANDIDATE, FAULTY = (f"{MODEL}@{a}" for a in
@@ -237,6 +239,54 @@ def test_each_arm_serves_exactly_its_model(app, instances, versions, platform):
         assert {p["arm"] for p in r.json()["predictions"]} == {arm}
         direct = load_model(registry, f"{MODEL}/{versions[alias]}").predict(inputs)
         np.testing.assert_allclose(served, direct, rtol=1e-6)
+
+
+def test_concurrent_requests_are_each_answered_for_their_own_transaction(app, instances,
+                                                                         platform):
+    """A burst of concurrent requests pinned to the champion: the Ingress coalesces their
+    ModelServer calls (several requests' rows in one call), and each request still gets the
+    score of its own transactions. 12 threads: this app's Ingress takes 16 at once."""
+    check_burst(URL, instances, platform, MODEL, {**ADMIN, "X-MLP-Arm": "champion"}, threads=12)
+
+
+def test_model_server_calls_go_over_grpc_not_actor_tasks(app, instances):
+    """The Ingress calls its ModelServers over Serve's gRPC channel between replicas
+    (``args.model_calls_by_reference: false``, the default), not as Ray actor tasks.
+
+    A ModelServer replica listens on two ports: its Ray core worker (actor tasks, and Serve's
+    queue-length probes, which every caller uses) and Serve's inter-deployment gRPC server. A
+    caller that sends actor tasks only is connected to the first; one that calls over gRPC is
+    connected to both (Serve opens the gRPC channel on the first call over it).
+    """
+    import psutil
+    from ray.util.state import list_actors
+
+    with requests.Session() as http:
+        for _ in range(20):
+            r = http.post(f"{URL}/predict", json=instances[0],
+                          headers={**ADMIN, "X-MLP-Arm": "champion"}, timeout=30)
+            assert r.status_code == 200, r.text
+    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+    servers = [a.pid for a in alive
+               if a.class_name == f"ServeReplica:fraud:ModelServer-{MODEL}-champion"]
+    ingresses = [a.pid for a in alive if a.class_name == "ServeReplica:fraud:Ingress"]
+    # The YAML's options reach the deployments the app names from args.models: 2 replicas.
+    assert len(servers) == 2 and ingresses
+    seen = {}
+    for server in servers:
+        listening = {c.laddr.port for c in psutil.Process(server).net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN}
+        assert len(listening) == 2, f"the ModelServer replica listens on {listening}: " \
+            "expected its Ray core worker's port and Serve's gRPC server's"
+        reached = {c.raddr.port for pid in ingresses
+                   for c in psutil.Process(pid).net_connections("tcp")
+                   if c.status == psutil.CONN_ESTABLISHED and c.raddr
+                   and c.raddr.port in listening}
+        seen[server] = (reached, listening)
+    # 20 calls over the champion's 2 replicas: at least one was called, over both its ports.
+    assert any(reached == listening for reached, listening in seen.values()), (
+        f"the Ingress replicas reach the ModelServers' ports (reached, listening) {seen}: "
+        "its calls go as Ray actor tasks, not over Serve's gRPC channel")
 
 
 def test_pinning_an_arm_needs_the_admin_token(app, instances):

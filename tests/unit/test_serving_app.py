@@ -29,7 +29,10 @@ def test_shipped_serve_configs_pass_serve_schema_and_our_checks(path):
     check_serve_config(raw)
     app = raw["applications"][0]
     names = {d["name"] for d in app["deployments"]}
-    assert {server_name(m) for m in app["args"]["models"]} <= names
+    if app["args"].get("embed_models"):         # fraud.yaml: the models in the Ingress
+        assert names == {"Ingress", "Router", "Explainer"}
+    else:                                        # each ModelServer sized in the YAML
+        assert {server_name(m) for m in app["args"]["models"]} <= names
     router = next(d for d in app["deployments"] if d["name"] == "Router")
     assert router["ray_actor_options"]["num_cpus"] < 1     # fractional: small machines
     assert autoscaling_problems(app, _app_args(app["args"])) == []   # max_replicas reachable
@@ -43,8 +46,11 @@ def test_an_unreachable_model_server_max_replicas_is_reported_with_the_fix(caplo
 
     raw = yaml.safe_load((CONFIGS / "fraud.yaml").read_text())
     app = raw["applications"][0]
-    server = next(d for d in app["deployments"] if d["name"] == "ModelServer-fraud-champion")
-    server["autoscaling_config"].update(max_replicas=8, target_ongoing_requests=4)
+    app["args"]["embed_models"] = False                 # fraud.yaml embeds; ModelServers here
+    server = {"name": "ModelServer-fraud-champion",
+              "autoscaling_config": {"min_replicas": 1, "max_replicas": 8,
+                                     "target_ongoing_requests": 4}}
+    app["deployments"].append(server)
     app["args"]["model_calls_in_flight"] = 16
     ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
     scaling = ingress.pop("autoscaling_config")         # fraud.yaml's Ingress autoscales (1-2)
@@ -463,3 +469,47 @@ def test_summed_counter_records_once_per_tag_set_per_flush():
         counter._flusher.cancel()
 
     asyncio.run(scenario())
+
+
+def test_an_embedded_model_that_fails_in_the_replica_gets_no_traffic_until_a_reload_loads_it(
+        monkeypatch):
+    """The build loaded every embedded model (app.check_loads); one that still fails in a
+    replica (its store unreachable there) is recorded with its reason, takes no part in
+    scoring, and the next reload loads it: the replica heals without a restart."""
+    import asyncio
+
+    from mlplatform.serving import served_model
+    from mlplatform.serving.dispatch import Dispatcher
+
+    tries: list[str] = []
+
+    class Flaky:
+        def __init__(self, registry, ref, *args, **kwargs):
+            tries.append(ref)
+            if len(tries) == 1:
+                raise OSError("artifact store unreachable")
+            self.polling = None
+
+        async def predict(self, matrix):
+            return {"scores": [0.5] * len(matrix)}
+
+        def start_polling(self, interval_s):
+            self.polling = interval_s
+
+        async def reload(self):
+            return {"reloaded": False}
+
+    class Handle:
+        def options(self, **kwargs):
+            return self
+
+    monkeypatch.setattr(served_model, "ServedModel", Flaky)
+    dispatcher = Dispatcher(Handle(), {}, Handle())
+    dispatcher.embed(object(), ["m@champion"], 32, 0.005, 0)
+    assert "m@champion failed to load: OSError: artifact store unreachable" in \
+        dispatcher._load_errors["m@champion"]
+    assert "m@champion" not in dispatcher._predict
+    assert asyncio.run(dispatcher.reload()) == {"m@champion": {"reloaded": False}}
+    assert dispatcher._load_errors == {} and tries == ["m@champion", "m@champion"]
+    assert "m@champion" in dispatcher._predict
+    assert dispatcher._embedded["m@champion"].polling == 0
