@@ -2,6 +2,7 @@
 with Serve's throughput-optimized mode (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``, the recommended
 production setting): auth, 4xx handling, live reconfiguration and metrics."""
 
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -40,9 +41,20 @@ def instance(spine):
 
 def test_haproxy_is_what_answers_on_the_http_port(url, request):
     port = int(url.rsplit(":", 1)[1])
-    listeners = {c.pid for c in psutil.net_connections("tcp")
-                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
-    assert listeners and {psutil.Process(p).name() for p in listeners} == {"haproxy"}
+
+    def listener_names() -> set[str]:
+        """Names of the processes listening on the port. HAProxy reloads (a new process takes
+        the socket, the old one exits) when the replicas change: a listener may vanish while it
+        is looked at, and then is not counted."""
+        names = set()
+        for c in psutil.net_connections("tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    names.add(psutil.Process(c.pid).name())
+        return names
+
+    names = wait_for(listener_names, 30, "a live listener on the HTTP port", ignore=())
+    assert names == {"haproxy"}, names
     # The mode reached the replicas (they inherit the controller's env vars).
     ingress = [p for p in psutil.process_iter(["cmdline"])
                if "ServeReplica:fraud:Ingress" in " ".join(p.info["cmdline"] or [])]
