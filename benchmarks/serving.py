@@ -166,38 +166,47 @@ class _Runner:
                                      f"{[r['statuses'] for r in tries]}")
             self.rows.append(res)
 
+    def _alternate(self, ingress: str, workload: str, what: str,
+                   specs: dict[str, object]) -> list[dict[str, dict]]:
+        """``--rounds`` rounds, each measuring every spec of ``specs`` in turn, seconds apart
+        (so the host's drift between rows measured minutes apart, 10-25% here, cancels within a
+        round); returns each round's results by key. Failed requests are recorded."""
+        from _http_load import measure
+
+        task = self.progress.add_task(f"{ingress} {LABELS[workload]} {what}",
+                                      total=self.args.rounds)
+        rounds = []
+        for _ in range(self.args.rounds):
+            rounds.append({k: measure(spec) for k, spec in specs.items()})
+            self.progress.advance(task)
+        self.progress.remove_task(task)
+        errors = sum(g["errors"] for r in rounds for g in r.values())
+        if errors:
+            self.failures.append(f"{ingress} {workload} {what}: {errors} requests failed")
+        return rounds
+
     def pair(self, ingress: str, workload: str, noop_url: str, url: str,
              headers: dict | None = None, body: object = None, idle_cores: float | None = None,
              concurrency: int = 32) -> None:
         """The no-op and ``workload``, both deployed, measured in ``--rounds`` alternating
         pairs of rounds at ``concurrency``: the rps ratio of each pair, measured seconds apart,
-        cancels the host's drift between rows measured minutes apart (10-25% here). The median
-        pair's ratio is recorded, with every round and ``idle_cores`` (what the other app's
-        replicas use while idle: the no-op's rounds pay it, the bias of this measurement)."""
-        from _http_load import LoadSpec, measure
+        cancels the host's drift between rows measured minutes apart. The median pair's ratio
+        is recorded, with every round and ``idle_cores`` (what the other app's replicas use
+        while idle: the no-op's rounds pay it, the bias of this measurement)."""
+        from _http_load import LoadSpec
 
-        noop = LoadSpec(noop_url, {}, None, concurrency, self.args.requests, self.args.warmup)
-        spec = LoadSpec(url, headers or {}, body, concurrency, self.args.requests,
-                        self.args.warmup)
-        task = self.progress.add_task(f"{ingress} {LABELS[workload]} and the no-op, "
-                                      f"alternating, c={concurrency}", total=self.args.rounds)
-        pairs, errors = [], 0
-        for _ in range(self.args.rounds):
-            a, b = measure(noop), measure(spec)
-            errors += a["errors"] + b["errors"]
-            pairs.append((a["rps"], b["rps"]))
-            self.progress.advance(task)
-        self.progress.remove_task(task)
-        ratios = sorted(b / a for a, b in pairs)
-        if errors:
-            self.failures.append(f"{ingress} {workload} paired with the no-op: {errors} "
-                                 "requests failed")
+        rounds = self._alternate(ingress, workload, f"and the no-op, alternating, c={concurrency}", {
+            "noop": LoadSpec(noop_url, {}, None, concurrency, self.args.requests,
+                             self.args.warmup),
+            "app": LoadSpec(url, headers or {}, body, concurrency, self.args.requests,
+                            self.args.warmup)})
+        ratios = sorted(r["app"]["rps"] / r["noop"]["rps"] for r in rounds)
         self.paired.append({"ingress": ingress, "workload": workload,
                             "concurrency": concurrency,
-                            "noop_rps": [round(a, 1) for a, _ in pairs],
-                            "rps": [round(b, 1) for _, b in pairs],
-                            "ratios": [round(r, 3) for r in ratios],
-                            "ratio": ratios[len(ratios) // 2], "idle_cores": idle_cores})
+                            "noop_rps": [round(r["noop"]["rps"], 1) for r in rounds],
+                            "rps": [round(r["app"]["rps"], 1) for r in rounds],
+                            "ratios": [round(x, 3) for x in ratios],
+                            "ratio": _median(ratios), "idle_cores": idle_cores})
 
     def trio(self, ingress: str, workload: str, noop_url: str, fraud_url: str,
              fraud_body: object, url: str, headers: dict, body: object) -> None:
@@ -207,32 +216,19 @@ class _Runner:
         :meth:`pair` does for the throughput goal, for p50/p99 at c=1. Each round's ratio to
         the one deployment and difference to the no-op are taken within the round, seconds
         apart; the median round's are recorded."""
-        from _http_load import LoadSpec, measure
+        from _http_load import LoadSpec
 
-        specs = {"noop": LoadSpec(noop_url, {}, None, 1, self.args.requests, self.args.warmup),
-                 "fraud": LoadSpec(fraud_url, {}, fraud_body, 1, self.args.requests,
-                                   self.args.warmup),
-                 "app": LoadSpec(url, headers, body, 1, self.args.requests, self.args.warmup)}
-        task = self.progress.add_task(f"{ingress} {LABELS[workload]}, one deployment and the "
-                                      "no-op, alternating, c=1", total=self.args.rounds)
-        rounds, errors = [], 0
-        for _ in range(self.args.rounds):
-            got = {k: measure(spec) for k, spec in specs.items()}
-            errors += sum(g["errors"] for g in got.values())
-            rounds.append({k: {s: round(g[k_], 3) for s, k_ in STATS} for k, g in got.items()})
-            self.progress.advance(task)
-        self.progress.remove_task(task)
-        if errors:
-            self.failures.append(f"{ingress} {workload} alternating at c=1: {errors} requests "
-                                 "failed")
-
-        def median(values: list[float]) -> float:
-            return sorted(values)[len(values) // 2]
-
+        n, warm = self.args.requests, self.args.warmup
+        got = self._alternate(ingress, workload, "one deployment and the no-op, alternating, c=1", {
+            "noop": LoadSpec(noop_url, {}, None, 1, n, warm),
+            "fraud": LoadSpec(fraud_url, {}, fraud_body, 1, n, warm),
+            "app": LoadSpec(url, headers, body, 1, n, warm)})
+        rounds = [{k: {s: round(g[k_], 3) for s, k_ in STATS} for k, g in r.items()} for r in got]
         self.trios.append({
             "ingress": ingress, "workload": workload, "rounds": rounds,
-            "vs_one": {s: median([r["app"][s] / r["fraud"][s] for r in rounds]) for s, _ in STATS},
-            "over_noop_ms": {s: median([r["app"][s] - r["noop"][s] for r in rounds])
+            "vs_one": {s: _median([r["app"][s] / r["fraud"][s] for r in rounds])
+                       for s, _ in STATS},
+            "over_noop_ms": {s: _median([r["app"][s] - r["noop"][s] for r in rounds])
                              for s, _ in STATS}})
 
     def _scale_out(self, spec, app: str, deployment: str, want: int,
@@ -271,6 +267,11 @@ class _Runner:
         except Exception as e:
             self.failures.append(f"{what}: {type(e).__name__}: {e}")
             self.progress.console.print(f"[red]{what} failed:[/] {escape(repr(e))}")
+
+
+def _median(values: list[float]) -> float:
+    """The middle value (the upper one of an even count)."""
+    return sorted(values)[len(values) // 2]
 
 
 def _wait_haproxy_up(stats_port: int, want: int, deadline: float) -> None:
