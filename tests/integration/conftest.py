@@ -211,3 +211,13 @@ def _stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def serve_deploy(ray_cluster, path: Path) -> subprocess.CompletedProcess:
+    """The real `serve deploy` CLI against the cluster's dashboard (token auth on)."""
+    out = subprocess.run([str(BIN / "serve"), "deploy", str(path), "--address",
+                          ray_cluster["dashboard"]], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "RAY_AUTH_MODE": "token"}, cwd=REPO)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out
+

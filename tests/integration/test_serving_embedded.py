@@ -7,8 +7,6 @@ exists; and a model that cannot load fails its deploy in ``serve status`` while 
 keeps serving its previous config (last: it leaves the app DEPLOY_FAILED).
 """
 
-import os
-import subprocess
 from collections import Counter
 
 import numpy as np
@@ -21,7 +19,7 @@ from mlplatform.demo import to_instances
 from mlplatform.features import FEATURE_COLUMNS, REQUEST_COLUMNS
 from mlplatform.registry import ModelRegistry, load_model
 from tests.conftest import free_port, wait_for
-from tests.integration.conftest import ADMIN, AUTH, BIN, REPO
+from tests.integration.conftest import ADMIN, AUTH, REPO, serve_deploy
 from tests.integration.serving_models import as_records, log_xgboost
 
 MODEL = "fraud_emb"
@@ -58,13 +56,6 @@ def _serve_yaml(tmp, platform, models: list[str], router: dict):
     return path
 
 
-def _serve_deploy(ray_cluster, path) -> None:
-    out = subprocess.run([str(BIN / "serve"), "deploy", str(path), "--address",
-                          ray_cluster["dashboard"]], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "RAY_AUTH_MODE": "token"}, cwd=REPO)
-    assert out.returncode == 0, out.stdout + out.stderr
-
-
 PORT = free_port()
 
 
@@ -77,7 +68,7 @@ def url(versions, platform, ray_cluster, tmp_path_factory):
 
     serve.shutdown()
     tmp = tmp_path_factory.mktemp("serve-embedded")
-    _serve_deploy(ray_cluster, _serve_yaml(tmp, platform, [CHAMPION, CHALLENGER], ROUTER))
+    serve_deploy(ray_cluster, _serve_yaml(tmp, platform, [CHAMPION, CHALLENGER], ROUTER))
     wait_for(lambda: serve.status().applications.get("fraud") is not None, 60, "the app")
     wait_until_running(["fraud"], 300)
     base = f"http://127.0.0.1:{PORT}"
@@ -221,7 +212,7 @@ def test_a_model_that_cannot_load_fails_its_deploy_in_serve_status_and_never_get
     router = {"arms": [*ROUTER["arms"], {"name": "broken", "model": BROKEN, "weight": 50}]}
     answers: Counter = Counter()
     with requests.Session() as http:
-        _serve_deploy(ray_cluster, _serve_yaml(tmp, platform, [CHAMPION, CHALLENGER, BROKEN],
+        serve_deploy(ray_cluster, _serve_yaml(tmp, platform, [CHAMPION, CHALLENGER, BROKEN],
                                                router))
 
         def failed() -> str | None:

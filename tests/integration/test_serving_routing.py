@@ -27,7 +27,7 @@ from mlplatform.demo import to_instances
 from mlplatform.features import FEATURE_COLUMNS, REQUEST_COLUMNS
 from mlplatform.registry import ModelRegistry, load_model
 from tests.conftest import free_port, wait_for
-from tests.integration.conftest import ADMIN, AUTH, BIN, REPO
+from tests.integration.conftest import ADMIN, AUTH, BIN, REPO, serve_deploy
 from tests.integration.serving_models import check_burst, log_xgboost
 
 MODEL = "fraud_ab"
@@ -90,15 +90,6 @@ PORT = free_port()
 URL = f"http://127.0.0.1:{PORT}"
 
 
-def _serve_deploy(ray_cluster, path: Path) -> subprocess.CompletedProcess:
-    """The real `serve deploy` CLI against the cluster's dashboard (token auth on)."""
-    out = subprocess.run([str(BIN / "serve"), "deploy", str(path), "--address",
-                          ray_cluster["dashboard"]], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "RAY_AUTH_MODE": "token"}, cwd=REPO)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out
-
-
 def _models() -> dict:
     return requests.get(f"{URL}/models", headers=AUTH, timeout=30).json()
 
@@ -117,7 +108,7 @@ def app(versions, platform, ray_cluster, tmp_path_factory):
 
     serve.shutdown()
     tmp = tmp_path_factory.mktemp("serve-routing")
-    _serve_deploy(ray_cluster, _serve_yaml(tmp, platform, SPLIT,
+    serve_deploy(ray_cluster, _serve_yaml(tmp, platform, SPLIT,
                                            [CHAMPION, CHALLENGER, CANDIDATE, FAULTY]))
     wait_for(lambda: serve.status().applications.get("fraud") is not None, 60, "the app")
     wait_until_running(["fraud"], 300)
@@ -358,7 +349,7 @@ def test_live_weight_change_under_load_fails_nothing(app, instances, ray_cluster
                                                                 strict=True)]}
     with Load(instances, threads=6) as load:
         wait_for(lambda: len(load.results) >= 50, 120, "load before the change")
-        _serve_deploy(ray_cluster, _serve_yaml(app, platform, new,
+        serve_deploy(ray_cluster, _serve_yaml(app, platform, new,
                                                [CHAMPION, CHALLENGER, CANDIDATE, FAULTY]))
         wait_for(lambda: _arms_ready({"champion": 30, "challenger": 70, "idle": 0}), 120,
                  "the Router to take the new weights")
@@ -375,7 +366,7 @@ def test_sticky_key_keeps_each_user_on_one_arm(app, instances, ray_cluster, plat
     sticky = {**SPLIT, "arms": [{**a, "weight": w} for a, w in zip(SPLIT["arms"], (50, 50, 0),
                                                                    strict=True)],
               "sticky_key": "user_id"}
-    _serve_deploy(ray_cluster, _serve_yaml(app, platform, sticky,
+    serve_deploy(ray_cluster, _serve_yaml(app, platform, sticky,
                                            [CHAMPION, CHALLENGER, CANDIDATE, FAULTY]))
     wait_for(lambda: _models()["sticky_key"] == "user_id", 120, "the sticky config")
     users = {}
@@ -389,7 +380,7 @@ def test_sticky_key_keeps_each_user_on_one_arm(app, instances, ray_cluster, plat
 
 def test_shadow_errors_never_reach_the_caller(app, instances, ray_cluster, platform):
     config = {**SPLIT, "shadow": {"model": FAULTY, "sample": 1.0}}
-    _serve_deploy(ray_cluster, _serve_yaml(app, platform, config,
+    serve_deploy(ray_cluster, _serve_yaml(app, platform, config,
                                            [CHAMPION, CHALLENGER, CANDIDATE, FAULTY]))
     wait_for(lambda: (_models()["shadow"] or {}).get("model") == FAULTY
              and _models()["shadow"]["ready"], 120, "the faulty shadow")
@@ -418,7 +409,7 @@ def test_a_bad_router_config_is_refused_and_the_running_one_stays(app, instances
     assert "nothing deployed" in out.stderr
     before = _models()
     # ... and a raw `serve deploy` of it leaves the Router on its previous config.
-    _serve_deploy(ray_cluster, path)
+    serve_deploy(ray_cluster, path)
     wait_for(lambda: _models()["config_error"], 120, "the Router to report the bad config")
     after = _models()
     assert after["arms"] == before["arms"] and "weight" in after["config_error"]
@@ -429,7 +420,7 @@ def test_a_bad_router_config_is_refused_and_the_running_one_stays(app, instances
 def test_alias_move_and_mlp_serve_reload_fail_nothing(app, instances, ray_cluster, platform,
                                                       versions):
     registry = ModelRegistry(platform)
-    _serve_deploy(ray_cluster, _serve_yaml(app, platform, SPLIT,
+    serve_deploy(ray_cluster, _serve_yaml(app, platform, SPLIT,
                                            [CHAMPION, CHALLENGER, CANDIDATE, FAULTY]))
     wait_for(lambda: _arms_ready({"champion": 90, "challenger": 10, "idle": 0})
              and not _models()["config_error"], 120, "the split config back")
@@ -513,7 +504,7 @@ def test_an_arm_whose_model_fails_to_load_never_gets_traffic(app, instances, ray
     broken = f"{MODEL}@broken"
     config = {"arms": [{"name": "champion", "model": CHAMPION, "weight": 50},
                        {"name": "broken", "model": broken, "weight": 50}]}
-    _serve_deploy(ray_cluster, _serve_yaml(app, platform, config, [CHAMPION, broken],
+    serve_deploy(ray_cluster, _serve_yaml(app, platform, config, [CHAMPION, broken],
                                            reload_interval_s=1))
     name = f"ModelServer-{MODEL}-broken"
 
