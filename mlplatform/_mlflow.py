@@ -28,11 +28,13 @@ def client(config: PlatformConfig) -> MlflowClient:
     return MlflowClient(config.mlflow_tracking_uri, config.mlflow_registry_uri)
 
 
-def ensure_experiment(config: PlatformConfig, name: str | None = None) -> str:
-    """Return the id of experiment ``name`` (default ``config.experiment_name``), creating it
-    with its artifacts under ``config.mlflow_artifact_location`` if it does not exist."""
+def ensure_experiment(config: PlatformConfig, name: str | None = None,
+                      project: str | None = None) -> str:
+    """Return the id of experiment ``name`` (default ``config.experiment_name``, else the
+    ``project``'s name, else ``Default``), creating it with its artifacts under
+    ``config.mlflow_artifact_location`` if it does not exist."""
     c = client(config)
-    name = name or config.experiment_name
+    name = name or config.experiment_name or project or "Default"
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from mlplatform.config import PlatformConfig
@@ -48,6 +49,9 @@ def init_ray(config: PlatformConfig, **kwargs) -> None:
         address = "local"
         kwargs.setdefault("num_cpus", max(MIN_LOCAL_CPUS, os.cpu_count() or 1))
     kwargs.setdefault("log_to_driver", True)
+    if not kwargs["log_to_driver"]:
+        # Workers' output goes to the session logs only; so do the driver's own Ray INFO lines.
+        kwargs.setdefault("logging_level", logging.WARNING)
     ray.init(address=address, **kwargs)
 
 

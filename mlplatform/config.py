@@ -20,15 +20,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mlplatform.errors import ConfigError
+from mlplatform.errors import ConfigError, validation_lines
 
 ENV_PREFIX = "MLP_"
 #: Environment variable naming a YAML config file (used when ``load`` gets no path).
 CONFIG_PATH_ENV = "MLP_CONFIG"
 #: MLP_* variables that are not config keys: who acts in the audit trail, whether the
-#: cluster autoscales (set by the cluster YAMLs), and the Serve app's bearer tokens.
+#: cluster autoscales (set by the cluster YAMLs), the Serve app's bearer tokens, and the
+#: `--verbose` switch of the jobs and `mlp`.
 PROCESS_ENV = frozenset({CONFIG_PATH_ENV, "MLP_ACTOR", "MLP_CLUSTER_AUTOSCALES",
-                         "MLP_SERVE_TOKEN", "MLP_SERVE_ADMIN_TOKEN"})
+                         "MLP_SERVE_TOKEN", "MLP_SERVE_ADMIN_TOKEN", "MLP_VERBOSE"})
 #: Any MLP_SERVE_* variable is the Serve app's (e.g. a token named by ``token_env``).
 SERVE_ENV_PREFIX = "MLP_SERVE_"
 #: URI schemes Ray Train can write checkpoints to (pyarrow file systems).
@@ -67,16 +68,14 @@ class PlatformConfig(BaseModel):
         description="Artifact root for experiments this platform creates. "
         "Default: <storage_root>/mlartifacts (a file URI).",
     )
-    experiment_name: str = Field(
-        default="fraud", min_length=1, description="MLflow experiment that runs are logged to."
-    )
-    model_name: str = Field(
-        default="fraud", min_length=1, description="Registered model name used by the demo."
-    )
-    feature_repo: Path | None = Field(
+    project: Path | None = Field(
         default=None,
-        description="Feature definitions YAML (entities + feature views). Default: the fraud "
-        "definitions in jobs/configs/features/fraud.yaml of this project.",
+        description="The project (a folder holding mlplatform.yaml, or the file) that every door "
+        "uses when given none (--project, args.project). None: ./mlplatform.yaml.",
+    )
+    experiment_name: str | None = Field(
+        default=None, min_length=1,
+        description="MLflow experiment that runs are logged to. Default: the project's name.",
     )
     online_store: Literal["sqlite", "redis"] = Field(
         default="sqlite",
@@ -236,16 +235,12 @@ def _read_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _explain(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    """Every problem with the key, where its value came from, and the key's description."""
     lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+    for err, line in zip(exc.errors(), validation_lines(exc, PlatformConfig), strict=True):
         top = str(err["loc"][0]) if err["loc"] else ""
-        where = sources.get(top, "default")
-        if err["type"] == "extra_forbidden":
-            lines.append(f"unknown key '{key}' (from {where}). "
-                         f"Allowed keys: {', '.join(allowed_keys())}.")
-        else:
-            desc = PlatformConfig.model_fields[top].description if top in PlatformConfig.model_fields else ""
-            lines.append(f"invalid value for '{key}' (from {where}): {err['msg']}"
-                         f"; got {err.get('input')!r}. {desc}".rstrip())
+        field = PlatformConfig.model_fields.get(top)
+        lines.append(f"{line} (from {sources.get(top, 'default')})"
+                     + (f". {field.description}" if field and err["type"] != "extra_forbidden"
+                        else ""))
     return "invalid platform configuration:\n  - " + "\n  - ".join(lines)

@@ -1,12 +1,13 @@
 """``mlp submit``: what a user types by hand, with the token handled.
 
     RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
-        python jobs/train.py --config jobs/configs/fraud_xgb.yaml
+        python jobs/train.py --project examples/fraud --model xgboost
 
-is the same as ``mlp submit train --config jobs/configs/fraud_xgb.yaml``: the project folder is
-uploaded as the job's working directory, the job's entrypoint is ``python jobs/<job>.py
---config <yaml>``, the job id is printed, its logs are followed until it ends, and the exit
-status is the job's (0: SUCCEEDED, 1: FAILED or STOPPED, with the job's error message).
+is the same as ``mlp submit train --project examples/fraud --model xgboost``: the folder
+holding ``jobs/`` is uploaded as the job's working directory (with the project inside it), the
+job's entrypoint is ``python jobs/<job>.py --project <dir> [--model <name>]``, the job id is
+printed, its logs are followed until it ends, and the exit status is the job's (0: SUCCEEDED,
+1: FAILED or STOPPED, with the job's error message).
 
 It uses Ray's own :class:`ray.job_submission.JobSubmissionClient` in-process. Token auth: Ray
 2.60 clusters refuse clients without the cluster's token. The token is read where Ray reads it
@@ -18,7 +19,7 @@ launcher YAMLs of ``cluster/`` ship the one made on the laptop to every node, or
 
 Example:
     >>> from mlplatform.cluster.submit import submit_job
-    >>> code = submit_job("train", Path("jobs/configs/fraud_xgb.yaml"))   # doctest: +SKIP
+    >>> code = submit_job("train", Path("examples/fraud"), model="xgboost")   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def project_root(cwd: Path | None = None) -> Path:
     for candidate in (cwd, Path(__file__).resolve().parents[2]):
         if (candidate / JOBS_DIR).is_dir():
             return candidate
-    raise ConfigError(f"no {JOBS_DIR}/ folder in {cwd}: run `mlp submit` from the project "
-                      "folder (the one with jobs/ and jobs/configs/)")
+    raise ConfigError(f"no {JOBS_DIR}/ folder in {cwd}: run `mlp submit` from the folder that "
+                      "holds jobs/ (the platform's checkout)")
 
 
 def find_token(env: Mapping[str, str] | None = None) -> str | None:
@@ -89,46 +90,55 @@ def dashboard_address(address: str | None = None, env: Mapping[str, str] | None 
             or DEFAULT_ADDRESS)
 
 
-def plan(job: str, config: Path, root: Path, runtime_env: Mapping[str, Any] | None = None,
-         env: Mapping[str, str] | None = None) -> tuple[str, dict[str, Any], list[str]]:
-    """Check the job and its config; returns the entrypoint, the runtime env and warnings.
+def plan(job: str, project: Path, root: Path, runtime_env: Mapping[str, Any] | None = None,
+         env: Mapping[str, str] | None = None, model: str | None = None,
+         extra: list[str] | None = None) -> tuple[str, dict[str, Any], list[str]]:
+    """Check the job and its project; returns the entrypoint, the runtime env and warnings.
 
     Raises:
-        ConfigError: Unknown job (the message lists the valid ones) or missing config.
+        ConfigError: Unknown job (the message lists the valid ones) or no project there.
     """
     jobs = available_jobs(root)
     if job not in jobs:
         raise ConfigError(f"unknown job {job!r}: valid jobs are {', '.join(jobs)} "
                           f"(the scripts in {root / JOBS_DIR})")
-    config = Path(config).expanduser()
-    if not config.is_file():
-        raise ConfigError(f"job config {config} does not exist (e.g. "
-                          f"{JOBS_DIR}/configs/fraud_xgb.yaml)")
+    project = Path(project).expanduser()
+    folder = project if project.is_dir() else project.parent
+    if not (folder / "mlplatform.yaml").is_file():
+        raise ConfigError(f"no project at {project}: pass --project <folder holding "
+                          "mlplatform.yaml> (e.g. examples/fraud)")
     warnings = []
-    try:   # the job runs in the uploaded copy of `root`: name the config relative to it
-        config_arg = config.resolve().relative_to(root).as_posix()
+    try:   # the job runs in the uploaded copy of `root`: name the project relative to it
+        project_arg = folder.resolve().relative_to(root).as_posix()
     except ValueError:
-        config_arg = str(config.resolve())
-        warnings.append(f"{config} is outside the uploaded folder {root}: the job reads it at "
-                        f"{config_arg}, which only works where the cluster shares this file "
-                        "system; put it under the project folder to ship it with the job")
+        project_arg = str(folder.resolve())
+        warnings.append(f"{folder} is outside the uploaded folder {root}: the job reads it at "
+                        f"{project_arg}, which only works where the cluster shares this file "
+                        "system; put the project under that folder to ship it with the job")
     renv = dict(runtime_env or {})
     renv.setdefault("working_dir", str(root))
     if env:
         renv["env_vars"] = {**renv.get("env_vars", {}), **env}
-    entrypoint = shlex.join(["python", f"{JOBS_DIR}/{job}.py", "--config", config_arg])
+    args = ["python", f"{JOBS_DIR}/{job}.py", "--project", project_arg]
+    if model:
+        args += ["--model", model]
+    entrypoint = shlex.join([*args, *(extra or [])])
     return entrypoint, renv, warnings
 
 
-def submit_job(job: str, config: Path, address: str | None = None, *,
+def submit_job(job: str, project: Path, address: str | None = None, *,
+               model: str | None = None, extra: list[str] | None = None,
                runtime_env: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
                follow: bool = True, root: Path | None = None, submit_timeout_s: float = 120.0,
                echo: Callable[[str], object] = print) -> int:
-    """Submit ``jobs/<job>.py --config <config>`` to the cluster at ``address``.
+    """Submit ``jobs/<job>.py --project <project> [--model <model>]`` to the cluster at
+    ``address``.
 
     Args:
         job: A script name in ``jobs/`` (``train``, ``tune``, ``build_features``, ...).
-        config: The job's YAML (shipped with the working directory when it is inside it).
+        project: The project folder (shipped with the working directory when it is inside it).
+        model: One of the project's models.
+        extra: More arguments for the job script.
         address: The dashboard URL (default ``$RAY_API_SERVER_ADDRESS``, ``$RAY_ADDRESS``,
             then ``http://127.0.0.1:8265``).
         runtime_env: Extra runtime env (``working_dir`` defaults to the project folder).
@@ -142,11 +152,11 @@ def submit_job(job: str, config: Path, address: str | None = None, *,
         was stopped (its error message is printed).
 
     Raises:
-        ConfigError: Unknown job, missing config or no token.
+        ConfigError: Unknown job, no project there, or no token.
         SubmitError: The cluster cannot be reached or refused the job.
     """
     root = (root or project_root()).resolve()
-    entrypoint, renv, warnings = plan(job, config, root, runtime_env, env)
+    entrypoint, renv, warnings = plan(job, project, root, runtime_env, env, model, extra)
     for w in warnings:
         echo(f"warning: {w}")
     headers = {}

@@ -225,6 +225,12 @@ def save_transactions(df: pd.DataFrame, folder: str | Path, n_files: int = 4) ->
     return Path(folder)
 
 
+def write_transactions(path: str | Path, rows: int, seed: int = 0) -> Path:
+    """Generate ``rows`` transactions and write them as Parquet under ``path``: a project's
+    ``data.generate.function`` (``mlplatform.datasets:write_transactions``)."""
+    return save_transactions(make_transactions(rows, seed=seed), path)
+
+
 def _check_args(n_rows, n_users, n_merchants, days, drift) -> dict[str, float]:
     for name, value in (("n_rows", n_rows), ("n_users", n_users),
                         ("n_merchants", n_merchants), ("days", days)):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mlplatform.features.definitions import Feature, FeatureView
+from mlplatform.project.definitions import Feature, FeatureView
 
 _US = 1_000_000
 

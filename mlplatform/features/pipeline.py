@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from mlplatform.features.definitions import FeatureView
+from mlplatform.project.definitions import FeatureView
 
 BUCKET = "_bucket"
 

@@ -22,7 +22,6 @@ import pandas as pd
 from mlplatform._ray import DEFAULT_SHUFFLE, data_remote_args, read_parquet
 from mlplatform.config import PlatformConfig
 from mlplatform.errors import DataValidationError
-from mlplatform.features.definitions import FeatureRepo, FeatureView, load_repo
 from mlplatform.features.offline import (
     DATE_COL,
     OFFLINE_DIR,
@@ -37,12 +36,13 @@ from mlplatform.features.offline import (
 )
 from mlplatform.features.pipeline import compute_view, latest_per_entity
 from mlplatform.features.pit import FeatureSide, point_in_time_join
+from mlplatform.project.definitions import FeatureRepo, FeatureView, load_repo
 
 _ROWS_PER_BUCKET = 200_000
 #: A build's hash groups by default (:meth:`FeatureStore.build_buckets`): one per this many
 #: source rows, at least 8 and at most 64. Each bucket is a task per view (and a piece per block
 #: in the shuffle), so a small source in many buckets pays task overhead, not work: measured on
-#: 2 cores, building the four fraud views of 20,000 rows took 11.3-16.7 s in 64 buckets and
+#: 2 cores, building four views of 20,000 source rows took 11.3-16.7 s in 64 buckets and
 #: 3.4-3.6 s in 8.
 _BUILD_ROWS_PER_BUCKET = 20_000
 _BUILD_BUCKETS = (8, 64)
@@ -53,16 +53,32 @@ class FeatureStore:
     """The feature store of one platform config: definitions, offline and online stores.
 
     Args:
-        config: Platform config (storage root, online store choice, feature repo path).
-        repo: Feature definitions (a path, mapping or FeatureRepo); default
-            ``config.feature_repo`` or the shipped fraud definitions.
+        config: Platform config (storage root, online store choice, the default project).
+        repo: The feature definitions: a :class:`~mlplatform.project.Project` (its
+            ``sources``, ``entities`` and ``feature_views``), a FeatureRepo, a mapping or a YAML
+            path; default the project of ``config.project`` (else ``./mlplatform.yaml``).
         shuffle: Ray Data shuffle strategy for the group-bys (see ``pipeline.shuffle_strategy``).
+
+    Raises:
+        ConfigError: The project has no feature store (a tabular project), or is invalid.
     """
 
     def __init__(self, config: PlatformConfig, repo: Any = None,
                  shuffle: str = DEFAULT_SHUFFLE):
+        from mlplatform.errors import ConfigError
+        from mlplatform.project import Project, load_project
+
         self.config = config
-        self.repo: FeatureRepo = load_repo(repo if repo is not None else config.feature_repo)
+        self.project: Project | None = None
+        if repo is None:
+            repo = load_project(config.project)
+        if isinstance(repo, Project):
+            self.project = repo
+            if repo.feature_repo is None:
+                raise ConfigError(f"project {repo.name} ({repo.file}) declares no feature store "
+                                  "(sources, entities, feature_views): it is a tabular project")
+            repo = repo.feature_repo
+        self.repo: FeatureRepo = load_repo(repo)
         self.offline = OfflineStore(config.path(*OFFLINE_DIR))
         self._online = None
         self._shuffle = shuffle
@@ -117,11 +133,19 @@ class FeatureStore:
                                                      time.perf_counter() - t0)
         return out
 
-    def build_buckets(self, source_name: str = "transactions") -> int:
+    @property
+    def default_source(self) -> str:
+        """The project's labelled-events source, else the first source."""
+        if self.project is not None and self.project.data.events:
+            return self.project.data.events
+        return self.repo.sources[0].name
+
+    def build_buckets(self, source_name: str | None = None) -> int:
         """The hash groups a build of ``source_name``'s views uses by default: one per
         20,000 source rows (from the Parquet footers), at least 8, at most 64."""
         import pyarrow.dataset as pads
 
+        source_name = source_name or self.default_source
         rows = pads.dataset(str(self.source_path(source_name)), format="parquet").count_rows()
         low, high = _BUILD_BUCKETS
         return max(low, min(high, rows // _BUILD_ROWS_PER_BUCKET + 1))
@@ -136,8 +160,9 @@ class FeatureStore:
         path = p if p.is_absolute() else self.config.path(*p.parts)
         if not path.exists():
             raise DataValidationError(
-                f"source {source_name!r} has no data at {path}; generate it (`mlp generate`) or "
-                "fix `sources[].path` in the feature definitions")
+                f"source {source_name!r} has no data at {path}; write it there (a project's "
+                "data.generate writes example data: `mlp generate`), or fix `sources[].path` in "
+                "the project file")
         return path
 
     def _source_columns(self, view: FeatureView, src) -> list[str]:
@@ -155,7 +180,7 @@ class FeatureStore:
             cpath = self.repo.base_dir / cpath
         return cpath
 
-    def validate_source(self, source_name: str = "transactions", raise_on_failure: bool = True):
+    def validate_source(self, source_name: str | None = None, raise_on_failure: bool = True):
         """Check a source against its data contract on Ray Data (every rule, every failure).
 
         Returns:
@@ -168,6 +193,7 @@ class FeatureStore:
         """
         from mlplatform.features.validation import gate, validate
 
+        source_name = source_name or self.default_source
         cpath = self.contract_path(source_name)
         if cpath is None:
             return None
@@ -367,6 +393,13 @@ class FeatureStore:
             ``{column: [value per entity row]}``: the join keys, then every feature (None when
             the entity is unknown or its row expired).
         """
+        return self.lookup_online(entity_rows, features, as_of)[0]
+
+    def lookup_online(self, entity_rows: Sequence[Mapping[str, Any]],
+                      features: Sequence[str] | None = None, as_of: Any = None
+                      ) -> tuple[dict[str, list[Any]], dict[str, list[bool]]]:
+        """:meth:`get_online_features`, and per view whether each row's entity was found
+        (present online and not expired): ``(values, {view: [found per row]})``."""
         rows = list(entity_rows)
         if isinstance(as_of, (list, tuple, pd.Series)):
             if len(as_of) != len(rows):
@@ -375,6 +408,7 @@ class FeatureStore:
         else:
             times = [_ns(as_of)] * len(rows)
         out: dict[str, list[Any]] = {}
+        found_by_view: dict[str, list[bool]] = {}
         plan = self._read_plan(features)
         for view_name, keys, _, _ in plan:
             for k in keys:
@@ -383,12 +417,13 @@ class FeatureStore:
                 out.setdefault(k, [r[k] for r in rows])
         # Every view in one round trip to the online store.
         stored = self.online.read_views(rows, [(view, keys, names) for view, keys, names, _ in plan])
-        for (_, _, names, ttl_ns), records in zip(plan, stored, strict=True):
+        for (view_name, _, names, ttl_ns), records in zip(plan, stored, strict=True):
             found = [None if rec is None or _expired(rec, ttl_ns, t) else rec
                      for rec, t in zip(records, times, strict=True)]
+            found_by_view[view_name] = [rec is not None for rec in found]
             for name in names:
                 out[name] = [None if rec is None else rec.get(name) for rec in found]
-        return out
+        return out, found_by_view
 
     def _read_plan(self, features: Sequence[str] | None) -> list[tuple[str, list[str], list[str],
                                                                         int | None]]:

@@ -1,5 +1,6 @@
-"""Model CI/CD: validate data -> features -> train -> evaluate -> behavioural tests -> register
--> alias ``challenger`` -> (optional) promote to ``champion`` through the gates.
+"""Model CI/CD for one model of a project: validate data -> features -> train -> evaluate ->
+behavioural tests -> register -> alias ``challenger`` -> (optional) promote to ``champion``
+through the project's gates.
 
 Every stage records its status (``ok`` / ``failed`` / ``skipped``), wall seconds and a message
 in a :class:`PipelineReport`; the first failure stops the pipeline and marks the rest skipped.
@@ -14,8 +15,9 @@ views and the training set are reused too while their source data and definition
 
 Example:
     >>> from mlplatform.config import PlatformConfig
-    >>> report = ModelCIPipeline(PlatformConfig.load()).run("jobs/configs/ci_pipeline.yaml")  # doctest: +SKIP
-    >>> report.ok, report.version                                                          # doctest: +SKIP
+    >>> ci = CIConfig(project="examples/churn", model="xgboost", promote=True)  # doctest: +SKIP
+    >>> report = ModelCIPipeline(PlatformConfig.load()).run(ci)               # doctest: +SKIP
+    >>> report.ok, report.version                                               # doctest: +SKIP
     (True, '3')
 """
 
@@ -41,6 +43,7 @@ from mlplatform.pipelines.ci_config import (
     StageReport,
     _jsonable,
 )
+from mlplatform.project import Project
 from mlplatform.training import TrainConfig
 
 #: MLflow run tag holding the digest of a CI run's inputs (the key of idempotent re-runs).
@@ -68,6 +71,7 @@ class _State:
 
     ci: CIConfig
     name: str
+    project: Project
     gates: Any = None
     store: Any = None
     raw: Path | None = None
@@ -108,18 +112,23 @@ class ModelCIPipeline:
         Raises:
             ConfigError: The config, its gates or the model name are invalid (before any work).
         """
+        from mlplatform.pipelines import steps
         from mlplatform.registry import GateConfig, check_alias, check_model_name
 
         ci = config if isinstance(config, CIConfig) else CIConfig.from_yaml(config)
-        name = ci.registration.name or self.platform.model_name
+        project = steps.load(ci.project, self.platform)
+        name = ci.registration.name or steps.register_spec(project, ci.model)[0]
         try:
             check_model_name(name)
             check_alias(ci.registration.alias)
         except ValueError as exc:
             raise ConfigError(f"register: {exc}") from None
-        state = _State(ci, name)
-        if ci.promote:   # a bad gates file fails now, not after training
-            state.gates = GateConfig.load(ci.gates, source="gates of the CI pipeline config")
+        state = _State(ci, name, project)
+        # The training config and the gates fail now, not after the data and training.
+        state.train_config = steps.train_config(project, ci.model, **ci.train)
+        if ci.promote:
+            state.gates = (GateConfig.for_project(project) if ci.gates is None else
+                           GateConfig.load(ci.gates, source="gates of the CI pipeline config"))
         report = PipelineReport(name, [StageReport(s) for s in STAGES])
         t0 = time.perf_counter()
         steps = {"validate": self._validate, "features": self._features, "train": self._train,
@@ -169,30 +178,42 @@ class ModelCIPipeline:
 
     # ------------------------------------------------------------------------- stages -------
     def _validate(self, s: _State, stage: StageReport) -> str:
-        from mlplatform.features import FeatureStore, load_repo
+        from mlplatform.features import FeatureStore
         from mlplatform.features.offline import source_snapshot
         from mlplatform.features.validation import validate
-        from mlplatform.pipelines.spine import ensure_raw_data
+        from mlplatform.pipelines import steps
 
-        repo = load_repo(self.platform.feature_repo)
-        if s.ci.data.raw_path is not None:
-            raw = str(s.ci.data.raw_path.expanduser().resolve())
-            repo = repo.model_copy(update={"sources": [
-                src.model_copy(update={"path": raw}) if src.name == "transactions" else src
-                for src in repo.sources]})
+        project, data = s.project, s.ci.data
+        if data.raw_path is None:
+            steps.ensure_data(self.platform, project, data.generate_rows or None, data.seed,
+                              echo=self.echo)
+        if project.uses_feature_store:
+            repo = project.feature_repo
+            if data.raw_path is not None:
+                raw = str(data.raw_path.expanduser().resolve())
+                repo = repo.model_copy(update={"sources": [
+                    src.model_copy(update={"path": raw}) if src.name == project.data.events
+                    else src for src in repo.sources]})
+            s.store = FeatureStore(self.platform, repo=repo)
+            s.store.project = project
+            contract = s.store.contract_path(project.data.events)
+            s.raw = s.store.source_path(project.data.events)
+            where = f"the project's `{project.data.events}` source"
         else:
-            ensure_raw_data(self.platform, s.ci.data.generate_rows, s.ci.data.seed)
-        s.store = FeatureStore(self.platform, repo=repo)
-        contract = s.store.contract_path("transactions")
+            from mlplatform.features.training_set import table_path
+
+            contract = project.path(project.data.contract) if project.data.contract else None
+            s.raw = (data.raw_path.expanduser().resolve() if data.raw_path is not None
+                     else table_path(self.platform, project))
+            where = "the project's data.table"
         if contract is None:
-            raise StageFailed("the feature repo's `transactions` source declares no data "
-                              "contract; add `contract: <file>` to it so CI can check the data")
-        s.raw = s.store.source_path("transactions")
+            raise StageFailed(f"{where} declares no data contract; add `contract: <file>` to "
+                              "it (in the project file) so CI can check the data")
         s.snapshot = source_snapshot(s.raw)
         result = validate(s.raw, contract)
         stage.details["validation"] = result.to_dict()
         if not result.passed:
-            raise StageFailed(f"raw data {s.raw} breaks its contract ({contract}):\n"
+            raise StageFailed(f"data {s.raw} breaks its contract ({contract}):\n"
                               f"{result.summary()}\nFix the data, or the contract if the data "
                               "is right. Nothing was trained or registered.")
         return f"{s.raw}: {result.summary()}"
@@ -205,31 +226,35 @@ class ModelCIPipeline:
         )
         from mlplatform.training.data import training_data
 
-        views = [v.name for v in s.store.repo.feature_views]
+        views = [v.name for v in s.store.repo.feature_views] if s.store is not None else []
         stale = [v for v in views if not self._view_is_current(s, v)]
         if stale:
             s.store.build(stale, validate=False)      # validated by the previous stage
-        s.store.materialize_incremental()
-        cfg = s.ci.train
+        if s.store is not None:
+            s.store.materialize_incremental()
+        cfg = s.train_config
         if cfg.feature_views is not None:
             if cfg.feature_views.events is None:
                 cfg = cfg.model_copy(update={"feature_views": cfg.feature_views.model_copy(
                     update={"events": s.raw})})
-            path = training_data(cfg, self.platform)
+            path = training_data(cfg, self.platform, s.project)
             how = "joined from feature_views"
         else:
-            versions = s.store.feature_versions()
-            key = _digest({"versions": versions, "raw": s.snapshot["fingerprint"]})[:12]
+            versions = s.store.feature_versions() if s.store is not None else {}
+            key = _digest({"project": s.project.name, "versions": versions,
+                           "raw": s.snapshot["fingerprint"]})[:12]
             path = self.platform.path("training_sets", f"ci-{key}")
             how = "reused"
             if not (path / TRAINING_SET_MANIFEST).is_file():
-                build_training_set(s.store, out=path)
+                build_training_set(s.project, s.store, config=self.platform, out=path,
+                                   events=None if s.store is not None else str(s.raw))
                 how = "built"
         s.features_path = path
         s.feature_versions = read_training_set_manifest(path).get("feature_versions", {})
         s.train_config = cfg.model_copy(update={"features_path": path, "feature_views": None})
-        s.digest = _digest({"data": s.ci.data.model_dump(mode="json"),
-                            "train": s.ci.train.model_dump(mode="json"),
+        s.digest = _digest({"project": s.project.model_dump(mode="json"),
+                            "model": s.ci.model, "data": s.ci.data.model_dump(mode="json"),
+                            "train": cfg.model_dump(mode="json"),
                             "raw": s.snapshot["fingerprint"],
                             "feature_versions": s.feature_versions})
         stage.details.update(built=stale, reused=[v for v in views if v not in stale],
@@ -244,7 +269,8 @@ class ModelCIPipeline:
         from mlplatform.cluster.job_usage import TrainingMeter
         from mlplatform.training import train
 
-        experiment = s.train_config.experiment_name or self.platform.experiment_name
+        experiment = (s.train_config.experiment_name or self.platform.experiment_name
+                      or s.project.name)
         s.result = self._find_run(experiment, s.digest)
         stage.details["reused"] = s.result is not None
         metrics = ""
@@ -266,32 +292,33 @@ class ModelCIPipeline:
         return f"trained {cfg.model} as run {s.result.run_id}: {metrics}"
 
     def _evaluate(self, s: _State, stage: StageReport) -> str:
-        import pandas as pd
-        import pyarrow.parquet as pq
-
         from mlplatform import _mlflow
+        from mlplatform.training.data import holdout_rows
         from mlplatform.training.evaluation import evaluate
 
         client = _mlflow.client(self.platform)
-        cutoff = client.get_run(s.result.run_id).data.params.get("split_cutoff")
-        if not cutoff:
-            raise StageFailed(f"run {s.result.run_id} logged no split_cutoff param: no holdout "
-                              "to evaluate on")
-        ts = s.train_config.timestamp_column
-        s.holdout = pq.read_table(s.features_path, filters=[(ts, ">=", pd.Timestamp(cutoff))]
-                                  ).to_pandas()
+        params = dict(client.get_run(s.result.run_id).data.params)
+        try:
+            s.holdout = holdout_rows(s.features_path, params)
+        except MLPlatformError as exc:
+            raise StageFailed(f"run {s.result.run_id}: {exc}") from None
         if s.holdout.empty:
-            raise StageFailed(f"no rows of {s.features_path} at/after the split cutoff {cutoff}")
-        s.evaluation = evaluate(s.result.model_uri, s.holdout, platform=self.platform)
+            raise StageFailed(f"no holdout rows in {s.features_path} ({params.get('split')} "
+                              "split)")
+        s.evaluation = evaluate(s.result.model_uri, s.holdout, platform=self.platform,
+                                project=s.project)
         client.log_dict(s.result.run_id, _jsonable(s.evaluation), "ci/evaluation.json")
         o = s.evaluation["overall"]
-        stage.details.update(rows=s.evaluation["rows"], split_cutoff=cutoff,
-                             overall={k: o[k] for k in ("auc_pr", "auc_roc", "log_loss",
-                                                        "precision", "recall", "f1",
-                                                        "threshold") if k in o})
-        return (f"{s.evaluation['rows']:,} holdout rows (at/after {cutoff}): auc_pr "
-                f"{o['auc_pr']:.4f}, auc_roc {o['auc_roc']:.4f}, precision {o['precision']:.4f}, "
-                f"recall {o['recall']:.4f} at threshold {o['threshold']:.3f}")
+        shown = {"binary": ("auc_pr", "auc_roc", "log_loss", "precision", "recall", "f1",
+                            "threshold"),
+                 "multiclass": ("accuracy", "log_loss", "macro_f1"),
+                 "regression": ("rmse", "mae", "r2")}[s.evaluation["task"]]
+        stage.details.update(rows=s.evaluation["rows"],
+                             split={k: params.get(k) for k in ("split", "split_cutoff",
+                                                               "split_u_cutoff")},
+                             overall={k: o[k] for k in shown if k in o})
+        figures = ", ".join(f"{k} {o[k]:.4f}" for k in shown if o.get(k) is not None)
+        return f"{s.evaluation['rows']:,} holdout rows ({params.get('split')} split): {figures}"
 
     def _behavioural(self, s: _State, stage: StageReport) -> str:
         checks = s.evaluation["checks"]
@@ -310,7 +337,9 @@ class ModelCIPipeline:
         before = reg.find_version_for_run(s.name, s.result.run_id)
         o = s.evaluation["overall"]
         tags = {DIGEST_TAG: s.digest, "ci.holdout_rows": s.evaluation["rows"],
-                **{f"ci.holdout.{k}": f"{o[k]:.6f}" for k in ("auc_pr", "auc_roc", "recall")},
+                **{f"ci.holdout.{k}": f"{o[k]:.6f}" for k in ("auc_pr", "auc_roc", "recall",
+                                                               "accuracy", "log_loss", "rmse",
+                                                               "mae") if o.get(k) is not None},
                 **{f"metric.{k}": f"{v:.6f}" for k, v in s.result.metrics.items()},
                 **{f"feature_version.{k}": v for k, v in s.feature_versions.items()}}
         desc = s.ci.registration.description or (
@@ -344,7 +373,8 @@ class ModelCIPipeline:
         try:
             decision = ModelRegistry(self.platform).promote(
                 s.name, s.version.version, to="champion", gates=s.gates, holdout=s.holdout,
-                actor=s.ci.actor, reason=s.ci.reason or "model CI pipeline")
+                actor=s.ci.actor, reason=s.ci.reason or "model CI pipeline",
+                project=s.project)
         except PromotionRefused as exc:
             d = exc.decision
             raise StageFailed(

@@ -1,5 +1,6 @@
-"""The model CI pipeline's input and output: :class:`CIConfig` (one YAML file, e.g.
-``jobs/configs/ci_pipeline.yaml``) and :class:`PipelineReport` (a :class:`StageReport` per stage).
+"""The model CI pipeline's input and output: :class:`CIConfig` (a project and one of its models,
+with the run's choices: from ``jobs/ci_pipeline.py`` flags or a YAML file) and
+:class:`PipelineReport` (a :class:`StageReport` per stage).
 
 Both are re-exported by :mod:`mlplatform.pipelines.ci`, which runs the stages.
 """
@@ -15,11 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, model_validator
 
-from mlplatform.errors import ConfigError
-from mlplatform.training import TrainConfig
+from mlplatform.errors import ConfigError, config_error
 
 #: The stages, in order, with the label shown while each runs.
-STAGES = {"validate": "validate raw data against its contract",
+STAGES = {"validate": "validate the data against its contract",
           "features": "build feature views and the training set",
           "train": "train on Ray Train",
           "evaluate": "evaluate on the time-split holdout",
@@ -32,50 +32,54 @@ Status = Literal["ok", "failed", "skipped"]
 
 # ------------------------------------------------------------------------------- config -------
 class CIDataSection(BaseModel):
-    """The raw transactions the pipeline validates and builds features from."""
+    """The labelled data the pipeline validates and builds features from."""
 
     model_config = ConfigDict(extra="forbid")
     raw_path: Path | None = Field(
-        None, description="Parquet file or folder of raw transactions. Default: the feature "
-        "repo's `transactions` source (<storage_root>/raw/transactions).")
+        None, description="Parquet file or folder of labelled data instead of the project's "
+        "(its events source, or its table).")
     generate_rows: NonNegativeInt = Field(
-        0, description="Generate this many synthetic transactions when the default raw folder "
-        "is empty (0: never, the data must be there). Ignored with raw_path.")
-    seed: int = Field(0, description="Seed of generated data.")
+        0, description="Rows of example data written by the project's data.generate when its "
+        "data is missing (0: the project's number). Ignored with raw_path.")
+    seed: int | None = Field(None, description="Seed of the example data (default: the "
+                             "project's).")
 
 
 class CIRegisterSection(BaseModel):
     """Where the model goes in the registry."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(None, description="Registered model (default: the platform "
-                             "config's model_name).")
+    name: str | None = Field(None, description="Registered model (default: the model config's "
+                             "register.name, else the project's name).")
     description: str | None = Field(None, description="Version description (default: names "
                                     "the run and the input digest).")
     alias: str = Field("challenger", description="Alias set on the new version.")
 
 
 class CIConfig(BaseModel):
-    """One model CI run (``jobs/configs/ci_pipeline.yaml``)."""
+    """One model CI run: a project, one of its models, and the run's choices."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    project: Path | None = Field(None, description="The project folder (default: the platform "
+                                 "config's, $MLP_PROJECT, else ./mlplatform.yaml).")
+    model: str | None = Field(None, description="The project's model config (default: its "
+                              "first).")
     data: CIDataSection = Field(default_factory=CIDataSection)
-    train: TrainConfig = Field(default_factory=TrainConfig, description="What to train "
-                               "(mlplatform.training.TrainConfig); trains on the training set "
-                               "the pipeline builds, or on `feature_views`.")
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig keys that "
+                                  "override the model config's `train` (e.g. num_boost_round).")
     # `register` in the YAML (the name shadows pydantic's BaseModel.register in Python)
     registration: CIRegisterSection = Field(default_factory=CIRegisterSection, alias="register")
     promote: bool = Field(False, description="Promote the version to champion through the gates.")
     gates: dict[str, Any] | Path | None = Field(
         None, description="Promotion gates: an inline mapping (GateConfig keys) or a gates YAML "
-        "path (relative to the working directory). Default: jobs/configs/gates.yaml.")
+        "path. Default: the project's gates.")
     actor: str | None = Field(None, description="Who the audit trail names (default: "
                               "$MLP_ACTOR or user@host).")
     reason: str | None = Field(None, description="Why, for the audit trail.")
 
     @model_validator(mode="after")
     def _builds_its_own_data(self) -> CIConfig:
-        if self.train.features_path is not None:
+        if "features_path" in self.train:
             raise ValueError("train.features_path: the CI pipeline trains on the training set "
                              "it builds from the validated data; remove features_path (or use "
                              "train.feature_views)")
@@ -83,7 +87,8 @@ class CIConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> CIConfig:
-        """Load a CI config file; errors name the file and every bad key.
+        """Load a CI config file; errors name the file and every bad key (a relative
+        ``project`` is relative to the file's folder).
 
         Raises:
             ConfigError: The file is missing, not YAML, or a key is unknown or invalid.
@@ -93,14 +98,14 @@ class CIConfig(BaseModel):
             raise ConfigError(f"CI pipeline config {path} does not exist")
         try:
             data = yaml.safe_load(path.read_text()) or {}
+            if isinstance(data, dict) and data.get("project") and \
+                    not Path(data["project"]).is_absolute():
+                data["project"] = str(path.resolve().parent / data["project"])
             return cls(**data)
         except yaml.YAMLError as exc:
             raise ConfigError(f"CI pipeline config {path} is not valid YAML: {exc}") from None
         except ValidationError as exc:
-            details = "; ".join(f"'{'.'.join(map(str, e['loc'])) or '<root>'}': {e['msg']}"
-                                for e in exc.errors())
-            raise ConfigError(f"invalid CI pipeline config {path}: {details}. Top-level keys: "
-                              "data, train, register, promote, gates, actor, reason.") from None
+            raise config_error(f"CI pipeline config {path}", exc, cls) from None
         except TypeError as exc:
             raise ConfigError(f"invalid CI pipeline config {path}: must be a mapping of keys "
                               f"to values ({exc})") from None

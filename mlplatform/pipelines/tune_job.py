@@ -1,10 +1,9 @@
-"""The sweep job: what ``jobs/tune.py`` and ``mlp tune`` run, from one YAML file.
+"""The sweep job: what ``jobs/tune.py`` and ``mlp tune`` run, for one model of a project.
 
-    data:   generate synthetic transactions if <storage_root>/raw is empty
-    train:  the base mlplatform.training.TrainConfig every trial starts from
-    tune:   the arguments of mlplatform.training.sweep
+The model's ``train`` section is the base every trial starts from; its ``tune`` section holds
+the arguments of :func:`mlplatform.training.sweep` (:class:`TuneSection`).
 
-Steps: raw data (if missing) -> contract gate -> feature store -> training set -> Ray Tune
+Steps: example data (if missing) -> contract gate -> feature store -> training set -> Ray Tune
 sweep (one MLflow child run per trial) -> the best trial's model logged; the parent run gets
 the sweep's cost (:mod:`mlplatform.cluster.cost`).
 """
@@ -13,15 +12,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, confloat
 
 from mlplatform.config import PlatformConfig
-from mlplatform.errors import ConfigError
-from mlplatform.pipelines.train_job import DataSection
+from mlplatform.errors import ProjectError, config_error
+from mlplatform.pipelines import steps
+from mlplatform.project import Project
 from mlplatform.training import TrainConfig
 
 
@@ -41,60 +39,65 @@ class TuneSection(BaseModel):
     reduction_factor: confloat(gt=1) = 3
     seed: int | None = 0
 
-
-class TuneJobConfig(BaseModel):
-    """A sweep job file (jobs/configs/fraud_tune.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
-    data: DataSection = Field(default_factory=DataSection)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    tune: TuneSection
-
     @classmethod
-    def from_yaml(cls, path: str | Path) -> TuneJobConfig:
-        """Load and check a job file (search space included) before any data or MLflow work."""
-        from mlplatform.training.tuning import check_sweep
-
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"job config {path} does not exist")
+    def load(cls, data: dict, where: str, prefix: str = "") -> TuneSection:
+        """Validate a mapping; errors name ``where`` and every bad key (under ``prefix``)."""
         try:
-            job = cls(**(yaml.safe_load(path.read_text()) or {}))
-        except (ValidationError, yaml.YAMLError) as exc:
-            details = "; ".join(f"'{'.'.join(map(str, e['loc']))}': {e['msg']}"
-                                for e in exc.errors()) if isinstance(exc, ValidationError) else exc
-            raise ConfigError(f"invalid job config {path}: {details}") from None
-        try:
-            check_sweep(job.train, **job.tune.model_dump(exclude={"seed"}))
-        except ConfigError as exc:
-            raise ConfigError(f"invalid job config {path}: {exc}") from None
-        return job
+            return cls(**data)
+        except ValidationError as exc:
+            raise config_error(where, exc, cls, prefix, cls=ProjectError) from None
 
 
-def run_tune_job(job: TuneJobConfig, platform: PlatformConfig,
+def check_tune(config: TrainConfig, tune: TuneSection) -> None:
+    """Check a sweep (search space, metric, scheduler) against its base config, before any data
+    or MLflow work.
+
+    Raises:
+        ConfigError: Naming what is wrong.
+    """
+    from mlplatform.training.tuning import check_sweep
+
+    check_sweep(config, **tune.model_dump(exclude={"seed"}))
+
+
+def tune_section(project: Project, model: str | None = None) -> TuneSection:
+    """The ``tune`` section of the project's model ``model``.
+
+    Raises:
+        ProjectError: The model has none, or it is invalid.
+    """
+    name = model or project.default_model
+    spec = project.model(name)
+    if spec.tune is None:
+        raise ProjectError(f"project file {project.file}: models.{name} has no `tune` section "
+                           "to sweep with; add one (search_space, num_samples, metric, mode)")
+    return TuneSection.load(spec.tune, f"project file {project.file}",
+                            prefix=f"models.{name}.tune.")
+
+
+def run_tune_job(project: Project, platform: PlatformConfig, model: str | None = None,
                  echo: Callable[[str], object] = print):
-    """Run the sweep on the connected Ray cluster; returns the trials DataFrame (best first,
-    ``df.attrs``: parent_run_id, best_trial_id, best_run_id, best_model_uri)."""
+    """Sweep the project's model ``model`` on the connected Ray cluster; returns the trials
+    DataFrame (best first, ``df.attrs``: parent_run_id, best_trial_id, best_run_id,
+    best_model_uri)."""
     from mlplatform.cluster.cost import record_cost, trials_usage
-    from mlplatform.pipelines.spine import build_spine_features, ensure_raw_data
     from mlplatform.training.tuning import sweep
 
-    cfg = job.train
+    cfg = steps.train_config(project, model)
+    tune = tune_section(project, model)
     if cfg.features_path is None:   # feature_views or the default set: views must be built
-        ensure_raw_data(platform, job.data.generate_rows, job.data.seed)
-        tset = build_spine_features(platform)   # gates the raw data with its contract first
-        echo(f"training set: {tset.num_rows:,} rows at {tset.path} "
-             f"(feature versions {tset.feature_versions})")
+        steps.ensure_data(platform, project, echo=echo)
+        tset = steps.build_features(platform, project)  # gates the data with its contract first
+        echo(f"training set: {tset.num_rows:,} rows at {tset.path}")
         if cfg.feature_views is None:
             cfg = cfg.model_copy(update={"features_path": tset.path})
     t0 = time.monotonic()
-    df = sweep(cfg, platform=platform, seed=job.tune.seed,
-               **job.tune.model_dump(exclude={"seed"}))
+    df = sweep(cfg, platform=platform, seed=tune.seed, **tune.model_dump(exclude={"seed"}))
     s = cfg.scaling
     record_cost(platform, df.attrs["parent_run_id"],
                 trials_usage(s.resources_per_worker, s.use_gpu, df["time_s"],
                              time.monotonic() - t0),
-                job="tune", model=platform.model_name, echo=echo)
+                job="tune", model=steps.register_spec(project, model)[0], echo=echo)
     return df
 
 

@@ -28,19 +28,24 @@ RECALL_RATIO = 0.5
 #: Features listed in the SHAP section.
 TOP_FEATURES = 10
 _SHAP_JSON = "explain/shap_importance.json"
-_OVERALL = ("rows", "positives", "auc_pr", "auc_roc", "log_loss", "brier", "precision",
-            "recall", "f1", "flagged_share")
-_SLICE_COLS = ("rows", "positives", "auc_pr", "auc_roc", "precision", "recall", "flagged_share")
+_OVERALL = {
+    "binary": ("rows", "positives", "auc_pr", "auc_roc", "log_loss", "brier", "precision",
+               "recall", "f1", "flagged_share"),
+    "multiclass": ("rows", "accuracy", "log_loss", "brier", "macro_f1", "weighted_f1"),
+    "regression": ("rows", "rmse", "mae", "r2", "mape", "median_absolute_error", "mean_error"),
+}
+_SLICE_COLS = {
+    "binary": ("rows", "positives", "auc_pr", "auc_roc", "precision", "recall",
+               "flagged_share"),
+    "multiclass": ("rows", "accuracy", "log_loss", "macro_f1"),
+    "regression": ("rows", "rmse", "mae", "r2", "mean_error"),
+}
+_VAL_METRICS = ("val_auc_pr", "val_auc_roc", "val_logloss", "val_accuracy", "val_error",
+                "val_rmse", "val_mae")
 _SOURCES = {"run": "from the training run", "given": "given by the caller",
             "max_f1": "at maximal F1 on this data"}
-_SPLIT_PARAMS = ("split_cutoff", "split_min", "split_max", "train_rows", "validation_rows")
-_LIMITATIONS = """\
-- Trained and validated on **synthetic** transactions from `mlplatform.datasets`: the fraud
-  patterns are the generator's, not a bank's. Re-validate on real labelled traffic first.
-- Validation is a **time split** (train before `split_cutoff`, validate after): it measures
-  how the model does on the next period, not under later drift. Monitor drift in production.
-- Labels are assumed complete at training time; real chargebacks arrive weeks late.
-- Metrics at the decision threshold depend on the fraud base rate of the evaluation data."""
+_SPLIT_PARAMS = ("split", "split_cutoff", "split_u_cutoff", "split_min", "split_max",
+                 "train_rows", "validation_rows")
 
 
 def _check_name(name: str) -> None:
@@ -119,8 +124,8 @@ def generate_model_card(name: str, version: str | int, config: PlatformConfig | 
         ModelNotFound: The version does not exist.
 
     Example:
-        >>> generate_model_card("fraud", 1, dataset="training_sets/fraud")  # doctest: +SKIP
-        PosixPath('.mlplatform/model_cards/fraud/v1/model_card.md')
+        >>> generate_model_card("churn", 1, dataset="training_sets/churn")  # doctest: +SKIP
+        PosixPath('.mlplatform/model_cards/churn/v1/model_card.md')
     """
     from mlplatform import _mlflow
 
@@ -151,9 +156,13 @@ def generate_model_card(name: str, version: str | int, config: PlatformConfig | 
 
 def _render(config: PlatformConfig, client, mv, run) -> str:
     """The card's Markdown."""
+    from mlplatform.training.evaluation import run_project
+
     metrics = run.data.metrics if run else {}
     params = run.data.params if run else {}
     run_tags = run.data.tags if run else {}
+    project = run_project(config, mv.run_id)
+    task = run_tags.get("mlplatform.task") or (project.task.type if project else "binary")
     raw = client.get_model_version(mv.name, mv.version)
     model_desc = client.get_registered_model(mv.name).description
     threshold = metrics.get("eval_threshold")
@@ -166,13 +175,9 @@ def _render(config: PlatformConfig, client, mv, run) -> str:
     for label, desc in (("Model", model_desc), ("This version", raw.description)):
         if desc:
             out += [f"**{label}:** {_text(desc)}", ""]
-    chosen = (f"(**{_fmt(threshold)}**, chosen on the validation split of the training run)"
-              if threshold is not None else "(none recorded by the training run: set one)")
-    out += ["Scores card transactions for fraud in real time: the score is the model's "
-            "probability that a transaction is fraudulent, and a transaction is flagged for "
-            f"review when the score is at or above the decision threshold {chosen}.", "",
-            "Out of scope: automatic declines without human review, credit or identity "
-            "decisions, other payment types or markets, and any data unlike the training data.",
+    out += [_intended_use(project, task, threshold), "",
+            "Out of scope: decisions without human review where a wrong answer harms someone, "
+            "and any data unlike the training data (other populations, periods or markets).",
             "", "## Training data and feature versions", ""]
     out += _table(["item", "value"], [
         ["training set", run_tags.get("features_path")],
@@ -184,7 +189,7 @@ def _render(config: PlatformConfig, client, mv, run) -> str:
                   [[v, mv.tags.get(f"feature_version.{v}"), run_tags.get(f"feature_version.{v}")]
                    for v in views]) if views else ["None recorded."]
     out += ["", "## Metrics", "", "Training run, validation split:", ""]
-    keys = [k for k in ("val_auc_pr", "val_auc_roc", "val_logloss") if k in metrics]
+    keys = [k for k in _VAL_METRICS if k in metrics]
     out += _table(["metric", "value"], [[k, _fmt(metrics[k])] for k in
                                         keys + sorted(k for k in metrics if k.startswith("eval_"))])
     out += ["", *_evaluation(report), "", "## Top features (SHAP)", ""]
@@ -197,7 +202,8 @@ def _render(config: PlatformConfig, client, mv, run) -> str:
                       [[i, f, _fmt(v)] for i, (f, v) in enumerate(top, 1)])
     else:
         out += ["No SHAP importance was logged by the training run."]
-    out += ["", "## Limitations", "", _LIMITATIONS, *_flagged(report), "", "## Lineage", ""]
+    out += ["", "## Limitations", "", _limitations(project, task, params), *_flagged(report),
+            "", "## Lineage", ""]
     out += _table(["item", "value"], [
         ["run id", mv.run_id or "none"],
         ["experiment", client.get_experiment(run.info.experiment_id).name if run else None],
@@ -208,20 +214,67 @@ def _render(config: PlatformConfig, client, mv, run) -> str:
     return "\n".join(out) + "\n"
 
 
+def _intended_use(project, task: str, threshold) -> str:
+    """What the model answers, from its project's task."""
+    what = (f"the project **{_text(project.name)}**"
+            + (f" ({_text(project.description)})" if project.description else "")
+            if project else "its project")
+    label = f"`{_text(project.task.label)}`" if project else "the label"
+    if task == "multiclass":
+        classes = ", ".join(f"`{_text(c)}`" for c in (project.task.classes or [])) \
+            if project else "its classes"
+        return (f"Answers requests of {what} with the probability of each value of {label} "
+                f"({classes}) and the most likely one.")
+    if task == "regression":
+        return (f"Answers requests of {what} with a prediction of {label}, in its units.")
+    chosen = (f"(**{_fmt(threshold)}**, chosen on the validation split of the training run)"
+              if threshold is not None else "(none recorded by the training run: set one)")
+    words = project.task.decision_labels if project else ["negative", "positive"]
+    return (f"Answers requests of {what}: the score is the model's probability that {label} "
+            f"is the positive class, and the decision is `{_text(words[1])}` when the score is "
+            f"at or above the decision threshold {chosen}, else `{_text(words[0])}`.")
+
+
+def _limitations(project, task: str, params: dict) -> str:
+    """What the card's reader must keep in mind, from the project and the run's split."""
+    lines = []
+    generate = project.data.generate if project else None
+    if generate is not None:
+        lines.append(f"- The project's data comes from a **generator** (`{_text(generate.function)}`"
+                     "): its patterns are the generator's. Re-validate on real labelled data.")
+    if params.get("split", "time") == "time":
+        lines.append("- Validation is a **time split** (train before `split_cutoff`, validate "
+                     "after): it measures how the model does on the next period, not under "
+                     "later drift. Monitor drift in production.")
+    else:
+        lines.append("- Validation is a **random split** of the rows: it says nothing of how "
+                     "the model does on later data. Monitor drift in production.")
+    lines.append("- Labels are assumed complete at training time; late labels change the "
+                 "picture.")
+    if task == "binary":
+        lines.append("- Metrics at the decision threshold depend on the base rate of the "
+                     "evaluation data.")
+    return "\n".join(lines)
+
+
 def _evaluation(report: dict | None) -> list[str]:
     """Holdout metrics, slices and behavioural checks of a stored evaluation report."""
     if not report:
         return ["**Holdout evaluation:** not evaluated on a holdout yet: run `mlp evaluate` or "
                 "promote through the gates."]
     overall = report.get("overall", {})
-    out = [f"Holdout evaluation ({report.get('rows')} rows, threshold "
-           f"{_fmt(report.get('threshold'))} "
-           f"{_SOURCES.get(report.get('threshold_source'), 'source unknown')}):", ""]
-    out += _table(["metric", "value"], [[k, _fmt(overall.get(k))] for k in _OVERALL])
+    task = report.get("task", "binary")
+    head = f"Holdout evaluation ({report.get('rows')} rows"
+    if task == "binary":
+        head += (f", threshold {_fmt(report.get('threshold'))} "
+                 f"{_SOURCES.get(report.get('threshold_source'), 'source unknown')}")
+    out = [head + "):", ""]
+    out += _table(["metric", "value"], [[k, _fmt(overall.get(k))] for k in _OVERALL[task]])
+    cols = _SLICE_COLS[task]
     for column, slices in report.get("slices", {}).items():
         out += ["", f"### By {_text(column)}", ""]
-        out += _table([column, *_SLICE_COLS],
-                      [[value, *(_fmt(m.get(k)) for k in _SLICE_COLS)]
+        out += _table([column, *cols],
+                      [[value, *(_fmt(m.get(k)) for k in cols)]
                        for value, m in slices.items()])
     checks = report.get("checks", {})
     out += ["", "### Behavioural tests", ""]
@@ -242,7 +295,8 @@ def _flagged(report: dict | None) -> list[str]:
             where = f"- {_text(column)} = {_text(value)}"
             if m["rows"] < MIN_SLICE_ROWS:
                 lines.append(f"{where}: only {m['rows']} holdout rows; its metrics are noise.")
-            elif m.get("positives") and m["recall"] < RECALL_RATIO * recall:
+            elif m.get("positives") and m.get("recall") is not None \
+                    and m["recall"] < RECALL_RATIO * recall:
                 lines.append(f"{where}: recall {_fmt(m['recall'])} vs {_fmt(recall)} overall.")
     if not lines:
         return ["- No slice of the holdout evaluation was flagged."]

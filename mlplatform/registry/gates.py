@@ -1,9 +1,11 @@
 """Promotion gates: what a model version must pass before an alias (``champion``) moves to it.
 
-Configured in YAML (``jobs/configs/gates.yaml``) or inline; every gate reports its numbers so a
-refusal says exactly what failed by how much. The gates that score data (champion comparison,
-behavioural checks, data validation, fairness) all use one holdout, and the champion is scored
-on the same rows as the challenger.
+A project's ``gates`` (inline in ``mlplatform.yaml`` or a YAML file beside it); every gate
+reports its numbers so a refusal says exactly what failed by how much. The gates that score
+data (champion comparison, behavioural checks, data validation, fairness) all use one holdout,
+and the champion is scored on the same rows as the challenger. Each metric knows which way is
+better (AUC-PR up, RMSE and log loss down: ``mlplatform.training.metrics_tasks``), so the same
+gates work for binary, multiclass and regression models.
 """
 
 from __future__ import annotations
@@ -14,21 +16,36 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    ValidationError,
+    model_validator,
+)
 
-from mlplatform.errors import ConfigError
+from mlplatform.errors import ConfigError, config_error
 
-DEFAULT_GATES_FILE = Path("jobs/configs/gates.yaml")
-DEFAULT_CONTRACT = Path("jobs/configs/contracts/evaluation_set.yaml")
+
+def _better(metric: str) -> bool:
+    from mlplatform.training.metrics_tasks import higher_is_better
+
+    return higher_is_better(metric)
 
 
 class ChampionGate(BaseModel):
     """No worse than the current champion, on the same holdout, by more than ``tolerance``."""
 
     model_config = ConfigDict(extra="forbid")
-    metric: str = Field(default="auc_pr", description="Holdout metric (higher is better) of "
-                        "evaluate()['overall']: auc_pr, auc_roc, recall, precision, f1.")
-    tolerance: NonNegativeFloat = Field(default=0.01, description="Allowed absolute drop.")
+    metric: str = Field(default="auc_pr", description="Holdout metric of evaluate()['overall']"
+                        ": auc_pr, recall, f1 (binary), accuracy, log_loss, macro_f1 "
+                        "(multiclass), rmse, mae, r2 (regression). Its direction (higher or "
+                        "lower is better) is known.")
+    tolerance: NonNegativeFloat = Field(default=0.01, description="Allowed absolute "
+                                        "worsening (a drop, or a rise of a lower-is-better "
+                                        "metric).")
 
 
 class ApprovalGate(BaseModel):
@@ -45,8 +62,9 @@ class FairnessGate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     metric: str = Field(default="recall", description="Slice metric: recall, precision, "
-                        "auc_pr, auc_roc, f1, flagged_share.")
-    slice: str = Field(default="country", description="country or merchant_category.")
+                        "auc_pr, auc_roc, f1, flagged_share (binary), accuracy, macro_f1 "
+                        "(multiclass), rmse, mae (regression).")
+    slice: str = Field(description="A request field of the project's evaluation.slices.")
     max_gap: NonNegativeFloat = Field(description="Largest allowed max - min across slices.")
     min_rows: NonNegativeInt = Field(default=100, description="Ignore smaller slices.")
     min_positives: NonNegativeInt = Field(default=5, description="Ignore slices with fewer "
@@ -58,48 +76,88 @@ class GateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     min_metrics: dict[str, float] = Field(
-        default_factory=dict, description="Metric -> minimum: holdout metrics (auc_pr, "
-        "recall, ...) or the training run's metrics (val_auc_pr, ...).")
+        default_factory=dict, description="Metric -> minimum, for higher-is-better metrics: "
+        "holdout metrics (auc_pr, recall, accuracy, r2, ...) or the training run's (val_*).")
+    max_metrics: dict[str, float] = Field(
+        default_factory=dict, description="Metric -> maximum, for lower-is-better metrics: "
+        "holdout metrics (rmse, mae, log_loss, ...) or the training run's (val_rmse, ...).")
     champion: ChampionGate | None = Field(default=None, description="Compare with the champion.")
     behavioural: bool = Field(default=False, description="Invariance and directional checks "
                               "pass on the holdout.")
     data_validation: bool = Field(default=False, description="The holdout passes `contract`.")
-    contract: Path = Field(default=DEFAULT_CONTRACT, description="Data contract of the holdout.")
+    contract: Path | None = Field(default=None, description="Data contract of the holdout "
+                                  "(default: the project's evaluation.contract).")
     signature: bool = Field(default=True, description="Same required inputs as the champion.")
     approvals: ApprovalGate = Field(default_factory=ApprovalGate)
     fairness: list[FairnessGate] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _directions(self) -> GateConfig:
+        for key, wanted in (("min_metrics", True), ("max_metrics", False)):
+            for metric in getattr(self, key):
+                try:
+                    better = _better(metric)
+                except ValueError:
+                    continue        # an unknown metric is reported by its gate, with its value
+                if better != wanted:
+                    other = "max_metrics" if wanted else "min_metrics"
+                    raise ValueError(f"{key}.{metric}: {metric} is "
+                                     f"{'lower' if wanted else 'higher'}-is-better; bound it "
+                                     f"under {other}")
+        if self.champion is not None:
+            try:
+                _better(self.champion.metric)
+            except ValueError as exc:
+                raise ValueError(f"champion.metric: {exc}") from None
+        return self
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> GateConfig:
-        """Load a gates file; errors name the file and every bad key."""
+        """Load a gates file (its relative ``contract`` is next to it); errors name the file
+        and every bad key."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"gates file {path} does not exist")
         data = yaml.safe_load(path.read_text()) or {}
-        return cls.load(data.get("gates", data), source=str(path))
+        gates = dict(data.get("gates", data))
+        if gates.get("contract") and not Path(gates["contract"]).is_absolute():
+            gates["contract"] = str(path.resolve().parent / gates["contract"])
+        return cls.load(gates, source=f"gates file {path}")
 
     @classmethod
     def load(cls, gates: GateConfig | Mapping | str | Path | None, source: str = "gates"
              ) -> GateConfig:
-        """A GateConfig from itself, a mapping, a YAML path, or None (the default file if it
-        exists, else only the signature gate)."""
+        """A GateConfig from itself, a mapping, a YAML path, or None (only the signature gate)."""
         if isinstance(gates, GateConfig):
             return gates
         if isinstance(gates, (str, Path)):
             return cls.from_yaml(gates)
         if gates is None:
-            return cls.from_yaml(DEFAULT_GATES_FILE) if DEFAULT_GATES_FILE.is_file() else cls()
+            return cls()
         try:
             return cls(**gates)
         except ValidationError as exc:
-            details = "; ".join(f"'{'.'.join(map(str, e['loc']))}': {e['msg']}"
-                                for e in exc.errors())
-            raise ConfigError(f"invalid {source}: {details}. Allowed keys: "
-                              f"{', '.join(cls.model_fields)}.") from None
+            raise config_error(source, exc, cls) from None
+
+    @classmethod
+    def for_project(cls, project) -> GateConfig:
+        """The project's gates (inline, or its gates file relative to the project folder),
+        with its evaluation contract unless the gates name another; only the signature gate
+        when the project declares none."""
+        gates = project.gates
+        if isinstance(gates, str):
+            config = cls.from_yaml(project.path(gates))
+        else:
+            config = cls.load(gates, source=f"gates of project file {project.file}")
+        if config.contract is None and project.evaluation.contract:
+            config = config.model_copy(update={
+                "contract": project.path(project.evaluation.contract)})
+        return config
 
     def needs_holdout(self) -> bool:
         return bool(self.champion or self.behavioural or self.data_validation or self.fairness
-                    or any(not k.startswith("val_") for k in self.min_metrics))
+                    or any(not k.startswith("val_") for k in [*self.min_metrics,
+                                                              *self.max_metrics]))
 
 
 @dataclass
@@ -134,7 +192,9 @@ def evaluate_gates(gates: GateConfig, x: GateInputs) -> list[GateResult]:
     """Run every configured gate; returns one result per gate (passing ones too)."""
     checks: list[Callable[[], GateResult]] = []
     for metric, minimum in gates.min_metrics.items():
-        checks.append(lambda m=metric, lo=minimum: _min_metric(x, m, lo))
+        checks.append(lambda m=metric, lo=minimum: _bound(x, m, lo, "min"))
+    for metric, maximum in gates.max_metrics.items():
+        checks.append(lambda m=metric, hi=maximum: _bound(x, m, hi, "max"))
     if gates.champion is not None:
         checks.append(lambda: _champion(x, gates.champion))
     if gates.behavioural:
@@ -150,20 +210,21 @@ def evaluate_gates(gates: GateConfig, x: GateInputs) -> list[GateResult]:
     return [check() for check in checks]
 
 
-def _min_metric(x: GateInputs, metric: str, minimum: float) -> GateResult:
+def _bound(x: GateInputs, metric: str, bound: float, kind: str) -> GateResult:
     overall = (x.report or {}).get("overall", {})
     value = overall.get(metric, x.run_metrics.get(metric))
     where = "holdout" if metric in overall else "training run"
+    name = f"{kind}_metric:{metric}"
     if value is None:
         known = sorted({*(k for k, v in overall.items() if isinstance(v, (int, float))),
                         *x.run_metrics})
-        return GateResult(f"min_metric:{metric}", False,
-                          f"metric {metric!r} is not known; known: {known}",
-                          {"metric": metric, "minimum": minimum})
-    ok = value >= minimum
-    return GateResult(f"min_metric:{metric}", ok,
-                      f"{metric} = {value:.4f} on the {where} {'>=' if ok else '<'} "
-                      f"minimum {minimum:.4f}", {"value": value, "minimum": minimum})
+        return GateResult(name, False, f"metric {metric!r} is not known; known: {known}",
+                          {"metric": metric, "minimum" if kind == "min" else "maximum": bound})
+    ok = value >= bound if kind == "min" else value <= bound
+    sign = (">=" if ok else "<") if kind == "min" else ("<=" if ok else ">")
+    return GateResult(name, ok, f"{metric} = {value:.4f} on the {where} {sign} "
+                      f"{'minimum' if kind == 'min' else 'maximum'} {bound:.4f}",
+                      {"value": value, "minimum" if kind == "min" else "maximum": bound})
 
 
 def _champion(x: GateInputs, spec: ChampionGate) -> GateResult:
@@ -174,15 +235,17 @@ def _champion(x: GateInputs, spec: ChampionGate) -> GateResult:
     old = (x.champion_report or {}).get("overall", {}).get(spec.metric)
     if new is None or old is None:
         return GateResult(name, False, f"{spec.metric} is missing from the holdout evaluation")
-    drop = old - new
+    higher = _better(spec.metric)
+    drop = (old - new) if higher else (new - old)   # how much worse the candidate is
     ok = drop <= spec.tolerance
     return GateResult(
         name, ok, f"candidate {spec.metric} {new:.4f} vs champion v{x.champion_version} "
-        f"{old:.4f} on the same {x.report['rows']} holdout rows: "
-        f"{'drop' if drop > 0 else 'gain'} {abs(drop):.4f} "
+        f"{old:.4f} on the same {x.report['rows']} holdout rows "
+        f"({'higher' if higher else 'lower'} is better): "
+        f"{'worse by' if drop > 0 else 'better by'} {abs(drop):.4f} "
         f"({'within' if ok else 'beyond'} tolerance {spec.tolerance:.4f})",
         {"candidate": new, "champion": old, "champion_version": x.champion_version,
-         "drop": drop, "tolerance": spec.tolerance})
+         "drop": drop, "tolerance": spec.tolerance, "higher_is_better": higher})
 
 
 def _behavioural(x: GateInputs) -> GateResult:
@@ -204,6 +267,9 @@ def _brief(check: Mapping[str, Any]) -> str:
 
 def _data_validation(x: GateInputs) -> GateResult:
     report = x.holdout_validation
+    if report == "no contract":
+        return GateResult("data_validation", False, "no contract to validate the holdout with: "
+                          "set the project's evaluation.contract (or the gates' contract)")
     if report is None:
         return GateResult("data_validation", False, "the holdout was not validated")
     if report.passed:

@@ -64,20 +64,23 @@ class AliasMove:
 
 
 def promote(reg: ModelRegistry, name: str, version: str, to: str = "champion", gates: Any = None,
-            holdout: Any = None, actor: str | None = None, reason: str | None = None
-            ) -> PromotionDecision:
+            holdout: Any = None, actor: str | None = None, reason: str | None = None,
+            project: Any = None) -> PromotionDecision:
     """Evaluate the gates for ``name`` v``version`` and only then move alias ``to`` to it.
 
     Args:
         reg: The registry.
         name, version: The candidate.
         to: The alias to move (``champion`` by default).
-        gates: :class:`GateConfig`, a mapping, a YAML path, or None (``jobs/configs/gates.yaml``
-            if present, else the signature gate only).
+        gates: :class:`GateConfig`, a mapping, a YAML path, or None: the project's gates
+            (else the signature gate only).
         holdout: Labelled rows in the training-set layout (DataFrame or Parquet path) that the
             candidate and the champion are both scored on. Default: the candidate run's
             time-split validation rows.
         actor, reason: For the history and the audit trail.
+        project: The candidate's :class:`~mlplatform.project.Project` (its gates, evaluation
+            contract, slices and behavioural checks). Default: the project its training run
+            names.
 
     Returns:
         The accepted decision (the alias points at the candidate).
@@ -88,7 +91,21 @@ def promote(reg: ModelRegistry, name: str, version: str, to: str = "champion", g
     """
     check_alias(to)
     mv = reg.resolve(f"{name}/{version}")
-    config = GateConfig.load(gates)
+    if project is None:
+        from mlplatform.training.evaluation import run_project
+
+        project = run_project(reg.config, mv.run_id)
+    elif not hasattr(project, "task"):
+        from mlplatform.project import load_project
+
+        project = load_project(project)
+    if gates is None and project is not None:
+        config = GateConfig.for_project(project)
+    else:
+        config = GateConfig.load(gates)
+        if config.contract is None and project is not None and project.evaluation.contract:
+            config = config.model_copy(update={
+                "contract": project.path(project.evaluation.contract)})
     with reg.audit.locked():
         current = reg.alias_holder(name, to)
         if current == mv.version:    # nothing to move, but the attempt is history too
@@ -98,7 +115,7 @@ def promote(reg: ModelRegistry, name: str, version: str, to: str = "champion", g
             return PromotionDecision(name, mv.version, to, current, True, [GateResult(
                 "already", True, f"@{to} already points at v{current}")], event["actor"], reason)
         try:
-            inputs, report = _gate_inputs(reg, mv, current, config, holdout, to)
+            inputs, report = _gate_inputs(reg, mv, current, config, holdout, to, project)
         except Exception as exc:
             reg._record("promote", name, mv.version, alias=to, actor=actor, reason=reason,
                         outcome="failed", details={"from_version": current,
@@ -128,7 +145,7 @@ def promote(reg: ModelRegistry, name: str, version: str, to: str = "champion", g
 
 
 def _gate_inputs(reg: ModelRegistry, mv, champion: str | None, config: GateConfig, holdout,
-                 alias: str) -> tuple[GateInputs, dict | None]:
+                 alias: str, project: Any = None) -> tuple[GateInputs, dict | None]:
     run_metrics = reg._client.get_run(mv.run_id).data.metrics if mv.run_id else {}
     x = GateInputs(run_metrics=dict(run_metrics), champion_version=champion, alias=alias,
                    approvers=reg.approvals(mv.name, mv.version))
@@ -140,15 +157,17 @@ def _gate_inputs(reg: ModelRegistry, mv, champion: str | None, config: GateConfi
         from mlplatform.training.evaluation import evaluate
 
         frame = default_holdout(reg, mv) if holdout is None else holdout
-        report = evaluate(mv.uri, frame, platform=reg.config, checks=config.behavioural)
+        report = evaluate(mv.uri, frame, platform=reg.config, project=project,
+                          checks=config.behavioural)
         x.report = report
         if config.champion is not None and champion is not None:
             x.champion_report = evaluate(f"models:/{mv.name}/{champion}", frame,
-                                         platform=reg.config, checks=False)
+                                         platform=reg.config, project=project, checks=False)
         if config.data_validation:
             from mlplatform.features.validation import validate
 
-            x.holdout_validation = validate(frame, config.contract)
+            x.holdout_validation = (validate(frame, config.contract) if config.contract
+                                    else "no contract")
     return x, report
 
 
@@ -162,24 +181,22 @@ def _required_inputs(uri: str) -> list[str] | None:
 
 
 def default_holdout(reg: ModelRegistry, mv):
-    """The candidate run's time-split validation rows (``features_path`` tag, ``split_cutoff``
-    param) as a DataFrame.
+    """The candidate run's validation rows (its ``features_path`` tag and split params) as a
+    DataFrame.
 
     Raises:
         DataValidationError: The run does not say where its data is; pass ``holdout``.
     """
-    import pandas as pd
-    import pyarrow.parquet as pq
+    from mlplatform.training.data import holdout_rows
 
     run = reg._client.get_run(mv.run_id) if mv.run_id else None
     path = run.data.tags.get("features_path") if run else None
-    cutoff = run.data.params.get("split_cutoff") if run else None
-    if not path or not cutoff:
+    params = dict(run.data.params) if run else {}
+    if not path or not (params.get("split_cutoff") or params.get("split_u_cutoff")):
         raise DataValidationError(
-            f"{mv.uri}: its run records no features_path/split_cutoff to take a holdout from; "
+            f"{mv.uri}: its run records no features_path and split to take a holdout from; "
             "pass holdout= (a DataFrame or Parquet path in the training-set layout)")
-    table = pq.read_table(path, filters=[("event_timestamp", ">=", pd.Timestamp(cutoff))])
-    return table.to_pandas()
+    return holdout_rows(path, params)
 
 
 def history(reg: ModelRegistry, name: str, alias: str | None = None) -> list[AliasMove]:

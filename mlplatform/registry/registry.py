@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlplatform.config import PlatformConfig
 from mlplatform.errors import ModelNotFound
+from mlplatform.models.version import ModelVersion
 
 _REF = re.compile(r"^(?P<name>[^@/:]+)(?:@(?P<alias>[A-Za-z_][\w-]*)|/(?P<version>\d+))?$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -62,23 +62,6 @@ def check_model_uri(uri: str) -> str:
                          "models:/<name>/<version> | models:/m-<id>, without '..', absolute "
                          "paths, '#', '?' or '%'")
     return uri
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    """One registered model version, as the platform sees it."""
-
-    name: str
-    version: str
-    source: str
-    run_id: str | None
-    aliases: tuple[str, ...]
-    tags: Mapping[str, str]
-
-    @property
-    def uri(self) -> str:
-        """``models:/<name>/<version>``: pins this exact version."""
-        return f"models:/{self.name}/{self.version}"
 
 
 def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
@@ -146,6 +129,8 @@ class ModelRegistry:
 
         Raises:
             ValueError: The name or URI is unsafe or malformed.
+            ModelRefused: The model is a pickle or of a format the platform does not load
+                (nothing is registered; the message says how to convert it to ONNX).
         """
         import mlflow
 
@@ -155,6 +140,7 @@ class ModelRegistry:
         if isinstance(model_uri, str) and _RUN_ID.match(model_uri):
             model_uri = f"runs:/{model_uri}/model"
         check_model_uri(model_uri)
+        self._check_loadable(model_uri)
         run_id = self._run_of(model_uri)
         existing = self.find_version_for_run(name, run_id) if run_id else None
         if existing is not None:
@@ -175,6 +161,24 @@ class ModelRegistry:
         if alias:
             self.set_alias(name, alias, mv.version, actor=actor, reason=reason)
         return self.resolve(f"{name}/{mv.version}")
+
+    def _check_loadable(self, model_uri: str) -> None:
+        """Refuse a model serving would refuse (a pickle, an unknown format), before registering.
+
+        Raises:
+            ModelRefused: See :func:`mlplatform.models.check_flavors`.
+            ModelNotFound: The URI holds no MLmodel.
+        """
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        from mlplatform.models import check_flavors
+
+        try:
+            info = mlflow.models.get_model_info(model_uri)
+        except (MlflowException, OSError) as exc:
+            raise ModelNotFound(f"{model_uri} holds no MLflow model: {exc}") from None
+        check_flavors({"flavors": info.flavors}, model_uri)
 
     def find_version_for_run(self, name: str, run_id: str) -> ModelVersion | None:
         """The (oldest) version of ``name`` registered from ``run_id``, if any."""
@@ -209,12 +213,13 @@ class ModelRegistry:
 
     # ------------------------------------------------------------ promotion and history ----
     def promote(self, name: str, version: str | int, to: str = "champion", gates: Any = None,
-                holdout: Any = None, actor: str | None = None, reason: str | None = None):
+                holdout: Any = None, actor: str | None = None, reason: str | None = None,
+                project: Any = None):
         """Move ``to`` to ``version`` only if every gate passes (see
         :func:`mlplatform.registry.promotion.promote`)."""
         from mlplatform.registry.promotion import promote
 
-        return promote(self, name, str(version), to, gates, holdout, actor, reason)
+        return promote(self, name, str(version), to, gates, holdout, actor, reason, project)
 
     def rollback(self, name: str, alias: str = "champion", to_version: str | int | None = None,
                  actor: str | None = None, reason: str | None = None):

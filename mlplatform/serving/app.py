@@ -1,12 +1,17 @@
-"""The Serve application: ``build_app(args)`` for ``serve run`` / ``serve deploy``, and
-``deploy()`` to run the same YAML from Python (the demo and the tests use it).
+"""The Serve application of a project: ``build_app(args)`` for ``serve run`` / ``serve
+deploy``, and ``deploy()`` to run the same YAML from Python (the demo and the tests use it).
 
-Example Serve YAML (``serve_configs/fraud.yaml``)::
+Example Serve YAML (``serve_configs/`` holds full ones)::
 
     applications:
-      - name: fraud
+      - name: churn
         import_path: mlplatform.serving.app:build_app
-        args: {model: "fraud@champion"}
+        args: {project: projects/churn, model: "churn@champion"}
+
+``args.project`` is the project folder: its request schema is what the app validates, its
+feature views what it looks up, and its model-inputs function what turns a request into the
+model's inputs. A relative path is relative to the working directory of the process that
+builds the app; :func:`deploy` and ``mlp serve deploy`` make it absolute first.
 """
 
 from __future__ import annotations
@@ -21,9 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError
 
 from mlplatform.config import PlatformConfig
-from mlplatform.errors import ConfigError
-
-DEFAULT_SERVE_CONFIG = Path(__file__).resolve().parents[2] / "serve_configs" / "fraud.yaml"
+from mlplatform.errors import ConfigError, config_error
 
 
 class AppArgs(BaseModel):
@@ -31,8 +34,13 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(default="fraud@champion",
-                       description="The model served when 'models' is not given.")
+    project: str | None = Field(
+        default=None, description="The project folder (or its mlplatform.yaml): the request "
+        "schema, the features looked up and the model inputs. Default: the platform config's "
+        "project, $MLP_PROJECT, else ./mlplatform.yaml.")
+    model: str | None = Field(default=None,
+                              description="The model served when 'models' is not given "
+                              "(default: '<project name>@champion').")
     models: list[str] | None = Field(
         default=None, description="Models to serve, one ModelServer deployment each "
         "('name@alias' or 'name/version'); the Router's arms and shadow choose among them.")
@@ -62,7 +70,7 @@ class AppArgs(BaseModel):
     embed_models: bool = Field(
         default=False, description="Load the models inside each Ingress replica and score "
         "in-process (no Serve hop per request; no ModelServer deployments): the fastest for "
-        "small CPU models such as the fraud XGBoost. Keep false for GPU or large models, or to "
+        "small CPU models such as a tree ensemble. Keep false for GPU or large models, or to "
         "scale and isolate models apart from the Ingress.")
     auth: bool = Field(default=True, description="Bearer-token auth on every route but /healthz.")
     token_env: str = Field(default="MLP_SERVE_TOKEN", pattern=r"^[A-Z_][A-Z0-9_]*$",
@@ -73,12 +81,58 @@ class AppArgs(BaseModel):
 
     @property
     def served(self) -> list[str]:
-        return list(dict.fromkeys(self.models or [self.model]))
+        """The model references served: ``models``, else ``model``, else the project's
+        ``<name>@champion``."""
+        if self.models:
+            return list(dict.fromkeys(self.models))
+        return [self.model or f"{project_name(self.project)}@champion"]
+
+
+def project_path(project: str | None) -> str | None:
+    """The project a Serve app uses, as a path: ``args.project``, else ``$MLP_PROJECT``, else
+    None (the loader then looks for ``./mlplatform.yaml``)."""
+    import os
+
+    return project or os.environ.get("MLP_PROJECT") or None
+
+
+def project_name(project: str | None) -> str:
+    """The name in a project file (read without loading its code).
+
+    Raises:
+        ConfigError: There is no project file, or it names no project.
+    """
+    from mlplatform.errors import ProjectError
+    from mlplatform.project import find_project_file
+
+    try:
+        file = find_project_file(project_path(project))
+        name = (yaml.safe_load(file.read_text()) or {}).get("name")
+    except (ProjectError, yaml.YAMLError, OSError) as exc:
+        raise ConfigError(f"Serve application args.project: {exc}") from None
+    if not isinstance(name, str):
+        raise ConfigError(f"project file {file} names no project (its `name` key)")
+    return name
+
+
+def load_app_project(args: AppArgs):
+    """The app's project, loaded and checked.
+
+    Raises:
+        ConfigError: The project cannot be found or is invalid (naming the file and key).
+    """
+    from mlplatform.errors import ProjectError
+    from mlplatform.project import load_project
+
+    try:
+        return load_project(project_path(args.project))
+    except ProjectError as exc:
+        raise ConfigError(f"Serve application args.project: {exc}") from None
 
 
 def server_name(model_ref: str) -> str:
-    """The ModelServer deployment name of a model: ``fraud@champion`` ->
-    ``ModelServer-fraud-champion``, ``fraud/3`` -> ``ModelServer-fraud-v3``."""
+    """The ModelServer deployment name of a model: ``churn@champion`` ->
+    ``ModelServer-churn-champion``, ``churn/3`` -> ``ModelServer-churn-v3``."""
     from mlplatform.registry.registry import parse_model_ref
 
     name, alias, version = parse_model_ref(model_ref)
@@ -96,16 +150,13 @@ def default_router_config(models: list[str]) -> dict[str, Any]:
 def _app_args(args: Mapping[str, Any] | None) -> AppArgs:
     try:
         a = AppArgs(**dict(args or {}))
+    except ValidationError as exc:
+        raise config_error("Serve application args", exc, AppArgs) from None
+    try:
         for ref in a.served:
             server_name(ref)
-    except (ValidationError, ValueError) as exc:
-        if isinstance(exc, ValidationError):
-            detail = "; ".join(f"'{'.'.join(map(str, e['loc']))}': {e['msg']}"
-                               for e in exc.errors())
-        else:
-            detail = str(exc)
-        raise ConfigError(f"invalid Serve application args: {detail}. "
-                          f"Allowed args: {', '.join(AppArgs.model_fields)}.") from None
+    except ValueError as exc:
+        raise ConfigError(f"invalid Serve application args: {exc}") from None
     return a
 
 
@@ -113,15 +164,16 @@ def build_app(args: Mapping[str, Any] | None = None):
     """Build ``Ingress (+ FeatureLookup, arm choice) -> ModelServer-<model>`` (+ ``Explainer``),
     with the ``Router`` deployment publishing the route table the Ingress replicas follow.
 
-    With ``embed_models`` (serve_configs/fraud.yaml's default) the models are loaded in the
-    Ingress replicas instead: ``Ingress (+ FeatureLookup, arm choice, models)``.
+    With ``embed_models`` the models are loaded in the Ingress replicas instead:
+    ``Ingress (+ FeatureLookup, arm choice, models)``.
 
     Every served model is resolved here, so a missing model fails the deploy with a clear
     message instead of starting replicas that cannot load; an embedded one is also loaded once
     here (:func:`check_loads`).
 
     Raises:
-        ConfigError: Unknown or invalid ``args``, auth on without a token, or an embedded
+        ConfigError: Unknown or invalid ``args``, an invalid project, auth on without a token,
+            a served model that is not the project's (other inputs or task), or an embedded
             model that cannot load.
         ModelNotFound: A model reference does not resolve in the registry.
     """
@@ -134,6 +186,7 @@ def build_app(args: Mapping[str, Any] | None = None):
     from mlplatform.serving.router import Router
 
     a = _app_args(args)
+    project = load_app_project(a)
     if a.auth and not os.environ.get(a.token_env):
         raise ConfigError(f"auth is on but ${a.token_env} is not set where the app is built: "
                           f"export {a.token_env}=<token> before `ray start` / `serve run` (e.g. "
@@ -149,24 +202,25 @@ def build_app(args: Mapping[str, Any] | None = None):
     default = default_router_config(a.served)
     if a.embed_models:
         for ref in a.served:
-            check_loads(registry, ref)
+            check_loads(registry, ref, project)
         embed = {"refs": a.served, "max_batch_size": a.max_batch_size,
                  "batch_wait_timeout_s": a.batch_wait_timeout_s,
                  "reload_interval_s": a.reload_interval_s}
         router = Router.options(user_config=default).bind(None, default, a.served)
-        return Ingress.bind(plat, router, {}, Explainer.bind(plat), a.max_items,
+        return Ingress.bind(plat, project, router, {}, Explainer.bind(plat), a.max_items,
                             a.max_body_bytes, a.auth, a.token_env, a.admin_token_env, embed,
                             a.max_batch_size, by_reference=a.model_calls_by_reference)
     servers = {ref: ModelServer.options(name=server_name(ref)).bind(
-        ref, plat, a.max_batch_size, a.batch_wait_timeout_s, a.reload_interval_s)
+        ref, plat, project.input_columns, project.task.type, a.max_batch_size,
+        a.batch_wait_timeout_s, a.reload_interval_s)
         for ref in a.served}
     router = Router.options(user_config=default).bind(servers, default, a.served)
-    return Ingress.bind(plat, router, servers, Explainer.bind(plat), a.max_items,
+    return Ingress.bind(plat, project, router, servers, Explainer.bind(plat), a.max_items,
                         a.max_body_bytes, a.auth, a.token_env, a.admin_token_env, None,
                         a.max_batch_size, a.model_calls_in_flight, a.model_calls_by_reference)
 
 
-def check_loads(registry: Any, ref: str) -> None:
+def check_loads(registry: Any, ref: str, project: Any) -> None:
     """Load ``ref`` once where the app is built (``args.embed_models``), and throw it away.
 
     An embedded model lives inside the Ingress replicas, so no deployment of its own could
@@ -178,11 +232,10 @@ def check_loads(registry: Any, ref: str) -> None:
     Raises:
         ConfigError: Naming the model, why it cannot load, and what to do.
     """
-    from mlplatform.features import FEATURE_COLUMNS
     from mlplatform.serving.served_model import _load
 
     try:
-        _load(registry, ref, FEATURE_COLUMNS)
+        _load(registry, ref, project.input_columns, project.task.type)
     except Exception as exc:
         raise ConfigError(
             f"embedded model {ref} cannot load, so this app is not deployed (a running app "
@@ -217,6 +270,12 @@ def check_serve_config(raw: Mapping[str, Any]) -> None:
             if missing:
                 raise ConfigError(f"{where}: the Router routes to {missing}, which no ModelServer "
                                   f"serves; add them to args.models (now {args.served})")
+            if cfg.sticky_key is not None:
+                fields = load_app_project(args).request.fields
+                if cfg.sticky_key not in fields:
+                    raise ConfigError(f"{where}, deployment Router: sticky_key "
+                                      f"{cfg.sticky_key!r} is not a request field of the "
+                                      f"project (fields: {list(fields)})")
         names = ({"Ingress", "Router", "Explainer"} if args.embed_models
                  else {server_name(r) for r in args.served} | {"Ingress", "Router", "Explainer"})
         unknown = [d.get("name") for d in app.get("deployments") or []
@@ -268,7 +327,7 @@ def autoscaling_problems(app: Mapping[str, Any], args: AppArgs) -> list[str]:
 
 
 def deploy(
-    config_path: str | Path = DEFAULT_SERVE_CONFIG,
+    config_path: str | Path,
     args_overrides: Mapping[str, Any] | None = None,
     http_port: int | None = None,
     router_config: Mapping[str, Any] | None = None,
@@ -303,6 +362,7 @@ def deploy(
     raw = yaml.safe_load(Path(config_path).read_text())
     for app in raw.get("applications", []):
         app["args"] = {**(app.get("args") or {}), **dict(args_overrides or {})}
+        absolute_project(app, Path(config_path).resolve().parent)
         if {"model", "models", "embed_models"} & set(args_overrides or {}):
             # Other models were asked for: drop the YAML's options for ModelServers of models
             # no longer served (Serve refuses options for deployments that do not exist).
@@ -331,6 +391,23 @@ def deploy(
     host = schema.http_options.host
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return f"http://{host}:{schema.http_options.port}"
+
+
+def absolute_project(app: dict[str, Any], base: Path | None = None) -> None:
+    """Make an application's relative ``args.project`` absolute, so the Serve build task finds
+    it wherever it runs: relative to ``base`` (the Serve YAML's folder) when a project is
+    there, else to this process's working directory."""
+    args = app.get("args") or {}
+    if app.get("import_path") != "mlplatform.serving.app:build_app" or not args.get("project"):
+        return
+    p = Path(args["project"]).expanduser()
+    if p.is_absolute():
+        return
+    for candidate in ([base / p] if base is not None else []) + [p]:
+        if (candidate / "mlplatform.yaml").is_file() or (
+                candidate.is_file() and candidate.suffix in (".yaml", ".yml")):
+            app["args"] = {**args, "project": str(candidate.resolve())}
+            return
 
 
 def wait_until_routable(app_name: str, timeout_s: float) -> dict[str, Any]:
@@ -376,7 +453,7 @@ def wait_until_running(app_names: list[str], timeout_s: float) -> None:
         time.sleep(0.5)  # polling interval of the wait-for-condition loop
 
 
-def reload_models(app_name: str = "fraud", timeout_s: float = 300.0) -> dict[str, Any]:
+def reload_models(app_name: str, timeout_s: float = 300.0) -> dict[str, Any]:
     """Make every ModelServer of ``app_name`` re-resolve its alias now (``mlp serve reload``).
 
     It sends the running config back to Serve with a new ``user_config: {reload: <token>}`` on

@@ -1,7 +1,8 @@
-"""Ray Serve deployments of the fraud app::
+"""Ray Serve deployments of a project's app::
 
-    Ingress (HTTP: auth, limits, validation, request ids;
-             FeatureLookup in-process: online store by user_id / merchant_id, model inputs)
+    Ingress (HTTP: auth, limits, validation of the project's request schema, request ids;
+             FeatureLookup in-process: the online store by the request's entity keys, then the
+             project's model inputs;
              Dispatcher in-process: chooses the arm with the Router's route table)
       -> ModelServer-<model> (one per served model: registry load, @serve.batch, alias reload)
     and /explain: Ingress -> Explainer (SHAP for the version that the chosen arm serves).
@@ -36,17 +37,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from mlplatform.serving.answers import Answers
 from mlplatform.serving.batching import AdaptiveBatch, split_rows
 from mlplatform.serving.dispatch import CALLS_IN_FLIGHT, PIN_HEADER, Dispatcher, Unavailable
-from mlplatform.serving.schemas import (
-    RequestRejected,
-    parse_body,
-    transaction_model,
-    validate_instances,
-)
+from mlplatform.serving.schemas import RequestRejected, parse_body, validate_instances
 
 logger = logging.getLogger("ray.serve")
-api = FastAPI(title="mlplatform", description="Fraud scoring on Ray Serve, models from MLflow.")
+api = FastAPI(title="mlplatform", description="A project's models on Ray Serve, from MLflow.")
 
 
 # Module-level helpers are defined above the deployments: Serve pickles a deployment class
@@ -64,36 +61,60 @@ def _request_id(request: Request) -> str:
 
 
 class FeatureLookup:
-    """Online features for raw transactions: store lookup + the shared model-inputs transform.
+    """A project's model inputs for request records: online features + its transformation.
 
-    Used in-process by the Ingress (see the module docstring). Unknown users (nothing in the
-    online store, or older than the view's TTL) are scored with default features and flagged.
+    Used in-process by the Ingress (see the module docstring). For a feature-store project the
+    features its model inputs read are looked up by the request's entity keys, as of the
+    request's time field (default: now); an entity the online store does not know (nothing
+    stored, or older than the view's TTL) is scored with missing features and named in the
+    answer's ``unknown_entities``. A tabular project's inputs come from the request alone.
 
     :meth:`lookup` batches adaptively: the requests that reach it together (up to
     ``max_batch_size``) share one online-store read and one transform; a lone request is looked
     up at once. It never waits for more requests to come (the batch window is 0).
     """
 
-    def __init__(self, platform: dict[str, Any], max_batch_size: int = 32):
+    def __init__(self, platform: dict[str, Any], project: Any, max_batch_size: int = 32):
         from mlplatform.config import PlatformConfig
-        from mlplatform.features import FeatureStore
+        from mlplatform.project import feature_names, model_inputs
 
-        self._store = FeatureStore(PlatformConfig(**platform))
+        self._inputs = model_inputs(project)
+        self._refs = list(project.features)
+        self._timestamp = project.request.timestamp
+        self._store = None
+        self._entity_views: dict[str, list[str]] = {}
+        if self._refs:
+            from mlplatform.features import FeatureStore
+
+            self._store = FeatureStore(PlatformConfig(**platform), project)
+            repo = project.feature_repo
+            views = list(repo.resolve(self._refs))
+            for view in views:
+                for entity in repo.view(view).entities:
+                    self._entity_views.setdefault(entity, []).append(view)
+        self._names = feature_names(project)
         self._batch = AdaptiveBatch(self.features, self._features_many, max_batch_size, 0.0,
                                     coalesce=True)
 
     def features(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """``{"matrix": model inputs (rows x FEATURE_COLUMNS), "unknown_user": [bool]}``."""
-        from datetime import datetime, timezone
+        """``{"matrix": model inputs (rows x columns), "unknown": [[entity, ...] per row]}``."""
+        if self._timestamp is not None:
+            from datetime import datetime, timezone
 
-        from mlplatform.features import VIEW_FEATURES, model_inputs_matrix
-
-        now = datetime.now(timezone.utc)
-        records = [{**r, "event_timestamp": r["event_timestamp"] or now} for r in records]
-        looked_up = self._store.get_online_features(
-            records, VIEW_FEATURES, as_of=[r["event_timestamp"] for r in records])
-        return {"matrix": model_inputs_matrix(records, looked_up),
-                "unknown_user": [v is None for v in looked_up["user_last_event_at"]]}
+            now = datetime.now(timezone.utc)
+            ts = self._timestamp
+            records = [r if r.get(ts) is not None else {**r, ts: now} for r in records]
+        if self._store is None:
+            return {"matrix": self._inputs.matrix(self._inputs.batch_from_records(records)),
+                    "unknown": [[] for _ in records]}
+        as_of = ([r[self._timestamp] for r in records] if self._timestamp is not None
+                 else _now())
+        looked_up, found = self._store.lookup_online(records, self._refs, as_of=as_of)
+        unknown = [[entity for entity, views in self._entity_views.items()
+                    if not any(found[v][i] for v in views)] for i in range(len(records))]
+        return {"matrix": self._inputs.matrix(self._inputs.batch_from_records(records,
+                                                                              looked_up)),
+                "unknown": unknown}
 
     async def lookup(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """:meth:`features`, batched with the concurrent requests of this replica."""
@@ -102,9 +123,14 @@ class FeatureLookup:
     def _features_many(self, requests: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
         sizes = [len(r) for r in requests]
         out = self.features([r for records in requests for r in records])
-        return [{"matrix": m, "unknown_user": u} for m, u in zip(
-            split_rows(out["matrix"], sizes), split_rows(out["unknown_user"], sizes),
-            strict=True)]
+        return [{"matrix": m, "unknown": u} for m, u in zip(
+            split_rows(out["matrix"], sizes), split_rows(out["unknown"], sizes), strict=True)]
+
+
+def _now():
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)
 
 
 def _route_path(scope: dict[str, Any]) -> str:
@@ -174,20 +200,24 @@ class Ingress:
     admin token (``admin_token_env``).
     """
 
-    async def __init__(self, platform: dict[str, Any], router, servers: dict[str, Any],
-                       explainer, max_items: int = 256, max_body_bytes: int = 1_048_576,
-                       auth: bool = True, token_env: str = "MLP_SERVE_TOKEN",
+    async def __init__(self, platform: dict[str, Any], project: Any, router,
+                       servers: dict[str, Any], explainer, max_items: int = 256,
+                       max_body_bytes: int = 1_048_576, auth: bool = True,
+                       token_env: str = "MLP_SERVE_TOKEN",
                        admin_token_env: str = "MLP_SERVE_ADMIN_TOKEN",
                        embed: dict[str, Any] | None = None, max_batch_size: int = 32,
                        calls_in_flight: int = CALLS_IN_FLIGHT, by_reference: bool = False):
-        self._lookup = FeatureLookup(platform, max_batch_size)
+        from mlplatform.project import request_model
+
+        self._lookup = FeatureLookup(platform, project, max_batch_size)
         self._dispatch = Dispatcher(router, servers, explainer, max_batch_size, calls_in_flight,
-                                    by_reference)
+                                    by_reference, Answers.for_project(project))
         if embed is not None:   # args.embed_models: the models live in this replica
             from mlplatform.config import PlatformConfig
             from mlplatform.registry import ModelRegistry
 
-            self._dispatch.embed(ModelRegistry(PlatformConfig(**platform)), **embed)
+            self._dispatch.embed(ModelRegistry(PlatformConfig(**platform)), **embed,
+                                 columns=project.input_columns, task=project.task.type)
         self._dispatch.start()
         self._max_items, self._max_body_bytes = max_items, max_body_bytes
         self._auth = auth
@@ -199,7 +229,8 @@ class Ingress:
         if not auth:
             logger.warning("Ingress: bearer-token auth is OFF (args.auth: false); anyone who "
                            "reaches this port can score. Use it only for local demos.")
-        self._schema = transaction_model()
+        self._schema = request_model(project.request, f"{project.name}_request")
+        self._project_name = project.name
         from ray.serve import metrics
 
         self._rejected = metrics.Counter("mlp_serve_rejected", tag_keys=("status",),
@@ -230,7 +261,7 @@ class Ingress:
             records = validate_instances(self._schema, instances, single)
             # The lookup is a blocking read of the online store, kept on the event loop: it
             # takes ~0.1 ms, less than handing it to a thread would. Concurrent requests share
-            # one read (~0.04 ms per transaction in a batch of 32).
+            # one read (~0.04 ms per request row in a batch of 32).
             features = await self._lookup.lookup(records)
             result = await getattr(self._dispatch, method)(
                 features, records, request_id, request.headers.get(PIN_HEADER))
@@ -267,12 +298,13 @@ class Ingress:
 
     @api.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:
-        """Score one raw transaction (a JSON object) or ``{"instances": [...]}``."""
+        """Answer one request of the project's schema (a JSON object) or
+        ``{"instances": [...]}``."""
         return await self._respond(request, "predict", "predictions")
 
     @api.post("/explain")
     async def explain(self, request: Request) -> JSONResponse:
-        """SHAP contributions (log-odds) for each transaction, from the arm that serves it."""
+        """SHAP contributions for each request row, from the arm that serves it."""
         return await self._respond(request, "explain", "explanations")
 
     @api.get("/healthz")
@@ -295,4 +327,5 @@ class Ingress:
         if denied is not None:
             return denied
         models = await self._dispatch.view()
-        return JSONResponse({**models, "request_fields": list(self._schema.model_fields)})
+        return JSONResponse({**models, "project": self._project_name,
+                             "request_fields": list(self._schema.model_fields)})

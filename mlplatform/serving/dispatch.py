@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mlplatform.registry.registry import parse_model_ref
+from mlplatform.serving.answers import Answers, disagrees, score_of
 from mlplatform.serving.batching import AdaptiveBatch, split_rows
 from mlplatform.serving.schemas import FieldError, RequestRejected
 
@@ -163,12 +164,14 @@ class Dispatcher:
         calls_in_flight: Most calls in flight to one ModelServer deployment.
         by_reference: Call the ModelServers and the Explainer as Ray actor tasks instead of
             over Serve's gRPC channel (see :func:`model_handle`).
+        answers: Builds the project's answers (default: binary, no id field).
     """
 
     def __init__(self, router: Any, servers: dict[str, Any], explainer: Any,
                  max_batch_size: int = 32, calls_in_flight: int = CALLS_IN_FLIGHT,
-                 by_reference: bool = False):
+                 by_reference: bool = False, answers: Answers | None = None):
         self._router, self._explainer = router, model_handle(explainer, by_reference)
+        self._answers = answers or Answers()
         # ref -> the coroutine function that scores a matrix there (a Serve call or in-process)
         self._predict: dict[str, Any] = {
             ref: _coalesced(model_handle(h, by_reference).predict.remote, max_batch_size,
@@ -185,7 +188,8 @@ class Dispatcher:
 
     # ---------------------------------------------------------------- embedded models -----
     def embed(self, registry: Any, refs: list[str], max_batch_size: int,
-              batch_wait_timeout_s: float, reload_interval_s: float) -> None:
+              batch_wait_timeout_s: float, reload_interval_s: float,
+              columns: list[str] | None = None, task: str | None = None) -> None:
         """Load ``refs`` here, in this process (``args.embed_models``): no Serve hop per request.
 
         Each model already loaded once while the app was built (``app.check_loads``: one that
@@ -195,7 +199,8 @@ class Dispatcher:
         ``mlp serve reload``), so the replica heals when the store is back.
         """
         self._embedded = {}
-        self._embed_args = (registry, max_batch_size, batch_wait_timeout_s, reload_interval_s)
+        self._embed_args = (registry, max_batch_size, batch_wait_timeout_s, reload_interval_s,
+                            columns, task)
         for ref in refs:
             self._register(ref, self._make(ref))
         if reload_interval_s > 0 and self._load_errors:
@@ -206,10 +211,10 @@ class Dispatcher:
         """Load ``ref`` (blocking: run it in a thread once serving); None if it failed."""
         from mlplatform.serving.served_model import ServedModel
 
-        registry, max_batch_size, batch_wait_timeout_s, _ = self._embed_args
+        registry, max_batch_size, batch_wait_timeout_s, _, columns, task = self._embed_args
         try:
-            return ServedModel(registry, ref, max_batch_size, batch_wait_timeout_s,
-                               on_change=lambda info: self._retable())
+            return ServedModel(registry, ref, columns, task, max_batch_size,
+                               batch_wait_timeout_s, on_change=lambda info: self._retable())
         except Exception as exc:
             self._load_errors[ref] = f"{ref} failed to load: {type(exc).__name__}: {exc}"
             logger.error("Ingress: %s; it gets no traffic", self._load_errors[ref])
@@ -324,9 +329,11 @@ class Dispatcher:
         self._metrics.requests.inc(len(out["scores"]), tags={
             "arm": arm.name, "model_name": out["model_name"],
             "model_version": out["model_version"]})
-        for s in out["scores"]:
-            self._metrics.scores.observe(s, tags={"arm": arm.name,
-                                                  "model_version": out["model_version"]})
+        task = out.get("task")
+        if task != "regression":
+            for s in out["scores"]:
+                self._metrics.scores.observe(score_of(s, task), tags={
+                    "arm": arm.name, "model_version": out["model_version"]})
         return out
 
     async def predict(self, features: dict[str, Any], records: list[dict[str, Any]],
@@ -345,14 +352,10 @@ class Dispatcher:
             outs = await asyncio.gather(*(self._call(arm, matrix[idx])
                                           for arm, idx in groups.values()))
         predictions: list[dict[str, Any]] = [{}] * len(records)
+        unknown = features["unknown"]
         for (arm, idx), out in zip(groups.values(), outs, strict=True):
-            for i, score in zip(idx, out["scores"], strict=True):
-                predictions[i] = {
-                    "transaction_id": records[i].get("transaction_id"), "score": score,
-                    "decision": "fraud" if score >= out["threshold"] else "legit",
-                    "arm": arm.name, "model_name": out["model_name"],
-                    "model_version": out["model_version"],
-                    "unknown_user": features["unknown_user"][i]}
+            for i, value in zip(idx, out["scores"], strict=True):
+                predictions[i] = self._answers.row(records[i], value, out, arm.name, unknown[i])
         shadow = table.shadow_model(request_id)
         if shadow is not None:
             task = asyncio.get_running_loop().create_task(
@@ -371,8 +374,8 @@ class Dispatcher:
             logger.warning("shadow %s failed (the caller was answered already): %s", model, exc)
             return
         self._metrics.shadow_requests.inc(len(served), tags={"model": model, "outcome": "ok"})
-        for pred, score in zip(served, out["scores"], strict=True):
-            if (score >= out["threshold"]) != (pred["decision"] == "fraud"):
+        for pred, value in zip(served, out["scores"], strict=True):
+            if disagrees(pred, value, out, self._answers):
                 self._metrics.shadow_disagreements.inc(tags={"arm": pred["arm"], "model": model})
 
     async def explain(self, features: dict[str, Any], records: list[dict[str, Any]],
@@ -390,14 +393,12 @@ class Dispatcher:
         for (name, (_, idx)), result in zip(groups.items(), results, strict=True):
             info = infos[name]
             for i, row in zip(idx, result["explanations"], strict=True):
-                out[i] = {"transaction_id": records[i].get("transaction_id"), "arm": name,
-                          "model_name": info["model_name"],
-                          "model_version": info["model_version"], "score": row["score"],
-                          "decision": "fraud" if row["score"] >= info["threshold"] else "legit",
-                          "method": result["method"], "output": result["output"],
-                          "base_value": result["base_value"], "margin": row["margin"],
-                          "contributions": row["contributions"],
+                answer = self._answers.row(records[i], row["prediction"], info, name,
+                                           features["unknown"][i])
+                out[i] = {**answer, "method": result["method"], "output": result["output"],
+                          "explained": row.get("explained"),
+                          "base_value": row.get("base_value", result["base_value"]),
+                          "margin": row["margin"], "contributions": row["contributions"],
                           "additivity_error": row["additivity_error"],
-                          "additivity_ok": row["additivity_error"] <= result["tolerance"],
-                          "unknown_user": features["unknown_user"][i]}
+                          "additivity_ok": row["additivity_error"] <= result["tolerance"]}
         return out

@@ -1,16 +1,18 @@
-"""Per-request SHAP explanations, in log-odds: what the Serve ``Explainer`` returns per row.
+"""Per-request SHAP explanations: what the Serve ``Explainer`` returns per row.
 
-XGBoost models get exact TreeSHAP (SHAP's ``TreeExplainer``, or XGBoost's own
-``pred_contribs`` where SHAP cannot read the booster). Any other model (the torch net) gets
-SHAP's ``KernelExplainer`` over the logit of its probabilities, integrated over a small seeded
-sample of background rows the caller supplies. Both are additive by construction:
-``base_value + sum(contributions) == margin`` for every row, and each row reports how far off
-it is, so a caller can tell a sound explanation from a broken one.
+What is explained follows the task: the log-odds of the positive class (binary), the log-odds
+(XGBoost: the margin) of the class the model predicts for the row (multiclass), or the value
+(regression). XGBoost models get exact TreeSHAP (SHAP's ``TreeExplainer``, or XGBoost's own
+``pred_contribs`` where SHAP cannot read the booster, and always for multiclass). Any other
+model (the torch net, ONNX) gets SHAP's ``KernelExplainer`` over that quantity, integrated over
+a small seeded sample of background rows the caller supplies. Both are additive by
+construction: ``base_value + sum(contributions) == margin`` for every row, and each row reports
+how far off it is, so a caller can tell a sound explanation from a broken one.
 
 Example:
     >>> out = explain_rows(loaded, frame, background=reference_rows)    # doctest: +SKIP
     >>> out["explanations"][0]["contributions"]                          # doctest: +SKIP
-    {'amount_z_user_7d': 1.92, 'hours_since_prev': -0.41, ...}
+    {'tenure_months': -1.92, 'support_calls_30d': 0.41, ...}
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ BACKGROUND_ROWS = 25
 
 def explain_rows(loaded, frame: pd.DataFrame, *, background: pd.DataFrame | None = None,
                  nsamples: int = 256, seed: int = 0, tolerance: float = 1e-3) -> dict:
-    """SHAP contributions of each input column to each row's fraud log-odds.
+    """SHAP contributions of each input column to each row's prediction (see the module).
 
     Args:
-        loaded: A :class:`~mlplatform.registry.loading.LoadedModel` (``xgboost`` or ``torch``).
+        loaded: A :class:`~mlplatform.models.LoadedModel`.
         frame: Rows to explain, with the model's input columns (others are ignored). NaN is
             allowed: it is how ``model_inputs`` marks an unknown statistic, and both kinds of
             model score it as missing.
@@ -53,10 +55,11 @@ def explain_rows(loaded, frame: pd.DataFrame, *, background: pd.DataFrame | None
         tolerance: Largest ``|base_value + sum(contributions) - margin|`` accepted as additive.
 
     Returns:
-        ``{"method", "output": "log-odds", "base_value", "explanations": [{"contributions":
-        {feature: value} (largest |value| first), "margin", "score", "additivity_error"}, ...]
-        (one per row, in order), "additivity_ok"}``; ``score`` is ``loaded.predict``'s
-        probability and ``margin`` its log-odds.
+        ``{"method", "output", "base_value", "explanations": [{"contributions": {feature:
+        value} (largest |value| first), "margin", "base_value", "prediction", "explained",
+        "additivity_error"}, ...] (one per row, in order), "additivity_ok"}``;
+        ``prediction`` is ``loaded.predict``'s (a score, the class probabilities, a value),
+        ``margin`` the explained quantity and ``explained`` the class it is about (multiclass).
 
     Raises:
         ValueError: ``frame`` (or ``background``) is empty, lacks an input column, or has a
@@ -67,9 +70,13 @@ def explain_rows(loaded, frame: pd.DataFrame, *, background: pd.DataFrame | None
         raise ValueError(f"explain_rows: tolerance must be >= 0, got {tolerance}")
     columns = loaded.feature_names
     x = _checked(frame, columns, "frame")
-    if loaded.kind == "xgboost":
+    task = getattr(loaded, "task", "binary")
+    prediction = np.asarray(loaded.predict(x), dtype=np.float64)
+    explained = None
+    if loaded.kind == "xgboost" and task == "multiclass":
+        values, base, margin, explained, method = _tree_explain_classes(loaded.booster, x)
+    elif loaded.kind == "xgboost":
         values, base, margin, method = _tree_explain(loaded.booster, x)
-        score = np.asarray(loaded.predict(x), dtype=np.float64)
     else:
         if background is None:
             raise ValueError(f"explain_rows: a {loaded.kind} model needs background= rows (e.g. "
@@ -81,12 +88,27 @@ def explain_rows(loaded, frame: pd.DataFrame, *, background: pd.DataFrame | None
             raise ValueError(f"explain_rows: nsamples must be at least 2 x {len(columns)} "
                              f"features = {2 * len(columns)}, got {nsamples}")
         bg = _sample(_checked(background, columns, "background"), BACKGROUND_ROWS, seed)
-        values, base, margin, score, method = _kernel_explain(loaded.predict, x, bg, nsamples, seed)
-    errors = np.abs(base + values.sum(axis=1) - margin)
-    return {"method": method, "output": "log-odds", "base_value": float(base),
-            "explanations": [_row(columns, v, float(m), float(s), float(e))
-                             for v, m, s, e in zip(values, margin, score, errors, strict=True)],
-            "additivity_ok": bool((errors <= tolerance).all())}
+        if task == "multiclass":
+            values, base, margin, explained, method = _kernel_explain_classes(
+                loaded.predict, x, bg, nsamples, seed, prediction)
+        else:
+            values, base, margin, method = _kernel_explain(loaded.predict, x, bg, nsamples, seed,
+                                                           task)
+    base_rows = np.broadcast_to(np.asarray(base, dtype=np.float64), (len(x),))
+    errors = np.abs(base_rows + values.sum(axis=1) - margin)
+    classes = getattr(loaded, "classes", None) or []
+    output = {"binary": "log-odds", "multiclass": "log-odds of the predicted class",
+              "regression": "value"}[task]
+    rows = []
+    for i, (v, m, e) in enumerate(zip(values, margin, errors, strict=True)):
+        row = _row(columns, v, float(m), prediction[i].tolist(), float(e))
+        row["base_value"] = float(base_rows[i])
+        if explained is not None:
+            k = int(explained[i])
+            row["explained"] = classes[k] if k < len(classes) else k
+        rows.append(row)
+    return {"method": method, "output": output, "base_value": float(np.mean(base_rows)),
+            "explanations": rows, "additivity_ok": bool((errors <= tolerance).all())}
 
 
 def _checked(frame: pd.DataFrame, columns: list[str], what: str) -> pd.DataFrame:
@@ -110,15 +132,30 @@ def _checked(frame: pd.DataFrame, columns: list[str], what: str) -> pd.DataFrame
     return x
 
 
-def _row(columns: list[str], values: np.ndarray, margin: float, score: float,
+def _row(columns: list[str], values: np.ndarray, margin: float, prediction: Any,
          error: float) -> dict[str, Any]:
     order = np.argsort(-np.abs(values), kind="mergesort")  # stable: ties keep column order
     return {"contributions": {columns[i]: float(values[i]) for i in order},
-            "margin": margin, "score": score, "additivity_error": error}
+            "margin": margin, "prediction": prediction, "additivity_error": error}
+
+
+def _tree_explain_classes(booster, x: pd.DataFrame):
+    """Exact TreeSHAP of a multiclass booster, each row on the margin of its predicted class:
+    (values, base value per row, margins, class index per row, method)."""
+    import xgboost
+
+    data = xgboost.DMatrix(x)
+    margins = booster.predict(data, output_margin=True).astype(np.float64)
+    contribs = booster.predict(data, pred_contribs=True).astype(np.float64)  # rows x K x (F+1)
+    k = margins.argmax(axis=1)
+    idx = np.arange(len(k))
+    return (contribs[idx, k, :-1], contribs[idx, k, -1], margins[idx, k], k,
+            "xgboost TreeSHAP (pred_contribs)")
 
 
 def _tree_explain(booster, x: pd.DataFrame) -> tuple[np.ndarray, float, np.ndarray, str]:
-    """Exact TreeSHAP in log-odds: (values, base value, margins, method)."""
+    """Exact TreeSHAP of the margin (log-odds, or a regression's value): (values, base value,
+    margins, method)."""
     import xgboost
 
     margin = booster.predict(xgboost.DMatrix(x), output_margin=True).astype(np.float64)
@@ -148,27 +185,49 @@ def _tree_explainer(booster):
         return None
 
 
-def _kernel_explain(predict: Callable[[pd.DataFrame], Any], x: pd.DataFrame, background: pd.DataFrame,
-                    nsamples: int, seed: int) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, str]:
-    """Kernel SHAP on the logit of ``predict``: (values, base value, margins, scores, method)."""
+def _kernel_explain(predict: Callable[[pd.DataFrame], Any], x: pd.DataFrame,
+                    background: pd.DataFrame, nsamples: int, seed: int, task: str = "binary",
+                    column: int | None = None) -> tuple[np.ndarray, float, np.ndarray, str]:
+    """Kernel SHAP of ``predict``'s log-odds (binary; with ``column``: of that class's
+    probability) or value (regression): (values, base value, margins, method)."""
     shap = _import_shap()
     columns = list(x.columns)
 
-    def logit(a: np.ndarray) -> np.ndarray:
-        p = np.clip(np.asarray(predict(pd.DataFrame(a, columns=columns)), dtype=np.float64),
-                    _EPS, 1 - _EPS)
+    def explained(a: np.ndarray) -> np.ndarray:
+        out = np.asarray(predict(pd.DataFrame(a, columns=columns)), dtype=np.float64)
+        if column is not None:
+            out = out[:, column]
+        elif task == "regression":
+            return out
+        p = np.clip(out, _EPS, 1 - _EPS)
         return np.log(p / (1 - p))
 
     rows = x.to_numpy(dtype=np.float64, na_value=np.nan)
-    score = np.asarray(predict(x), dtype=np.float64)
     with _seeded_numpy(seed):
-        explainer = shap.KernelExplainer(logit, background.to_numpy(dtype=np.float64,
-                                                                      na_value=np.nan))
+        explainer = shap.KernelExplainer(explained, background.to_numpy(dtype=np.float64,
+                                                                          na_value=np.nan))
         # l1_reg=False: shap's default keeps only 10 features non-zero when it samples.
         values = explainer.shap_values(rows, nsamples=nsamples, l1_reg=False, silent=True)
     return (np.asarray(values, dtype=np.float64).reshape(rows.shape),
-            float(np.ravel(explainer.expected_value)[0]), logit(rows), score,
+            float(np.ravel(explainer.expected_value)[0]), explained(rows),
             f"shap KernelExplainer ({len(background)} background rows, {nsamples} samples)")
+
+
+def _kernel_explain_classes(predict, x: pd.DataFrame, background: pd.DataFrame, nsamples: int,
+                            seed: int, prediction: np.ndarray):
+    """Kernel SHAP of a multiclass model, each row on the log-odds of its predicted class (the
+    rows are explained in groups, one per class predicted)."""
+    k = prediction.argmax(axis=1)
+    values = np.zeros(x.shape, dtype=np.float64)
+    base = np.zeros(len(x), dtype=np.float64)
+    margin = np.zeros(len(x), dtype=np.float64)
+    method = ""
+    for cls in np.unique(k):
+        rows = np.flatnonzero(k == cls)
+        v, b, m, method = _kernel_explain(predict, x.iloc[rows], background, nsamples, seed,
+                                          column=int(cls))
+        values[rows], base[rows], margin[rows] = v, b, m
+    return values, base, margin, k, method
 
 
 @contextmanager

@@ -22,14 +22,15 @@ class ModelServer:
     is loaded beside the old one and swapped in; requests in flight finish on the old one.
     """
 
-    async def __init__(self, model_ref: str, platform: dict[str, Any], max_batch_size: int = 32,
+    async def __init__(self, model_ref: str, platform: dict[str, Any], columns: list[str],
+                       task: str | None = None, max_batch_size: int = 32,
                        batch_wait_timeout_s: float = 0.005, reload_interval_s: float = 30.0):
         from mlplatform.config import PlatformConfig
         from mlplatform.registry import ModelRegistry
         from mlplatform.serving.served_model import ServedModel
 
-        self._model = ServedModel(ModelRegistry(PlatformConfig(**platform)), model_ref,
-                                  max_batch_size, batch_wait_timeout_s)
+        self._model = ServedModel(ModelRegistry(PlatformConfig(**platform)), model_ref, columns,
+                                  task, max_batch_size, batch_wait_timeout_s)
         self._model.start_polling(reload_interval_s)
 
     async def reconfigure(self, user_config: dict[str, Any] | None) -> None:

@@ -3,9 +3,13 @@
 The same object backs a ``ModelServer`` deployment (one per served model) and, with
 ``args.embed_models: true``, lives inside each Ingress replica so a request is scored without
 any Serve hop. It loads ``name@alias`` or ``name/version`` through the registry (no pickle),
-refuses a model whose inputs are not the platform's, scores with adaptive ``@serve.batch``, and
-re-resolves its alias on demand or on a poll, swapping a new version in without dropping a
-request.
+refuses a model whose inputs are not the project's model inputs, scores with adaptive
+``@serve.batch``, and re-resolves its alias on demand or on a poll, swapping a new version in
+without dropping a request.
+
+A model's answer per row is its score (binary: the positive class's probability), its class
+probabilities (multiclass) or its value (regression); the Ingress turns it into the project's
+answer.
 """
 
 import asyncio
@@ -40,8 +44,9 @@ def _audit_deploy(registry, version, model_ref: str) -> None:
 
 
 def _threshold(registry, version) -> float:
-    """The decision threshold of a version: its ``decision_threshold`` tag (set at registration
-    from the training run's evaluation), else the run's evaluation artifact, else 0.5."""
+    """The decision threshold of a binary version: its ``decision_threshold`` tag (set at
+    registration from the training run's evaluation), else the run's evaluation artifact, else
+    0.5."""
     tag = version.tags.get("decision_threshold")
     if tag is not None:
         return float(tag)
@@ -55,8 +60,10 @@ def _threshold(registry, version) -> float:
     return found
 
 
-def _load(registry, model_ref: str, columns_expected: list[str]) -> dict[str, Any]:
-    """Load ``model_ref`` and its threshold; refuse a model whose inputs are not the platform's."""
+def _load(registry, model_ref: str, columns_expected: list[str],
+          task: str | None = None) -> dict[str, Any]:
+    """Load ``model_ref`` and its threshold; refuse a model whose inputs are not the project's
+    model inputs, or whose task is not the project's."""
     from mlplatform.registry import load_model
 
     loaded = load_model(registry, model_ref)
@@ -66,12 +73,16 @@ def _load(registry, model_ref: str, columns_expected: list[str]) -> dict[str, An
         loaded.model.set_param({"nthread": 1})
     if loaded.feature_names != columns_expected:
         raise ValueError(f"model {model_ref} ({loaded.version.uri}) takes inputs "
-                         f"{loaded.feature_names}, but the platform's model_inputs() produces "
-                         f"{columns_expected}; retrain it on a training set from "
-                         "mlplatform.features.build_training_set")
+                         f"{loaded.feature_names}, but the project's model_inputs produce "
+                         f"{columns_expected}; retrain it on the project's training set "
+                         "(mlplatform.features.build_training_set)")
+    if task is not None and loaded.task != task:
+        raise ValueError(f"model {model_ref} ({loaded.version.uri}) is a {loaded.task} model, "
+                         f"but the project's task is {task}; serve a model of this project")
     mv = loaded.version
     return {"model": loaded, "model_name": mv.name, "model_version": mv.version,
-            "threshold": _threshold(registry, mv), "uri": mv.uri, "run_id": mv.run_id}
+            "threshold": _threshold(registry, mv) if loaded.task == "binary" else None,
+            "task": loaded.task, "classes": loaded.classes, "uri": mv.uri, "run_id": mv.run_id}
 
 
 class ServedModel:
@@ -86,16 +97,14 @@ class ServedModel:
 
     Raises:
         ModelNotFound: The reference does not resolve.
-        ValueError: The model's inputs are not the platform's ``FEATURE_COLUMNS``.
+        ValueError: The model's inputs are not ``columns``, or its task is not ``task``.
     """
 
-    def __init__(self, registry, model_ref: str, max_batch_size: int = 32,
-                 batch_wait_timeout_s: float = 0.005,
+    def __init__(self, registry, model_ref: str, columns: list[str], task: str | None = None,
+                 max_batch_size: int = 32, batch_wait_timeout_s: float = 0.005,
                  on_change: Callable[[dict[str, Any]], None] | None = None):
-        from mlplatform.features import FEATURE_COLUMNS
-
-        self._registry, self.ref, self._columns = registry, model_ref, FEATURE_COLUMNS
-        self._state = _load(registry, model_ref, FEATURE_COLUMNS)
+        self._registry, self.ref, self._columns, self._task = registry, model_ref, columns, task
+        self._state = _load(registry, model_ref, columns, task)
         self._on_change = on_change
         _audit_deploy(registry, self._state["model"].version, model_ref)
         # Adaptive @serve.batch, one queue per instance (two embedded models never share one).
@@ -133,7 +142,7 @@ class ServedModel:
                         "to_version": current.version, "reloaded": False}
             # Load the exact version resolved (the alias may move again meanwhile).
             state = await asyncio.to_thread(_load, self._registry, current.uri.removeprefix(
-                "models:/"), self._columns)
+                "models:/"), self._columns, self._task)
             self._state = state          # one assignment: a batch sees the old or the new model
             _audit_deploy(self._registry, state["model"].version, self.ref)
             logger.info("%s reloaded: version %s -> %s", self.ref, before["model_version"],
@@ -144,16 +153,18 @@ class ServedModel:
                     "to_version": state["model_version"], "reloaded": True}
 
     def info(self) -> dict[str, Any]:
-        """What is loaded: reference, name, version, threshold and the input columns."""
+        """What is loaded: reference, name, version, task, threshold (binary), classes
+        (multiclass) and the input columns."""
         s = self._state
         return {"model_ref": self.ref, "model_name": s["model_name"],
                 "model_version": s["model_version"], "run_id": s["run_id"],
-                "threshold": s["threshold"], "kind": s["model"].kind,
-                "inputs": s["model"].inputs}
+                "task": s["task"], "threshold": s["threshold"], "classes": s["classes"],
+                "kind": s["model"].kind, "inputs": s["model"].inputs}
 
     async def predict(self, matrix: np.ndarray) -> dict[str, Any]:
-        """Scores of the rows of ``matrix`` (the model inputs, in ``FEATURE_COLUMNS`` order),
-        with the version that scored them and its decision threshold.
+        """Predictions of the rows of ``matrix`` (the model inputs, in column order): a score,
+        a list of class probabilities or a value per row, with the version that made them, its
+        task, decision threshold (binary) and classes (multiclass).
 
         Adaptive batching (:class:`~mlplatform.serving.batching.AdaptiveBatch`): a request that
         finds no other one in flight here is scored at once; only under concurrency do requests
@@ -163,14 +174,15 @@ class ServedModel:
         """
         scores, state = await self._batch(matrix)
         return {"scores": scores, "model_name": state["model_name"],
-                "model_version": state["model_version"], "threshold": state["threshold"]}
+                "model_version": state["model_version"], "threshold": state["threshold"],
+                "task": state["task"], "classes": state["classes"]}
 
     def _score_one(self, matrix: np.ndarray) -> tuple[list[float], dict[str, Any]]:
         state = self._state
         return np.asarray(state["model"].predict_matrix(matrix), dtype=float).tolist(), state
 
     def _score_many(self, matrices: list[np.ndarray]) -> list[tuple[list[float], dict]]:
-        # One model call (XGBoost or torch) for every request that arrived within the window;
+        # One model call (XGBoost, torch or ONNX) for every request that arrived within the window;
         # the batch is scored by one version, even if a reload swaps another in meanwhile.
         state = self._state
         scores = np.asarray(state["model"].predict_matrix(np.vstack(matrices)),

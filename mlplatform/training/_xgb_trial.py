@@ -31,7 +31,7 @@ def tune_trial(config: TrainConfig, train: pd.DataFrame, valid: pd.DataFrame,
     import xgboost
 
     feats, label = config.feature_columns, config.label
-    params = dict(config.params)
+    params = config.xgb_params()
     if config.scaling.use_gpu:
         params["device"] = "cuda"
     dtrain = xgboost.DMatrix(train[feats], label=train[label])
@@ -80,13 +80,16 @@ def log_tuned_model(model_dir: Path, config: TrainConfig, sample: pd.DataFrame):
     import mlflow
     import xgboost
 
-    from mlplatform.training.tracking import signature_for
+    from mlplatform.models import model_metadata, signature_for
 
     booster = xgboost.Booster()
     booster.load_model(str(model_dir / MODEL_FILE))
     scores = booster.predict(xgboost.DMatrix(sample))
-    return mlflow.xgboost.log_model(booster, name="model", signature=signature_for(sample, scores),
-                                    input_example=sample.head(2), model_format="ubj")
+    return mlflow.xgboost.log_model(
+        booster, name="model", signature=signature_for(sample, scores, config.task,
+                                                       config.classes),
+        input_example=sample.head(2), model_format="ubj",
+        metadata=model_metadata(config.task or "binary", config.classes))
 
 
 def check_params(config: TrainConfig) -> None:
@@ -94,12 +97,14 @@ def check_params(config: TrainConfig) -> None:
     import numpy as np
     import xgboost
 
-    n = len(config.feature_columns)
-    data = xgboost.DMatrix(np.arange(8 * n, dtype=float).reshape(8, n) % 3, label=[0, 1] * 4)
+    n = len(config.feature_columns or []) or 1
+    classes = max(2, len(config.classes or [])) if config.task == "multiclass" else 2
+    data = xgboost.DMatrix(np.arange(8 * n, dtype=float).reshape(8, n) % 3,
+                           label=np.arange(8) % classes)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            xgboost.train({**config.params, "nthread": 1}, data, num_boost_round=1)
+            xgboost.train({**config.xgb_params(), "nthread": 1}, data, num_boost_round=1)
         except xgboost.core.XGBoostError as exc:
             text = re.sub(r"\[[\d:]+\] \S+: ", "", str(exc)).strip().splitlines()
             raise ValueError(f"XGBoost says: {text[0] if text else exc}") from None
@@ -110,8 +115,8 @@ def check_params(config: TrainConfig) -> None:
 
 
 def reported_metrics(config: TrainConfig) -> list[str]:
-    """The ``val_*`` names a trial reports: one per ``params.eval_metric``."""
-    names = config.params.get("eval_metric", [])
+    """The ``val_*`` names a trial reports: one per ``eval_metric`` of the task's params."""
+    names = config.xgb_params().get("eval_metric", [])
     return [metric_name(m) for m in ([names] if isinstance(names, str) else names)]
 
 

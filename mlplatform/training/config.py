@@ -1,7 +1,9 @@
-"""Training configuration (pydantic, loadable from YAML).
+"""Training configuration (pydantic; a project's ``models.<name>.train``).
 
 One ``TrainConfig`` trains either model (``model: xgboost | torch``) on a laptop or a GPU
-cluster: only ``scaling`` changes between the two.
+cluster: only ``scaling`` changes between the two. What the project declares (the task, the
+label, the model inputs, the time column) fills the keys left unset, from the training set's
+lineage file (:meth:`TrainConfig.resolved`), so a config names only how to train.
 """
 
 from __future__ import annotations
@@ -24,12 +26,31 @@ from pydantic import (
     model_validator,
 )
 
-from mlplatform.errors import ConfigError
-from mlplatform.features.transforms import FEATURE_COLUMNS, LABEL_COLUMN, VOCABULARIES
+from mlplatform.errors import ConfigError, config_error
 
+Task = Literal["binary", "multiclass", "regression"]
+#: XGBoost's objective and evaluation metrics per task; early stopping watches the last metric.
+TASK_XGB_PARAMS: dict[str, dict[str, Any]] = {
+    "binary": {"objective": "binary:logistic", "eval_metric": ["logloss", "auc", "aucpr"]},
+    "multiclass": {"objective": "multi:softprob", "eval_metric": ["merror", "mlogloss"]},
+    "regression": {"objective": "reg:squarederror", "eval_metric": ["mae", "rmse"]},
+}
+#: The torch trainer's validation metrics per task -> the run's final metric names.
+TORCH_FINAL_METRICS: dict[str, dict[str, str]] = {
+    "binary": {"validation_auc_pr": "val_auc_pr", "validation_auc_roc": "val_auc_roc",
+               "validation_loss": "val_logloss"},
+    "multiclass": {"validation_loss": "val_logloss", "validation_accuracy": "val_accuracy"},
+    "regression": {"validation_rmse": "val_rmse", "validation_mae": "val_mae"},
+}
+
+
+def final_metric_names(task: str) -> dict[str, str]:
+    """The torch trainer's per-epoch validation metric -> final metric name, for ``task``."""
+    return TORCH_FINAL_METRICS[task]
+
+
+#: Booster parameters every task starts from (a config's ``params`` add to and override them).
 DEFAULT_XGB_PARAMS: dict[str, Any] = {
-    "objective": "binary:logistic",
-    "eval_metric": ["logloss", "auc", "aucpr"],
     "tree_method": "hist",
     "max_depth": 6,
     "eta": 0.1,
@@ -52,11 +73,6 @@ class ScalingSpec(BaseModel):
         description="Ray resources each worker reserves, e.g. {CPU: 4, GPU: 1}.")
 
 
-def _default_categorical() -> dict[str, int]:
-    """Code columns the torch model embeds -> embedding rows (vocabulary + 1 for unknown, -1)."""
-    return {f"{col}_code": len(vocab) + 1 for col, vocab in VOCABULARIES.items()}
-
-
 class TorchParams(BaseModel):
     """The tabular network (embeddings for categorical codes + an MLP) and its optimiser."""
 
@@ -65,10 +81,11 @@ class TorchParams(BaseModel):
     hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [128, 64], min_length=1,
                                             description="Widths of the MLP's hidden layers.")
     embedding_dim: PositiveInt = Field(default=8, description="Embedding width per categorical.")
-    categorical: dict[str, PositiveInt] = Field(
-        default_factory=_default_categorical,
+    categorical: dict[str, PositiveInt] | None = Field(
+        default=None,
         description="Integer code columns to embed -> number of embedding rows; code c is row "
-        "c + 1 (row 0: unknown, code -1). Other feature columns are standardised numerics.")
+        "c + 1 (row 0: unknown, code -1). Other feature columns are standardised numerics. "
+        "Default: the project's model-input columns that declare `categories` (n + 1 rows).")
     dropout: confloat(ge=0.0, lt=1.0) = Field(default=0.1, description="Dropout after each layer.")
     epochs: PositiveInt = Field(default=8, description="Passes over the training data.")
     batch_size: PositiveInt = Field(default=512, description="Rows per step per worker.")
@@ -118,48 +135,62 @@ class FeatureViewsSource(BaseModel):
 
     The training set is built on the cluster (Ray Data) under
     ``<storage_root>/training_sets/views-<digest>`` and reused while the events, the features
-    and the views' offline versions are unchanged. When every feature the fraud model reads is
-    requested, the derived model inputs (``FEATURE_COLUMNS``) are added; the requested view
-    features and the event's own fields (amount, country, ...) are always there, so
-    ``feature_columns`` may name any of them.
+    and the views' offline versions are unchanged. It holds the project's model inputs, and
+    beside them the features named here and the request fields, so ``feature_columns`` may
+    name any of them.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     features: list[str] = Field(
-        min_length=1, description="Feature references: 'view', 'view:feature' or a feature name.")
+        default_factory=list, description="Feature references joined beside the project's: "
+        "'view', 'view:feature' or a feature name.")
     events: Path | None = Field(
-        default=None, description="Parquet of labelled events (transaction fields + label). "
-        "Default: the feature store's `transactions` source.")
+        default=None, description="Parquet of labelled events (request fields + label). "
+        "Default: the project's `data.events` source.")
     versions: dict[str, str] = Field(
         default_factory=dict, description="Pin offline versions per view (default: current).")
 
 
 class TrainConfig(BaseModel):
-    """What :func:`mlplatform.training.train_xgboost` trains, on what data, and how."""
+    """What :func:`mlplatform.training.train` trains, on what data, and how.
+
+    Keys left unset (``task``, ``label``, ``feature_columns``, ``timestamp_column``,
+    ``validation_fraction``, ``params``' objective and metrics, ``torch.categorical``) come from
+    the training set's project (:meth:`resolved`).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     model: Literal["xgboost", "torch"] = Field(default="xgboost", description="Which trainer.")
     features_path: Path | None = Field(
         default=None, description="Parquet folder of the training set. Default: "
-        "<storage_root>/training_sets/fraud (what build_training_set writes).")
+        "<storage_root>/training_sets/<project> (what build_training_set writes).")
     feature_views: FeatureViewsSource | None = Field(
-        default=None, description="Or train from feature views + the label (built and joined "
-        "point-in-time by the feature store); excludes features_path.")
-    label: str = Field(default=LABEL_COLUMN, description="Binary label column (0/1).")
-    feature_columns: list[str] = Field(default_factory=lambda: list(FEATURE_COLUMNS),
-                                       min_length=1, description="Model inputs, in order.")
-    timestamp_column: str = Field(default="event_timestamp",
-                                  description="Time column the train/validation split uses.")
-    validation_fraction: confloat(gt=0.0, lt=1.0) = Field(
-        default=0.2, description="Last share of the time range held out for validation "
-        "(time-based split: train on the past, validate on the future).")
+        default=None, description="Or train from the project's events joined point-in-time "
+        "with extra feature views (built by the feature store); excludes features_path.")
+    task: Task | None = Field(default=None, description="binary, multiclass or regression "
+                              "(default: the project's).")
+    classes: list[Any] | None = Field(default=None, description="Multiclass: the class values "
+                                      "in label-index order (default: the project's).")
+    label: str | None = Field(default=None, description="Label column (default: the project's; "
+                              "0/1 for binary, the class index for multiclass).")
+    feature_columns: list[str] | None = Field(
+        default=None, min_length=1, description="Model inputs, in order (default: the project's "
+        "model_inputs.columns).")
+    timestamp_column: str | None = Field(
+        default=None, description="Time column the train/validation split uses (default: the "
+        "project's data.timestamp; none: a seeded random split).")
+    validation_fraction: confloat(gt=0.0, lt=1.0) | None = Field(
+        default=None, description="Share held out for validation: the last share of the time "
+        "range (train on the past, validate on the future), or of the rows at random without "
+        "a time column. Default: the project's data.validation_fraction.")
     split_at: datetime | None = Field(
         default=None, description="Explicit train/validation boundary (rows before it train); "
         "overrides validation_fraction.")
-    params: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_XGB_PARAMS),
-                                   description="XGBoost booster parameters.")
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="XGBoost booster parameters, over "
+                                   "DEFAULT_XGB_PARAMS and the task's objective and metrics.")
     xgb_callbacks: list[CallbackSpec] = Field(
         default_factory=list, description="Extra XGBoost callbacks run on every worker.")
     torch: TorchParams = Field(default_factory=TorchParams, description="The torch model.")
@@ -171,9 +202,52 @@ class TrainConfig(BaseModel):
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     failure: FailureSpec = Field(default_factory=FailureSpec)
     experiment_name: str | None = Field(default=None, description="MLflow experiment "
-                                        "(default: the platform config's experiment_name).")
+                                        "(default: the platform config's, else the project's "
+                                        "name).")
     run_name: str | None = Field(default=None, description="MLflow run name.")
     tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow run tags.")
+
+    def resolved(self, manifest: dict[str, Any]) -> TrainConfig:
+        """This config with every unset key taken from a training set's lineage file
+        (``_training_set.json``: the project's task, label, inputs and split).
+
+        Raises:
+            ConfigError: A key is unset and the training set does not say it either.
+        """
+        task_spec = manifest.get("task") or {}
+        task = self.task or task_spec.get("type") or "binary"
+        update: dict[str, Any] = {"task": task}
+        if self.classes is None and task == "multiclass":
+            update["classes"] = task_spec.get("classes")
+        for key, source in (("label", "label"), ("feature_columns", "features"),
+                            ("timestamp_column", "timestamp")):
+            if getattr(self, key) is None:
+                update[key] = manifest.get(source)
+        if self.validation_fraction is None:
+            update["validation_fraction"] = manifest.get("validation_fraction") or 0.2
+        missing = [k for k in ("label", "feature_columns") if not (update.get(k)
+                                                                   or getattr(self, k))]
+        if missing:
+            raise ConfigError(f"training config: {missing} not given, and the training set does "
+                              "not name them (build it with mlplatform.features."
+                              "build_training_set, or set them)")
+        if task == "multiclass" and not (update.get("classes") or self.classes):
+            raise ConfigError("training config: a multiclass task needs `classes`")
+        if self.torch.categorical is None:
+            features = update.get("feature_columns") or self.feature_columns
+            categorical = {c: int(n) + 1 for c, n in (manifest.get("categorical") or {}).items()
+                           if c in features}
+            update["torch"] = self.torch.model_copy(update={"categorical": categorical})
+        return self.model_copy(update=update)
+
+    def xgb_params(self) -> dict[str, Any]:
+        """The booster parameters: the defaults, the task's objective and metrics, then
+        ``params`` (``num_class`` added for multiclass)."""
+        task = self.task or "binary"
+        params = {**DEFAULT_XGB_PARAMS, **TASK_XGB_PARAMS[task], **self.params}
+        if task == "multiclass":
+            params["num_class"] = len(self.classes or [])
+        return params
 
     @model_validator(mode="after")
     def _one_data_source(self) -> TrainConfig:
@@ -189,10 +263,12 @@ class TrainConfig(BaseModel):
         if not path.is_file():
             raise ConfigError(f"training config {path} does not exist")
         data = yaml.safe_load(path.read_text()) or {}
+        return cls.load(data, f"training config {path}")
+
+    @classmethod
+    def load(cls, data: dict[str, Any], where: str, prefix: str = "") -> TrainConfig:
+        """Validate a mapping; errors name ``where`` and every bad key (under ``prefix``)."""
         try:
             return cls(**data)
         except ValidationError as exc:
-            details = "; ".join(
-                f"'{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"invalid training config {path}: {details}. "
-                              f"Allowed keys: {', '.join(cls.model_fields)}.") from None
+            raise config_error(where, exc, cls, prefix) from None

@@ -20,7 +20,7 @@ _EPS = 1e-15
 
 def evaluation_report(y_true, scores, threshold: float | None = None,
                       calibration_bins: int = CALIBRATION_BINS) -> dict[str, Any]:
-    """Metrics of fraud scores against labels, the decision threshold and the curves.
+    """Metrics of binary scores against 0/1 labels, the decision threshold and the curves.
 
     Args:
         y_true: 0/1 labels.

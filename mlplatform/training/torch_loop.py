@@ -3,8 +3,10 @@
 :func:`run_worker` is the loop: epochs over the worker's data shard, metrics over the whole
 validation set (scores gathered from every shard), checkpoints from rank 0, resume from the last
 checkpoint. The pieces it is made of (:func:`fit_epoch`, :func:`save_checkpoint`,
-:func:`restore_checkpoint`, :func:`binary_metrics`) take plain tensors and iterables, so they
-are tested without Ray.
+:func:`restore_checkpoint`, :func:`task_metrics`) take plain tensors and iterables, so they
+are tested without Ray. The loss and the metrics follow the network's task: binary (log loss,
+AUC-PR, AUC-ROC), multiclass (log loss, accuracy) or regression (squared error of the
+standardised label; RMSE and MAE in the label's units).
 
 Determinism: every rank starts from the same seeded weights (DDP also broadcasts rank 0's);
 each epoch reseeds torch (dropout) and the shard's local shuffle from ``(seed, epoch, rank)``,
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mlplatform.training.torch_model import TabularArch, TabularNet, save_torch_model, unwrap
+from mlplatform.models.torch_net import TabularArch, TabularNet, save_torch_model, unwrap
 
 OPTIMIZER_FILE = "optimizer.pt"
 TRAIN_STATE_FILE = "train_state.json"
@@ -54,6 +56,17 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return ((seed * 100_003 + epoch) * 1_009 + rank) % 2**32
 
 
+def task_loss(arch: TabularArch | None, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The training loss of the network's task (binary when ``arch`` is None): log loss on the
+    logit(s), or the squared error of the standardised label."""
+    task = arch.task if arch is not None else "binary"
+    if task == "multiclass":
+        return F.cross_entropy(out, y.long())
+    if task == "regression":
+        return F.mse_loss(out, (y - arch.target_mean) / arch.target_std)
+    return F.binary_cross_entropy_with_logits(out, y)
+
+
 def fit_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
               batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, seed: int,
               amp: bool = False) -> tuple[float, int]:
@@ -65,11 +78,12 @@ def fit_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     """
     torch.manual_seed(seed)
     model.train()
+    arch = getattr(unwrap(model), "arch", None)
     loss_sum, rows = None, 0
     for x, y in batches:
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+            out = model(x)
+        loss = task_loss(arch, out.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -82,7 +96,8 @@ def fit_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 def predict_logits(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                    *, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels (float32, on the batches' device) for every row of ``batches``."""
+    """Raw outputs (logits, or standardised values) and labels (float32, on the batches'
+    device) for every row of ``batches``."""
     net = unwrap(model).eval()
     logits, labels = [], []
     with torch.inference_mode():
@@ -96,11 +111,15 @@ def predict_logits(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor,
 
 
 def gather(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate a 1-D tensor from every rank (in rank order); itself without a process group."""
+    """Concatenate a tensor's rows from every rank (in rank order); itself without a process
+    group. Rows may be scalars (1-D) or vectors of one width (2-D)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t
+    if t.dim() > 1:
+        width = t.shape[1]
+        return gather(t.reshape(-1)).reshape(-1, width)
     world = dist.get_world_size()
     size = torch.tensor([t.numel()], device=t.device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
@@ -137,6 +156,28 @@ def binary_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
             "auc_roc": auc_roc(y, z) if both else float("nan")}
 
 
+def task_metrics(arch: TabularArch, out: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Validation metrics of the network's raw outputs: binary ``loss``, ``auc_pr``,
+    ``auc_roc``; multiclass ``loss`` (log loss) and ``accuracy``; regression ``loss`` (squared
+    error of the standardised label), ``rmse`` and ``mae`` (label units)."""
+    y = np.asarray(labels, dtype=np.float64)
+    if arch.task == "binary":
+        return binary_metrics(out, y)
+    z = np.asarray(out, dtype=np.float64)
+    if not len(y):
+        return {"loss": float("nan")}
+    if arch.task == "multiclass":
+        shifted = z - z.max(axis=1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        idx = y.astype(np.int64)
+        return {"loss": float(-log_p[np.arange(len(idx)), idx].mean()),
+                "accuracy": float((z.argmax(axis=1) == idx).mean())}
+    pred = z * arch.target_std + arch.target_mean
+    err = pred - y
+    return {"loss": float(np.mean(((y - arch.target_mean) / arch.target_std - z) ** 2)),
+            "rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err)))}
+
+
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, arch: TabularArch,
                     optimizer: torch.optim.Optimizer, state: TrainState) -> Path:
     """Write a resumable checkpoint: the model files (``model.pt`` + ``arch.json``, servable as
@@ -151,7 +192,7 @@ def restore_checkpoint(folder: str | Path, model: torch.nn.Module,
                        optimizer: torch.optim.Optimizer) -> TrainState:
     """Load weights and optimizer state from ``folder`` into ``model`` (possibly DDP-wrapped)
     and ``optimizer``; returns the saved :class:`TrainState` (training resumes at epoch + 1)."""
-    from mlplatform.training.torch_model import STATE_FILE
+    from mlplatform.models.torch_net import STATE_FILE
 
     folder = Path(folder)
     unwrap(model).load_state_dict(
@@ -280,8 +321,8 @@ def run_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: 
         train_s = time.perf_counter() - started
         loss_sum, rows = all_reduce_sum([loss_sum, float(rows)], device)
         logits, labels = predict_logits(model, valid_batches(), amp=amp)
-        valid = binary_metrics(gather(logits.to(device)).cpu().numpy(),
-                               gather(labels.to(device)).cpu().numpy())
+        valid = task_metrics(unwrap(model).arch, gather(logits.to(device)).cpu().numpy(),
+                             gather(labels.to(device)).cpu().numpy())
         metrics = {"train_loss": loss_sum / max(rows, 1),
                    **{f"validation_{k}": v for k, v in valid.items()},
                    "train_samples_per_s": rows / max(train_s, 1e-9)}

@@ -1,4 +1,5 @@
-"""Distributed PyTorch training of the tabular fraud network with Ray Train, tracked in MLflow.
+"""Distributed PyTorch training of the tabular network with Ray Train, tracked in MLflow
+(binary, multiclass or regression, as the project's task says).
 
 ``TorchTrainer`` runs :func:`_train_loop` on ``scaling.num_workers`` workers: the network is
 wrapped for DDP by ``prepare_model``, each worker streams its shard of the (once shuffled)
@@ -8,7 +9,7 @@ autocast. Rank 0 saves a checkpoint (weights, optimizer, per-epoch history) ever
 ``checkpoint.frequency`` epochs and after the last one; after a worker failure the group
 restarts from it (``failure.max_failures``) at the next epoch. The driver then logs one MLflow
 run like the XGBoost trainer's, with the model as a pickle-free pyfunc
-(``loader_module: mlplatform.training.torch_model``).
+(``loader_module: mlplatform.models.torch_net``).
 
 :func:`tune_trial` and :func:`log_tuned_model` are the torch side of the sweep's trial contract
 (:mod:`mlplatform.training.tuning`): the same network and epochs in one Tune trial's process.
@@ -28,19 +29,9 @@ import pandas as pd
 
 from mlplatform.config import PlatformConfig
 from mlplatform.errors import ConfigError
-from mlplatform.training.config import TrainConfig
-from mlplatform.training.data import (
-    check_scaling,
-    fit,
-    time_split,
-    train_run_config,
-    training_data,
-)
-from mlplatform.training.tracking import TrainResult, log_training_run, signature_for
-
-#: Final metric names logged to MLflow (as xgb.FINAL_METRICS), from the per-epoch history.
-FINAL_METRICS = {"validation_auc_pr": "val_auc_pr", "validation_auc_roc": "val_auc_roc",
-                 "validation_loss": "val_logloss"}
+from mlplatform.training.config import TrainConfig, final_metric_names
+from mlplatform.training.data import check_scaling, fit, prepare, time_split, train_run_config
+from mlplatform.training.tracking import TrainResult, log_training_run
 
 
 def train_torch(config: TrainConfig, platform: PlatformConfig | None = None) -> TrainResult:
@@ -52,8 +43,10 @@ def train_torch(config: TrainConfig, platform: PlatformConfig | None = None) -> 
         platform: Where Ray, MLflow and storage live (default: ``PlatformConfig.load()``).
 
     Returns:
-        The MLflow run id, the logged model's URI, final validation metrics (``val_auc_pr``,
-        ``val_auc_roc``, ``val_logloss``), the last checkpoint and the run params.
+        The MLflow run id, the logged model's URI, final validation metrics (binary
+        ``val_auc_pr``, ``val_auc_roc``, ``val_logloss``; multiclass ``val_logloss``,
+        ``val_accuracy``; regression ``val_rmse``, ``val_mae``), the last checkpoint and the
+        run params.
 
     Raises:
         ConfigError: A ``torch.categorical`` column is not a feature column, or the scaling
@@ -69,14 +62,15 @@ def train_torch(config: TrainConfig, platform: PlatformConfig | None = None) -> 
     from mlplatform._ray import init_ray
 
     platform = platform or PlatformConfig.load()
-    params = config.torch
-    _check_columns(config)
     init_ray(platform)
     check_scaling(config.scaling)
-    features_path = training_data(config, platform)
+    config, features_path = prepare(config, platform)
+    params = config.torch
+    _check_columns(config)
     train_ds, valid_ds, split = time_split(features_path, config)
 
-    arch = _arch(config, *_numeric_stats(train_ds, _numeric_columns(config)))
+    target = _numeric_stats(train_ds, [config.label]) if config.task == "regression" else None
+    arch = _arch(config, *_numeric_stats(train_ds, _numeric_columns(config)), target=target)
     # The training set is in time order: shuffle it once, so every batch mixes the whole period
     # (each epoch then also shuffles locally, with its own seed).
     train_ds = train_ds.random_shuffle(seed=params.seed).materialize()
@@ -106,9 +100,9 @@ def train_torch(config: TrainConfig, platform: PlatformConfig | None = None) -> 
 def _log_run(platform, config: TrainConfig, arch, checkpoint, train_ds, valid_ds, split: dict,
              features_path: Path) -> TrainResult:
     """Log the final checkpoint's model, history and evaluation as one MLflow run."""
+    from mlplatform.models.torch_net import load_torch_model
     from mlplatform.training.evaluation import EVAL_ROWS, PROFILE_ROWS, bounded_sample
     from mlplatform.training.torch_loop import TRAIN_STATE_FILE
-    from mlplatform.training.torch_model import load_torch_model
 
     params, scaling = config.torch, config.scaling
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,13 +113,14 @@ def _log_run(platform, config: TrainConfig, arch, checkpoint, train_ds, valid_ds
         valid_frame = bounded_sample(valid_ds, EVAL_ROWS)
         sample = valid_frame[config.feature_columns].head(5)
         history = state["history"]
-        metrics = {final: float(history[name][-1]) for name, final in FINAL_METRICS.items()}
+        metrics = {final: float(history[name][-1])
+                   for name, final in final_metric_names(config.task).items()}
         run_params = {
             "model": "torch", "epochs": params.epochs, "epochs_trained": state["epoch"] + 1,
             "batch_size": params.batch_size, "learning_rate": params.learning_rate,
             "weight_decay": params.weight_decay, "hidden_sizes": list(params.hidden_sizes),
             "embedding_dim": params.embedding_dim, "dropout": params.dropout,
-            "categorical": dict(params.categorical), "seed": params.seed,
+            "categorical": dict(params.categorical or {}), "seed": params.seed,
             "cache_data": params.cache_data, "amp": state["amp"], "device": state["device"],
             "num_workers": scaling.num_workers,
             "use_gpu": scaling.use_gpu, "checkpoint_frequency": config.checkpoint.frequency,
@@ -137,7 +132,7 @@ def _log_run(platform, config: TrainConfig, arch, checkpoint, train_ds, valid_ds
         return log_training_run(
             platform, config, trainer="torch", params=run_params, history=history,
             metrics=metrics, features_path=features_path,
-            log_model=lambda: _log_pyfunc(model_dir, sample),
+            log_model=lambda: _log_pyfunc(model_dir, sample, config),
             artifacts={"training/history.json": state,
                        "training/arch.json": json.loads(arch.model_dump_json())},
             checkpoint_path=checkpoint.path, validation_frame=valid_frame,
@@ -155,12 +150,13 @@ def tune_trial(config: TrainConfig, train: pd.DataFrame, valid: pd.DataFrame,
     """
     import torch
 
+    from mlplatform.models.torch_net import TabularNet, save_torch_model
     from mlplatform.training.torch_loop import TrainState, make_optimizer, run_epochs
-    from mlplatform.training.torch_model import TabularNet, save_torch_model
 
     _check_columns(config)
     params = config.torch
-    arch = _arch(config, *_frame_stats(train, _numeric_columns(config)))
+    target = _frame_stats(train, [config.label]) if config.task == "regression" else None
+    arch = _arch(config, *_frame_stats(train, _numeric_columns(config)), target=target)
     device = torch.device("cuda" if config.scaling.use_gpu and torch.cuda.is_available() else "cpu")
     torch.manual_seed(params.seed)
     model = TabularNet(arch).to(device)
@@ -180,7 +176,8 @@ def tune_trial(config: TrainConfig, train: pd.DataFrame, valid: pd.DataFrame,
             yield x_valid[i:i + 65_536].to(device), y_valid[i:i + 65_536].to(device)
 
     def on_epoch(epoch: int, metrics: dict[str, float], _checkpoint_due: bool) -> None:
-        values = {final: metrics[name] for name, final in FINAL_METRICS.items()}
+        values = {final: metrics[name]
+                  for name, final in final_metric_names(config.task).items()}
         rounds = epoch + 1
         if rounds < params.epochs:
             report(rounds, values, best_round=rounds, final=values)
@@ -199,32 +196,34 @@ def log_tuned_model(model_dir: Path, config: TrainConfig, sample: pd.DataFrame):
     """Log a trial's model folder (``model.pt`` + ``arch.json``) as the pickle-free pyfunc into
     the active MLflow run; returns MLflow's ``ModelInfo``."""
     with tempfile.TemporaryDirectory() as tmp:
-        return _log_pyfunc(_model_folder(model_dir, tmp), sample[config.feature_columns])
+        return _log_pyfunc(_model_folder(model_dir, tmp), sample[config.feature_columns], config)
 
 
-def _log_pyfunc(model_dir: Path, sample: pd.DataFrame):
+def _log_pyfunc(model_dir: Path, sample: pd.DataFrame, config: TrainConfig):
     """``mlflow.pyfunc.log_model`` of a saved torch model: ``loader_module`` is
-    :mod:`mlplatform.training.torch_model`, the data folder holds only the state_dict and
+    :mod:`mlplatform.models.torch_net`, the data folder holds only the state_dict and
     ``arch.json``, and nothing is pickled."""
     import mlflow
     import pydantic
     import torch
 
-    from mlplatform.training.torch_model import load_torch_model
+    from mlplatform.models import TORCH_LOADER_MODULE, model_metadata, signature_for
+    from mlplatform.models.torch_net import load_torch_model
 
     scores = load_torch_model(model_dir).predict(sample)
     # Written out, so MLflow does not load the model in a subprocess to infer them.
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
                     f"pandas=={pd.__version__}", f"pydantic=={pydantic.__version__}"]
     return mlflow.pyfunc.log_model(
-        name="model", loader_module="mlplatform.training.torch_model", data_path=str(model_dir),
-        signature=signature_for(sample, scores), input_example=sample.head(2),
-        pip_requirements=requirements)
+        name="model", loader_module=TORCH_LOADER_MODULE, data_path=str(model_dir),
+        signature=signature_for(sample, scores, config.task, config.classes),
+        input_example=sample.head(2), pip_requirements=requirements,
+        metadata=model_metadata(config.task or "binary", config.classes))
 
 
 def _model_folder(source: str | Path, tmp: str | Path) -> Path:
     """Copy the model files of a checkpoint or trial folder into ``<tmp>/torch_model``."""
-    from mlplatform.training.torch_model import ARCH_FILE, STATE_FILE
+    from mlplatform.models.torch_net import ARCH_FILE, STATE_FILE
 
     folder = Path(tmp, "torch_model")
     folder.mkdir()
@@ -234,24 +233,32 @@ def _model_folder(source: str | Path, tmp: str | Path) -> Path:
 
 
 def _check_columns(config: TrainConfig) -> None:
-    unknown = [c for c in config.torch.categorical if c not in config.feature_columns]
+    unknown = [c for c in config.torch.categorical or {} if c not in config.feature_columns]
     if unknown:
         raise ConfigError(f"torch.categorical names {unknown}, which are not in feature_columns "
                           f"{config.feature_columns}; remove them or add them as features.")
 
 
 def _numeric_columns(config: TrainConfig) -> list[str]:
-    return [c for c in config.feature_columns if c not in config.torch.categorical]
+    return [c for c in config.feature_columns if c not in (config.torch.categorical or {})]
 
 
-def _arch(config: TrainConfig, means: dict[str, float], stds: dict[str, float]):
-    from mlplatform.training.torch_model import TabularArch
+def _arch(config: TrainConfig, means: dict[str, float], stds: dict[str, float],
+          target: tuple[dict[str, float], dict[str, float]] | None = None):
+    """The network's architecture: the task's outputs, the columns and their statistics
+    (``target``: the regression label's mean and std, from the training split)."""
+    from mlplatform.models.torch_net import TabularArch
 
     params = config.torch
+    extra = {}
+    if target is not None:
+        extra = {"target_mean": target[0][config.label], "target_std": target[1][config.label]}
     return TabularArch(
-        feature_columns=config.feature_columns, categorical=dict(params.categorical),
+        task=config.task or "binary",
+        num_outputs=len(config.classes or []) if config.task == "multiclass" else 1,
+        feature_columns=config.feature_columns, categorical=dict(params.categorical or {}),
         embedding_dim=params.embedding_dim, hidden_sizes=list(params.hidden_sizes),
-        dropout=params.dropout, numeric_means=means, numeric_stds=stds)
+        dropout=params.dropout, numeric_means=means, numeric_stds=stds, **extra)
 
 
 def _tensors(frame: pd.DataFrame, config: TrainConfig):

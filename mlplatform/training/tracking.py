@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,16 +39,6 @@ def flat_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()}
 
 
-def signature_for(sample: pd.DataFrame, scores) -> Any:
-    """The model signature: the feature columns in, a ``score`` out."""
-    from mlflow.models import infer_signature
-
-    with warnings.catch_warnings():
-        # Integer features (hour, codes, counts) are integers on purpose and never missing.
-        warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
-        return infer_signature(sample, pd.Series(scores, name="score"))
-
-
 def log_training_run(platform: PlatformConfig, config: TrainConfig, *, trainer: str,
                      params: dict[str, Any], history: dict[str, list[float]],
                      metrics: dict[str, float], features_path: Path,
@@ -72,8 +61,9 @@ def log_training_run(platform: PlatformConfig, config: TrainConfig, *, trainer: 
         validation_frame: Bounded validation rows (``config.feature_columns`` and
             ``config.label``): with it the run gets the evaluation artifacts, SHAP importance
             and ``eval_*`` metrics (:func:`~mlplatform.training.evaluation.log_evaluation_artifacts`).
-        validation_scores: The model's scores on ``validation_frame`` (None: ``predict_fn``).
-        predict_fn: DataFrame of the feature columns -> probabilities (needed unless
+        validation_scores: The model's predictions on ``validation_frame`` (None:
+            ``predict_fn``).
+        predict_fn: DataFrame of the feature columns -> predictions (needed unless
             ``validation_scores`` and ``explain_model`` cover both uses).
         reference_frame: Bounded sample of the training rows, profiled for drift monitoring.
         explain_model: An ``xgboost.Booster`` for exact TreeSHAP; None: SHAP explains
@@ -83,9 +73,14 @@ def log_training_run(platform: PlatformConfig, config: TrainConfig, *, trainer: 
 
     from mlplatform import _mlflow
 
-    experiment_id = _mlflow.ensure_experiment(platform, config.experiment_name)
     lineage = read_training_set_manifest(features_path)
+    experiment_id = _mlflow.ensure_experiment(platform, config.experiment_name,
+                                              lineage.get("project"))
     tags = {"features_path": str(features_path), "mlplatform.trainer": trainer,
+            "mlplatform.task": config.task or "binary",
+            **({"mlplatform.project": lineage["project"],
+                "mlplatform.project_file": lineage.get("project_file", "")}
+               if lineage.get("project") else {}),
             **{f"feature_version.{v}": ver
                for v, ver in lineage.get("feature_versions", {}).items()},
             **config.tags}
@@ -97,7 +92,8 @@ def log_training_run(platform: PlatformConfig, config: TrainConfig, *, trainer: 
         mlflow.set_tags(tags)
         log_history(run.info.run_id, history)
         mlflow.log_metrics(metrics)
-        mlflow.log_dict({"feature_columns": config.feature_columns, "label": config.label},
+        mlflow.log_dict({"feature_columns": config.feature_columns, "label": config.label,
+                         "task": config.task, "classes": config.classes},
                         "training/features.json")
         for path, obj in (artifacts or {}).items():
             mlflow.log_dict(obj, path)
@@ -107,7 +103,8 @@ def log_training_run(platform: PlatformConfig, config: TrainConfig, *, trainer: 
             log_evaluation_artifacts(
                 validation_frame, validation_frame[config.label].to_numpy(), validation_scores,
                 predict_fn, config.feature_columns, trainer, model=explain_model,
-                reference_frame=reference_frame)
+                reference_frame=reference_frame, task=config.task or "binary",
+                classes=config.classes)
         info = log_model()
     return TrainResult(run_id=run.info.run_id, model_uri=info.model_uri, metrics=metrics,
                        checkpoint_path=checkpoint_path, params=params)

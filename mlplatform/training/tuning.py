@@ -44,14 +44,13 @@ import pandas as pd
 
 from mlplatform.config import PlatformConfig
 from mlplatform.errors import ConfigError, TrainingError
-from mlplatform.training.config import TrainConfig
+from mlplatform.training.config import TrainConfig, final_metric_names
 from mlplatform.training.search_space import (
     apply_overrides,
     largest_value,
     to_python,
     to_tune_space,
 )
-from mlplatform.training.xgb import FINAL_METRICS
 
 SCHEDULERS = ("asha", "fifo")
 SEARCH_ALGS = ("optuna", "hyperopt", "random")
@@ -110,10 +109,10 @@ def sweep(config: TrainConfig, search_space: Mapping[str, Any], num_samples: int
     from mlplatform import _mlflow
     from mlplatform._ray import init_ray
     from mlplatform.training import _sweep_tracking as sweep_log
-    from mlplatform.training.data import time_split, training_data
+    from mlplatform.training.data import prepare, time_split
 
     init_ray(platform)
-    features_path = training_data(config, platform)
+    config, features_path = prepare(config, platform)
     train_ds, valid_ds, split = time_split(features_path, config)
     # One canonical row order: Ray Data may hand blocks back in any order, and XGBoost's
     # sketch and sampling depend on it; sorted, a seeded trial gives the same model every time.
@@ -328,7 +327,8 @@ def _backend(model: str) -> _Backend:
                 "returning MLflow's ModelInfo. Sweep model: xgboost meanwhile.")
         return _Backend(
             trial=module.tune_trial, log_model=module.log_tuned_model, rounds_key="torch.epochs",
-            rounds=lambda c: c.torch.epochs, metrics=lambda c: list(FINAL_METRICS.values()),
+            rounds=lambda c: c.torch.epochs,
+            metrics=lambda c: list(final_metric_names(c.task or "binary").values()),
             base_params=lambda c: {f"torch.{k}": v for k, v in c.torch.model_dump().items()})
     raise ConfigError(f"model '{model}' cannot be swept; models: xgboost, torch.")
 

@@ -1,4 +1,5 @@
-"""Distributed XGBoost training with Ray Train, tracked in MLflow.
+"""Distributed XGBoost training with Ray Train, tracked in MLflow (binary, multiclass and
+regression: the objective and metrics follow the project's task).
 
 Ray Train's ``XGBoostTrainer`` runs the boosting loop on ``scaling.num_workers`` workers, each
 reading its shard of a Ray Data dataset; XGBoost's collective all-reduces histograms and
@@ -16,23 +17,28 @@ from pathlib import Path
 
 from mlplatform.config import PlatformConfig
 from mlplatform.training.config import TrainConfig
-from mlplatform.training.data import (
-    check_scaling,
-    fit,
-    time_split,
-    train_run_config,
-    training_data,
-)
-from mlplatform.training.tracking import TrainResult, log_training_run, signature_for
+from mlplatform.training.data import check_scaling, fit, prepare, time_split, train_run_config
+from mlplatform.training.tracking import TrainResult, log_training_run
 
 MODEL_FILE = "model.ubj"
 STATE_FILE = "train_state.json"   # rounds done, per-round history, early stopping, resumes
-#: Final metric names logged to MLflow, from XGBoost's eval metric names.
-FINAL_METRICS = {"aucpr": "val_auc_pr", "auc": "val_auc_roc", "logloss": "val_logloss"}
+#: Final metric names logged to MLflow, from XGBoost's eval metric names (others: val_<name>).
+FINAL_METRICS = {"aucpr": "val_auc_pr", "auc": "val_auc_roc", "logloss": "val_logloss",
+                 "mlogloss": "val_logloss", "merror": "val_error", "rmse": "val_rmse",
+                 "mae": "val_mae"}
+
+
+def final_metrics(best: dict[str, float]) -> dict[str, float]:
+    """The run's ``val_*`` metrics from XGBoost's validation metrics at the kept round
+    (``val_accuracy`` beside a multiclass ``val_error``)."""
+    out = {FINAL_METRICS.get(k, f"val_{k}"): float(v) for k, v in best.items()}
+    if "val_error" in out:
+        out["val_accuracy"] = 1.0 - out["val_error"]
+    return out
 
 
 def train_xgboost(config: TrainConfig, platform: PlatformConfig | None = None) -> TrainResult:
-    """Train an XGBoost classifier on Ray Train and log it to MLflow.
+    """Train an XGBoost model on Ray Train and log it to MLflow.
 
     Args:
         config: What to train and how (data, split, params, scaling).
@@ -52,11 +58,11 @@ def train_xgboost(config: TrainConfig, platform: PlatformConfig | None = None) -
 
 
     platform = platform or PlatformConfig.load()
-    features_path = training_data(config, platform)
+    config, features_path = prepare(config, platform)
     train_ds, valid_ds, split = time_split(features_path, config)
 
     scaling = config.scaling
-    params = dict(config.params)
+    params = config.xgb_params()
     if scaling.use_gpu:
         params["device"] = "cuda"
     check_scaling(scaling)
@@ -83,6 +89,7 @@ def train_xgboost(config: TrainConfig, platform: PlatformConfig | None = None) -
 
     import xgboost
 
+    from mlplatform.models import model_metadata, signature_for
     from mlplatform.training.evaluation import EVAL_ROWS, PROFILE_ROWS, bounded_sample
 
     def predict(frame):
@@ -102,15 +109,17 @@ def train_xgboost(config: TrainConfig, platform: PlatformConfig | None = None) -
         "resumed_at_rounds": history["resumed_at"],
         **split,
     }
-    metrics = {FINAL_METRICS[k]: v for k, v in history["best"].items() if k in FINAL_METRICS}
+    metrics = final_metrics(history["best"])
     per_round = {f"{split_name}_{name}": values
                  for split_name, per_metric in history["evals_result"].items()
                  for name, values in per_metric.items()}
 
     def log_model():
         return mlflow.xgboost.log_model(
-            booster, name="model", signature=signature_for(sample, sample_scores),
-            input_example=sample.head(2), model_format="ubj")
+            booster, name="model",
+            signature=signature_for(sample, sample_scores, config.task, config.classes),
+            input_example=sample.head(2), model_format="ubj",
+            metadata=model_metadata(config.task, config.classes))
 
     return log_training_run(
         platform, config, trainer="xgboost", params=run_params, history=per_round,
