@@ -151,13 +151,14 @@ def approve(name: str = NameArg, version: str = VersionArg, approver: str = Appr
 
 @registry_app.command("card")
 def card(name: str = NameArg, version: str = VersionArg, data: Path | None = DatasetOpt,
-         config: Path | None = ConfigOpt) -> None:
+         project: Path | None = PromoteProjectOpt, config: Path | None = ConfigOpt) -> None:
     """Render the model card (Markdown + HTML), log it on the version, and print it."""
     from mlplatform.registry import generate_model_card
 
     cfg = load_config(config)
     rows = _rows(data, "--data")
-    path = _guard(lambda: generate_model_card(name, version, config=cfg, dataset=rows))
+    path = _guard(lambda: generate_model_card(name, version, config=cfg, dataset=rows,
+                                              project=project))
     typer.echo(Path(path).read_text())
     typer.secho(f"card: {path} (+ {Path(path).with_suffix('.html').name})", fg="green", err=True)
 

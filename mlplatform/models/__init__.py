@@ -17,9 +17,10 @@ from mlplatform.models.loading import (
     load_model_uri,
     model_metadata,
 )
+from mlplatform.models.onnx_model import OnnxModel, log_onnx_model
 from mlplatform.models.signature import output_frame, signature_for
 from mlplatform.models.version import ModelVersion, UriVersion
 
-__all__ = ["METADATA_KEY", "TORCH_LOADER_MODULE", "LoadedModel", "ModelVersion", "UriVersion",
-           "check_flavors", "download_uri", "load_model_folder", "load_model_uri",
-           "model_metadata", "output_frame", "signature_for"]
+__all__ = ["METADATA_KEY", "TORCH_LOADER_MODULE", "LoadedModel", "ModelVersion", "OnnxModel",
+           "UriVersion", "check_flavors", "download_uri", "load_model_folder", "load_model_uri",
+           "log_onnx_model", "model_metadata", "output_frame", "signature_for"]

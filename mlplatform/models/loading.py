@@ -159,7 +159,7 @@ def load_model_folder(mv: ModelVersion, folder: Path) -> LoadedModel:
         model = load_onnx(_inside(folder, flavors["onnx"].get("data"), mv), mv,
                           [c["name"] for c in inputs], meta)
         task = model.task
-    classes = meta.get("classes")
+    classes = meta.get("classes") or (model.classes if kind == "onnx" else None)
     if task == "multiclass" and not classes:
         classes = list(range(_num_classes(kind, model)))
     return LoadedModel(version=mv, model=model, inputs=inputs, kind=kind, task=task,
@@ -177,14 +177,17 @@ def check_flavors(mlmodel: Mapping[str, Any], uri: str) -> None:
     if "xgboost" in flavors or "onnx" in flavors or \
             pyfunc.get("loader_module") == TORCH_LOADER_MODULE:
         return
-    pickled = [f for f in flavors if f in PICKLED_FLAVORS]
+    pickled = [f if f != "sklearn" else "sklearn: a pickle or skops file"
+               for f in flavors if f in PICKLED_FLAVORS]
     if pyfunc.get("python_model") or pyfunc.get("cloudpickle_version"):
         pickled.append("python_function (a cloudpickled python_model)")
     how = ("convert it to ONNX and log that: for scikit-learn, "
-           "`onx = skl2onnx.to_onnx(model, X[:1].astype('float32'))` then "
-           "`mlflow.onnx.log_model(onx, name='model', signature=...)`; LightGBM through "
-           "onnxmltools, PyTorch through torch.onnx.export")
-    what = (f"stores a pickle ({', '.join(pickled)})" if pickled else
+           "`onx = skl2onnx.to_onnx(model, X[:1].astype('float32'), options={'zipmap': False})`"
+           " then `mlplatform.models.log_onnx_model(onx, sample_frame, task)` (or "
+           "mlflow.onnx.log_model with a column signature); LightGBM through onnxmltools, "
+           "PyTorch through torch.onnx.export")
+    what = (f"is stored in a format that runs code when loaded ({', '.join(pickled)})"
+            if pickled else
             f"is of a kind the platform does not load (flavors: {list(flavors)}, pyfunc "
             f"loader_module: {pyfunc.get('loader_module')})")
     raise ModelRefused(
@@ -286,8 +289,10 @@ def download_uri(config, uri: str, dst) -> tuple[ModelVersion, Path]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from mlplatform import _mlflow
+
     tracking = config.mlflow_tracking_uri
-    client = mlflow.MlflowClient(tracking, config.mlflow_registry_uri)
+    client = _mlflow.client(config)   # also points the fluent API (downloads) at the registry
     registered = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([A-Za-z_][\w-]*))", uri)
     if not uri.startswith(("models:/", "runs:/")) or (
             uri.startswith("models:/") and not registered
@@ -312,5 +317,10 @@ def download_uri(config, uri: str, dst) -> tuple[ModelVersion, Path]:
         path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst),
                                                    tracking_uri=tracking)
     except MlflowException as exc:
+        if registered:
+            name, version, alias = registered.groups()
+            what = f"no alias '{alias}'" if alias else f"no version {version}"
+            raise ModelNotFound(f"model '{name}' has {what} in {config.mlflow_registry_uri} "
+                                f"({exc.message})") from None
         raise ModelNotFound(f"{uri} does not resolve in {tracking}: {exc.message}") from None
     return out, Path(path)

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mlplatform.errors import ConfigError, config_error
 
@@ -76,6 +84,17 @@ class CIConfig(BaseModel):
     actor: str | None = Field(None, description="Who the audit trail names (default: "
                               "$MLP_ACTOR or user@host).")
     reason: str | None = Field(None, description="Why, for the audit trail.")
+
+    @field_validator("train")
+    @classmethod
+    def _train_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from mlplatform.training import TrainConfig
+
+        unknown = sorted(set(v) - set(TrainConfig.model_fields))
+        if unknown:
+            raise ValueError(f"unknown TrainConfig key(s) {unknown}; keys: "
+                             f"{', '.join(TrainConfig.model_fields)}")
+        return v
 
     @model_validator(mode="after")
     def _builds_its_own_data(self) -> CIConfig:

@@ -16,11 +16,11 @@ from mlplatform.registry.registry import (
 )
 
 
-def generate_model_card(name, version, config=None, dataset=None):
+def generate_model_card(name, version, config=None, dataset=None, project=None):
     """Render the model card of ``name`` v``version`` (see :mod:`mlplatform.registry.cards`)."""
     from mlplatform.registry.cards import generate_model_card as _generate
 
-    return _generate(name, version, config=config, dataset=dataset)
+    return _generate(name, version, config=config, dataset=dataset, project=project)
 
 
 __all__ = ["AliasMove", "AuditLog", "AuditVerification", "GateConfig", "GateResult",

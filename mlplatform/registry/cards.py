@@ -105,7 +105,7 @@ def load_evaluation(config: PlatformConfig, name: str, version: str | int) -> di
 
 
 def generate_model_card(name: str, version: str | int, config: PlatformConfig | None = None,
-                        dataset=None) -> Path:
+                        dataset=None, project=None) -> Path:
     """Render, store and log the model card of registered model version ``name/version``.
 
     Args:
@@ -115,6 +115,7 @@ def generate_model_card(name: str, version: str | int, config: PlatformConfig | 
         dataset: Optional labelled holdout (DataFrame, Parquet path or Ray Dataset of the
             training-set layout): evaluated first and the report stored with
             :func:`store_evaluation`. Without it the card uses the stored report, if any.
+        project: The model's project (default: the one its training run names).
 
     Returns:
         The path of ``model_card.md`` (``model_card.html`` lies beside it).
@@ -134,10 +135,11 @@ def generate_model_card(name: str, version: str | int, config: PlatformConfig | 
     if dataset is not None:
         from mlplatform.training.evaluation import evaluate
 
-        store_evaluation(config, name, mv.version, evaluate(mv.uri, dataset, platform=config))
+        store_evaluation(config, name, mv.version,
+                         evaluate(mv.uri, dataset, platform=config, project=project))
     client = _mlflow.client(config)
     run = client.get_run(mv.run_id) if mv.run_id else None
-    markdown = _render(config, client, mv, run)
+    markdown = _render(config, client, mv, run, project)
     folder = config.path("model_cards", name, f"v{mv.version}")
     folder.mkdir(parents=True, exist_ok=True)
     md_path, html_path = folder / "model_card.md", folder / "model_card.html"
@@ -154,14 +156,16 @@ def generate_model_card(name: str, version: str | int, config: PlatformConfig | 
     return md_path
 
 
-def _render(config: PlatformConfig, client, mv, run) -> str:
+def _render(config: PlatformConfig, client, mv, run, project=None) -> str:
     """The card's Markdown."""
+    from mlplatform.project import load_project
     from mlplatform.training.evaluation import run_project
 
     metrics = run.data.metrics if run else {}
     params = run.data.params if run else {}
     run_tags = run.data.tags if run else {}
-    project = run_project(config, mv.run_id)
+    project = load_project(project) if project is not None else run_project(config,
+                                                                               mv.run_id)
     task = run_tags.get("mlplatform.task") or (project.task.type if project else "binary")
     raw = client.get_model_version(mv.name, mv.version)
     model_desc = client.get_registered_model(mv.name).description

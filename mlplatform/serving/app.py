@@ -90,10 +90,18 @@ class AppArgs(BaseModel):
 
 def project_path(project: str | None) -> str | None:
     """The project a Serve app uses, as a path: ``args.project``, else ``$MLP_PROJECT``, else
-    None (the loader then looks for ``./mlplatform.yaml``)."""
+    None (the loader then looks for ``./mlplatform.yaml``).
+
+    A relative path is taken from the working directory of the process that builds the app
+    (Serve's ``runtime_env.working_dir`` when the YAML sets one); where nothing is there, from
+    the checkout mlplatform runs from (the shipped ``examples/``)."""
     import os
 
-    return project or os.environ.get("MLP_PROJECT") or None
+    project = project or os.environ.get("MLP_PROJECT") or None
+    if project is None or Path(project).expanduser().is_absolute() or Path(project).exists():
+        return project
+    checkout = Path(__file__).resolve().parents[2] / project
+    return str(checkout) if checkout.exists() else project
 
 
 def project_name(project: str | None) -> str:

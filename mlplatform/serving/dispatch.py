@@ -396,7 +396,7 @@ class Dispatcher:
                 answer = self._answers.row(records[i], row["prediction"], info, name,
                                            features["unknown"][i])
                 out[i] = {**answer, "method": result["method"], "output": result["output"],
-                          "explained": row.get("explained"),
+                          **({"explained": row["explained"]} if "explained" in row else {}),
                           "base_value": row.get("base_value", result["base_value"]),
                           "margin": row["margin"], "contributions": row["contributions"],
                           "additivity_error": row["additivity_error"],

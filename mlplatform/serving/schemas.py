@@ -1,27 +1,20 @@
-"""Request validation: a raw transaction per instance (pydantic, strict types).
+"""Request validation: one instance of the project's request schema per row (pydantic, strict
+types; the model comes from :func:`mlplatform.project.request_model`).
 
-A request body is either one transaction (a JSON object) or
-``{"instances": [ {...}, ... ]}``. Every problem is reported (not just the first), each naming
-its field, e.g. ``instances[3].amount``; such requests get a 4xx JSON answer, never a 500.
+A request body is either one instance (a JSON object) or ``{"instances": [ {...}, ... ]}``.
+Every problem is reported (not just the first), each naming its field, e.g.
+``instances[3].amount``; such requests get a 4xx JSON answer, never a 500.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, ValidationError, create_model
-
-
-def _json_number(value: Any) -> Any:
-    # Lax mode would coerce "1.5" and true into numbers; a client sending those has a bug.
-    if isinstance(value, (str, bool)):
-        raise ValueError(f"expected a JSON number, got {type(value).__name__}")
-    return value
+from pydantic import BaseModel, ValidationError
 
 
-_Number = BeforeValidator(_json_number)
 @dataclass(frozen=True)
 class FieldError:
     """One problem with a request, named by its field path."""
@@ -54,38 +47,6 @@ class RequestRejected(Exception):
         return {"error": "invalid_request" if self.status == 422 else "request_rejected",
                 "message": self.message, "errors": [e.to_dict() for e in self.errors],
                 "request_id": request_id}
-
-
-def transaction_model() -> type[BaseModel]:
-    """The pydantic model of one scoring request: a raw transaction, label-free.
-
-    Features are not sent: the Serve app looks them up online by ``user_id`` / ``merchant_id``
-    and derives the rest from these fields, exactly as the training set did.
-    Categories must be known to the model's vocabularies (a typo is a 422, not a silent -1).
-    """
-    from datetime import datetime
-    from typing import Literal
-
-    from pydantic import Field
-
-    from mlplatform.features.transforms import VOCABULARIES
-
-    def vocab(name: str):
-        return Literal[tuple(VOCABULARIES[name])]  # type: ignore[valid-type]
-
-    _Id = Annotated[str, Strict(), Field(min_length=1, max_length=128)]
-    return create_model(
-        "Transaction", __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
-        transaction_id=(_Id | None, None),
-        user_id=(_Id, ...),
-        merchant_id=(_Id, ...),
-        event_timestamp=(datetime | None, Field(
-            default=None, description="ISO 8601 time of the transaction (default: now, UTC)")),
-        amount=(Annotated[float, _Number, Field(ge=0.0)], ...),
-        merchant_category=(vocab("merchant_category"), ...),
-        country=(vocab("country"), ...),
-        device_type=(vocab("device_type"), ...),
-    )
 
 
 def parse_body(raw: bytes, max_items: int, max_body_bytes: int) -> tuple[list[Any], bool]:

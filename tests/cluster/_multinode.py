@@ -175,10 +175,11 @@ def training_set(platform, n_rows: int = N_ROWS):
         The :class:`~mlplatform.features.TrainingSet` (``path``: the Parquet training set).
     """
     if "tset" not in _PREPARED:
-        from mlplatform.pipelines.spine import build_spine_features, generate_data
+        from mlplatform.pipelines import build_features, ensure_data, load
 
-        generate_data(platform, n_rows, SEED)
-        _PREPARED["tset"] = build_spine_features(platform)
+        project = load(platform.project, platform)
+        ensure_data(platform, project, n_rows, SEED, force=True, echo=lambda _line: None)
+        _PREPARED["tset"] = build_features(platform, project)
     return _PREPARED["tset"]
 
 

@@ -60,14 +60,17 @@ def record_node(report_dir: str):
 
 
 def training_set(folder: Path) -> Path:
-    """A small Parquet training set with the fraud model's columns (values are synthetic:
-    this test is about where training runs, not what it learns)."""
-    from mlplatform.features.transforms import FEATURE_COLUMNS, LABEL_COLUMN, VOCABULARIES
+    """A small Parquet training set with the fraud example's model inputs and its lineage file
+    (values are synthetic: this test is about where training runs, not what it learns)."""
+    from mlplatform.features.training_set import TRAINING_SET_MANIFEST
+    from tests.projects import project
 
+    fraud = project("fraud")
+    FEATURE_COLUMNS, LABEL_COLUMN = fraud.input_columns, fraud.task.label
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({c: rng.gamma(2.0, 10.0, ROWS) for c in FEATURE_COLUMNS})
-    for name, vocab in VOCABULARIES.items():
-        frame[f"{name}_code"] = rng.integers(0, len(vocab), ROWS)
+    for name, codes in fraud.categorical.items():
+        frame[name] = rng.integers(0, codes, ROWS)
     frame["hour_of_day"] = rng.integers(0, 24, ROWS)
     frame["is_night"] = (frame["hour_of_day"] < 6).astype(int)
     frame["day_of_week"] = rng.integers(0, 7, ROWS)
@@ -77,6 +80,10 @@ def training_set(folder: Path) -> Path:
         np.sort(rng.uniform(0, 30 * 86400, ROWS)), unit="s")
     folder.mkdir(parents=True)
     frame.to_parquet(folder / "part-0.parquet", index=False)
+    (folder / TRAINING_SET_MANIFEST).write_text(json.dumps({
+        "project": fraud.name, "task": fraud.task.model_dump(mode="json"),
+        "label": LABEL_COLUMN, "features": FEATURE_COLUMNS, "categorical": fraud.categorical,
+        "timestamp": "event_timestamp"}))
     return folder
 
 

@@ -62,6 +62,7 @@ from tests.cluster._multinode import (
     wait_all_cpus_free,
 )
 from tests.conftest import free_port, haproxy_serve_env, wait_for
+from tests.projects import FRAUD
 
 CONFIG = "serve_configs/fraud-cluster.yaml"
 IDLE_REQUESTS = 200
@@ -97,7 +98,8 @@ def cluster():
 def platform(cluster):
     from mlplatform.config import PlatformConfig
 
-    return PlatformConfig(storage_root=storage_root(), data_placement_resource="cpu_node")
+    return PlatformConfig(storage_root=storage_root(), data_placement_resource="cpu_node",
+                          project=FRAUD)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +116,7 @@ def url(platform, tmp_path_factory):
 
     tset = training_set(platform)
     uri = log_xgboost(platform, tset.path, rounds=40, seed=3)
-    ModelRegistry(platform).register(uri, platform.model_name, alias="champion")
+    ModelRegistry(platform).register(uri, "fraud", alias="champion")
     raw = yaml.safe_load((REPO / CONFIG).read_text())
     raw["http_options"]["host"] = "127.0.0.1"        # the shipped file listens on 0.0.0.0
     path = tmp_path_factory.mktemp("serve") / "fraud-cluster.yaml"

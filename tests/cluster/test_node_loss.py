@@ -36,6 +36,7 @@ from tests.cluster._multinode import (
     wait_all_cpus_free,
 )
 from tests.conftest import wait_for
+from tests.projects import FRAUD
 
 ROUNDS, EVERY, HOLD_AT = 60, 10, 25
 #: Validation AUC-ROC the model must reach (the generator's fraud is easy to separate: an
@@ -60,7 +61,7 @@ def cluster():
 def platform(cluster):
     from mlplatform.config import PlatformConfig
 
-    return PlatformConfig(storage_root=storage_root())
+    return PlatformConfig(storage_root=storage_root(), project=FRAUD)
 
 
 def test_training_survives_losing_a_worker_node_and_frees_everything(cluster, platform, tmp_path):

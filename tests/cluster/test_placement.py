@@ -12,6 +12,7 @@ import pytest
 
 from tests.cluster.conftest import NodeWatch, node_kinds, nodes_of
 from tests.conftest import free_port, wait_for
+from tests.projects import FRAUD
 
 
 @pytest.fixture
@@ -74,7 +75,8 @@ def test_ray_data_tasks_run_on_cpu_workers(fake_ray, idle_gpu_worker, tmp_path):
     from mlplatform.config import PlatformConfig
     from mlplatform.features.pipeline import latest_per_entity
 
-    platform = PlatformConfig(storage_root=tmp_path, data_placement_resource="cpu_node")
+    platform = PlatformConfig(storage_root=tmp_path, data_placement_resource="cpu_node",
+                          project=FRAUD)
     args = data_remote_args(platform)
     assert args == {"resources": {"cpu_node": 0.001}}
     rng = np.random.default_rng(0)

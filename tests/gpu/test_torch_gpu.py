@@ -14,17 +14,19 @@ def test_train_torch_on_gpu_with_bf16_matches_cpu_quality(tmp_path):
 
     from mlplatform.config import PlatformConfig
     from mlplatform.datasets import RAW_DIR, make_transactions, save_transactions
-    from mlplatform.features import FEATURE_COLUMNS, FeatureStore, build_training_set
+    from mlplatform.features import FeatureStore, build_training_set
     from mlplatform.training import ScalingSpec, TorchParams, TrainConfig
     from mlplatform.training.torch_train import train_torch
+    from tests.projects import project
 
     ray.init(address="local", num_cpus=8, ignore_reinit_error=True)
     try:
         platform = PlatformConfig(storage_root=tmp_path)
         save_transactions(make_transactions(20_000, seed=2), platform.path(*RAW_DIR))
-        store = FeatureStore(platform)
+        store = FeatureStore(platform, project("fraud"))
         store.build()
-        feats = build_training_set(store).path
+        feats = build_training_set(project("fraud"), store).path
+        FEATURE_COLUMNS = project("fraud").input_columns
         base = {"model": "torch", "features_path": feats,
                 "torch": TorchParams(epochs=4, batch_size=256, hidden_sizes=[64, 32],
                                      learning_rate=3e-3, amp=True)}

@@ -28,6 +28,9 @@ os.environ["MLP_SERVE_TOKEN"], os.environ["MLP_SERVE_ADMIN_TOKEN"] = SERVE_TOKEN
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "mlp-test", "AWS_SECRET_ACCESS_KEY": "mlp-test-secret",
                   "AWS_EC2_METADATA_DISABLED": "true"}
 AUTH = {"Authorization": f"Bearer {SERVE_TOKEN}"}
+#: The fraud example's Serve configs.
+FRAUD_SERVE = REPO / "serve_configs" / "fraud.yaml"
+FRAUD_AB = REPO / "serve_configs" / "fraud-ab.yaml"
 ADMIN = {"Authorization": f"Bearer {SERVE_ADMIN_TOKEN}"}
 
 
@@ -38,9 +41,12 @@ def storage_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def platform(storage_root):
+    """The session's platform config; its default project is the fraud example (the doors that
+    take no project use it, as a user's $MLP_PROJECT would)."""
     from mlplatform.config import PlatformConfig
+    from tests.projects import FRAUD
 
-    return PlatformConfig(storage_root=storage_root)
+    return PlatformConfig(storage_root=storage_root, project=FRAUD)
 
 
 @pytest.fixture(scope="package")
@@ -135,8 +141,9 @@ def spine(ray_cluster, platform):
     """Run the whole spine once (small data) and share the result."""
     from mlplatform.pipelines import run_spine
     from mlplatform.training import TrainConfig
+    from tests.projects import FRAUD
 
-    return run_spine(platform, n_rows=N_ROWS, seed=11,
+    return run_spine(platform, FRAUD, n_rows=N_ROWS, seed=11,
                      train_config=TrainConfig(num_boost_round=150, early_stopping_rounds=15))
 
 

@@ -22,10 +22,10 @@ def log_xgboost(platform, features_path: Path, rounds: int, seed: int,
     import xgboost
 
     from mlplatform import _mlflow
-    from mlplatform.features import FEATURE_COLUMNS
-    from mlplatform.training.tracking import signature_for
+    from mlplatform.models import model_metadata, signature_for
+    from tests.projects import project
 
-    columns = columns or FEATURE_COLUMNS
+    columns = columns or project("fraud").input_columns
     frame = pd.read_parquet(features_path, columns=[*columns, "is_fraud"]).sample(
         n=4000, random_state=seed)
     train = frame[columns].rename(columns=lambda c: f"x_{c}") if faulty else frame[columns]
@@ -39,7 +39,8 @@ def log_xgboost(platform, features_path: Path, rounds: int, seed: int,
         mlflow.set_tag("features_path", str(features_path))
         mlflow.log_dict({"threshold": threshold}, "evaluation/metrics.json")
         info = mlflow.xgboost.log_model(booster, name="model", model_format="ubj",
-                                        signature=signature_for(sample, np.asarray(scores)))
+                                        signature=signature_for(sample, np.asarray(scores)),
+                                        metadata=model_metadata("binary"))
     return info.model_uri
 
 
@@ -52,16 +53,16 @@ def check_burst(url: str, instances: list[dict], platform, model: str, headers: 
                 threads: int = 32) -> None:
     """A burst of 52 concurrent requests (48 single transactions, 4 of unknown users, and 4
     three-transaction requests) from ``threads`` threads: each answer must be the direct model score of
-    its own transactions' looked-up features, in order, with their unknown-user flags. The
+    its own transactions' looked-up features, in order, with their unknown entities. The
     Ingress batches concurrent lookups and model calls (and, with ModelServers, coalesces the
     calls), so a mix-up between the requests batched together would show here."""
     from concurrent.futures import ThreadPoolExecutor
 
     import requests
 
-    from mlplatform.features import FEATURE_COLUMNS
     from mlplatform.registry import ModelRegistry, load_model
     from mlplatform.serving.deployments import FeatureLookup
+    from tests.projects import project
 
     bodies = [dict(i) for i in instances[40:88]]
     for i in range(0, len(bodies), 12):      # some unknown users (default features) among them
@@ -74,7 +75,7 @@ def check_burst(url: str, instances: list[dict], platform, model: str, headers: 
 
     with ThreadPoolExecutor(threads) as pool:
         answers = list(pool.map(post, bodies))
-    lookup = FeatureLookup(platform.model_dump(mode="json"))
+    lookup = FeatureLookup(platform.model_dump(mode="json"), project("fraud"))
     registry = ModelRegistry(platform)
     models = {}
     for body, r in zip(bodies, answers, strict=True):
@@ -85,10 +86,10 @@ def check_burst(url: str, instances: list[dict], platform, model: str, headers: 
         version = preds[0]["model_version"]
         if version not in models:
             models[version] = load_model(registry, f"{model}/{version}")
-        direct = models[version].predict(pd.DataFrame(features["matrix"],
-                                                      columns=FEATURE_COLUMNS))
+        direct = models[version].predict(pd.DataFrame(
+            features["matrix"], columns=project("fraud").input_columns))
         assert [p["transaction_id"] for p in preds] == [b["transaction_id"] for b in batch]
-        assert [p["unknown_user"] for p in preds] == features["unknown_user"]
+        assert [p["unknown_entities"] for p in preds] == features["unknown"]
         np.testing.assert_allclose([p["score"] for p in preds], direct, rtol=1e-6)
-    assert sum(p["unknown_user"] for r in answers for p in r.json().get("predictions",
-                                                                          [r.json()])) == 4
+    assert sum("user" in p["unknown_entities"] for r in answers
+               for p in r.json().get("predictions", [r.json()])) == 4

@@ -17,6 +17,7 @@ from mlplatform.errors import ConfigError
 from mlplatform.pipelines import CIConfig, ModelCIPipeline
 from mlplatform.pipelines.ci import DIGEST_TAG, REPORT_ARTIFACT, STAGES
 from tests.integration.conftest import N_ROWS, submit_job
+from tests.projects import FRAUD
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "fraud-ci"               # not `fraud`: other tests own that one
@@ -27,7 +28,7 @@ GATES = {"min_metrics": {"auc_roc": 0.7}, "behavioural": True, "signature": True
 
 def _config(**overrides) -> dict:
     """A small CI config; every test that should reuse the first run shares data and train."""
-    cfg = {"data": {"generate_rows": N_ROWS, "seed": 11},
+    cfg = {"project": str(FRAUD), "data": {"generate_rows": N_ROWS, "seed": 11},
            "train": {"num_boost_round": 40, "early_stopping_rounds": 10,
                      "experiment_name": EXPERIMENT},
            "register": {"name": MODEL}, "promote": True, "gates": GATES, "actor": "ci-test"}
@@ -128,7 +129,7 @@ def test_resubmitted_job_reuses_the_run_and_the_version(first, ray_cluster, plat
 
 
 def test_bad_dataset_stops_at_validation_with_no_run_and_no_version(first, platform, tmp_path):
-    from mlplatform.cli_pipeline import pipeline_app
+    from mlplatform.cli.pipeline import pipeline_app
 
     raw = pd.read_parquet(platform.path("raw", "transactions")).head(2_000).reset_index(drop=True)
     raw.loc[[3, 40, 41], "amount"] = [-5.0, -1.0, -0.5]       # 3 below the contract's min 0
@@ -188,7 +189,7 @@ def _download(platform, run_id: str) -> str:
 
 def test_config_errors_name_the_file_and_key_before_any_work(tmp_path, platform):
     bad = _write(tmp_path / "bad.yaml", {"train": {"num_boost_rounds": 5}, "promot": True})
-    with pytest.raises(ConfigError, match=r"bad\.yaml.*'train\.num_boost_rounds'.*'promot'"):
+    with pytest.raises(ConfigError, match=r"(?s)bad\.yaml.*'train'.*num_boost_rounds.*'promot'"):
         CIConfig.from_yaml(bad)
     with pytest.raises(ConfigError, match="features_path"):
         CIConfig.from_yaml(_write(tmp_path / "fp.yaml", {"train": {"features_path": "x"}}))

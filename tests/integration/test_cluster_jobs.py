@@ -21,6 +21,7 @@ import yaml
 
 from mlplatform.registry import ModelRegistry
 from tests.integration.conftest import submit_job
+from tests.projects import FRAUD
 
 REPO = Path(__file__).resolve().parents[2]
 MLP = str(Path(sys.executable).parent / "mlp")
@@ -37,6 +38,23 @@ def _run(cmd: list[str], env: dict | None = None, timeout: float = 600,
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=full, timeout=timeout)
     out.log = out.stdout + out.stderr
     return out
+
+
+def _fraud_copy(folder: Path, edit=None) -> Path:
+    """A copy of the fraud example (a user's own project folder, outside the uploaded one),
+    its project file changed by ``edit(data)``."""
+    import shutil
+
+    shutil.copytree(FRAUD, folder)
+    if edit is not None:
+        data = yaml.safe_load((folder / "mlplatform.yaml").read_text())
+        edit(data)
+        (folder / "mlplatform.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return folder
+
+
+def _typo(data: dict) -> None:
+    data["models"]["xgboost"]["train"]["num_boost_rounds"] = 5      # a key the config refuses
 
 
 def _pinned(ray_cluster) -> list[str]:
@@ -58,15 +76,16 @@ def _mlflow_run(platform, run_id: str):
 @pytest.fixture(scope="module")
 def trained(spine, ray_cluster, platform, tmp_path_factory):
     """The raw door, as the README shows it: ``ray job submit --working-dir . -- python
-    jobs/train.py --config <a small copy of jobs/configs/fraud_xgb.yaml>``, with
+    jobs/train.py --project <a copy of examples/fraud with a small xgboost model>``, with
     ``MLP_PRICE_TABLE`` set for the job as the cluster YAMLs set it on their nodes."""
-    cfg = yaml.safe_load((REPO / "jobs/configs/fraud_xgb.yaml").read_text())
-    cfg["train"].update(num_boost_round=30, early_stopping_rounds=10)
-    cfg["register"] = {"name": MODEL, "alias": "candidate"}
-    path = tmp_path_factory.mktemp("submit") / "train.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    def small(data):
+        data["models"]["xgboost"]["train"].update(num_boost_round=30, early_stopping_rounds=10)
+        data["models"]["xgboost"]["register"] = {"name": MODEL, "alias": "candidate"}
+
+    folder = _fraud_copy(tmp_path_factory.mktemp("submit") / "fraud", small)
     versions_before = {v.version for v in ModelRegistry(platform).list_versions(MODEL)}
-    out = submit_job(ray_cluster, ["python", "jobs/train.py", "--config", str(path)],
+    out = submit_job(ray_cluster, ["python", "jobs/train.py", "--project", str(folder),
+                                   "--model", "xgboost"],
                      runtime_env={"env_vars": {"MLP_PRICE_TABLE": PRICE_TABLE}})
     out.log = out.stdout + out.stderr
     out.versions_before = versions_before
@@ -103,28 +122,27 @@ def test_ray_job_submit_trains_registers_and_records_the_cost(trained, platform)
     assert p["cost.cpus"] == "2"
 
 
-def test_a_job_with_a_bad_config_fails_clearly(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("train: {num_boost_rounds: 5}\n")
-    out = subprocess.run([sys.executable, str(REPO / "jobs/train.py"), "--config", str(bad)],
-                         capture_output=True, text=True, timeout=120)
+def test_a_job_with_a_bad_project_fails_clearly(tmp_path):
+    bad = _fraud_copy(tmp_path / "fraud", _typo)
+    out = subprocess.run([sys.executable, str(REPO / "jobs/train.py"), "--project", str(bad)],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 2
-    assert "num_boost_rounds" in out.stderr
+    assert "models.xgboost.train.num_boost_rounds" in out.stderr
+    assert str(bad / "mlplatform.yaml") in out.stderr
+    assert not (tmp_path / ".mlplatform").exists(), "a rejected project must change nothing"
 
 
 def test_mlp_submit_builds_features_and_the_run_has_its_cost(ray_cluster, tmp_path):
-    """The wrapper: prints the job id, says the config is outside the uploaded folder (and
-    ships it), follows the logs, exits 0. ``--env`` reaches the job; the build's Ray tasks are
+    """The wrapper: prints the job id, says the project is outside the uploaded folder (and
+    names it), follows the logs, exits 0. ``--env`` reaches the job; the build's Ray tasks are
     counted from the state API."""
     from mlplatform.config import PlatformConfig
+    from mlplatform.datasets import RAW_DIR, write_transactions
 
-    cfg = yaml.safe_load((REPO / "jobs/configs/build_features.yaml").read_text())
-    cfg["data"]["generate_rows"] = 3000
-    cfg["build"]["num_buckets"] = 8
-    job = tmp_path / "build.yaml"
-    job.write_text(yaml.safe_dump(cfg))
+    project = _fraud_copy(tmp_path / "fraud")
     root = tmp_path / "store"
-    out = _run([MLP, "submit", "build_features", "--config", str(job), "--address",
+    write_transactions(PlatformConfig(storage_root=root).path(*RAW_DIR), 3000, seed=0)
+    out = _run([MLP, "submit", "build_features", "--project", str(project), "--address",
                 ray_cluster["dashboard"], "--env", f"MLP_STORAGE_ROOT={root}",
                 *_pinned(ray_cluster)])
     assert out.returncode == 0, out.log[-4000:]
@@ -168,21 +186,21 @@ def test_raw_ray_job_submit_without_the_token_is_refused(ray_cluster, tmp_path):
     assert "Authentication failed" in wrong.log
     assert "the authentication token is invalid or incorrect" in wrong.log, wrong.log[-3000:]
 
-    config = str(REPO / "jobs/configs/fraud_xgb.yaml")
-    mlp = _run([MLP, "submit", "train", "--config", config, "--address",
+    project = str(FRAUD)
+    mlp = _run([MLP, "submit", "train", "--project", project, "--address",
                 ray_cluster["dashboard"]], {"HOME": str(empty_home)}, 120, token_vars)
     assert mlp.returncode == 2
     assert "no Ray auth token" in mlp.stderr and "ray get-auth-token --generate" in mlp.stderr
-    mlp_wrong = _run([MLP, "submit", "train", "--config", config, "--address",
+    mlp_wrong = _run([MLP, "submit", "train", "--project", project, "--address",
                       ray_cluster["dashboard"]], {"RAY_AUTH_TOKEN": "not-the-token"}, 120)
     assert mlp_wrong.returncode == 1
     assert "refused the token" in mlp_wrong.stderr and "Authentication failed" in mlp_wrong.stderr
 
 
 def test_mlp_submit_of_a_failing_job_exits_1_with_its_error(ray_cluster, tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("train: {num_boost_rounds: 5}\n")          # a typo the job refuses
-    submit = [MLP, "submit", "train", "--config", str(bad), "--address", ray_cluster["dashboard"]]
+    bad = _fraud_copy(tmp_path / "fraud", _typo)                  # a typo the job refuses
+    submit = [MLP, "submit", "train", "--project", str(bad), "--address",
+              ray_cluster["dashboard"]]
     # --no-follow: submitted, the id and how to follow it printed, exit 0 at once
     detached = _run([*submit, "--no-follow"])
     assert detached.returncode == 0, detached.log[-3000:]
@@ -200,11 +218,11 @@ def test_mlp_submit_of_a_failing_job_exits_1_with_its_error(ray_cluster, tmp_pat
 
 
 def test_mlp_submit_argument_errors_exit_2():
-    unknown = _run([MLP, "submit", "trian", "--config", "jobs/configs/fraud_xgb.yaml"])
+    unknown = _run([MLP, "submit", "trian", "--project", "examples/fraud"])
     assert unknown.returncode == 2
     assert "unknown job 'trian'" in unknown.stderr and "build_features" in unknown.stderr
-    missing = _run([MLP, "submit", "train", "--config", "jobs/configs/nope.yaml"])
-    assert missing.returncode == 2 and "nope.yaml does not exist" in missing.stderr
+    missing = _run([MLP, "submit", "train", "--project", "examples/nope"])
+    assert missing.returncode == 2 and "no project at examples/nope" in missing.stderr
 
 
 def test_mlp_cost_sums_per_model_and_job(trained, storage_root, tmp_path):

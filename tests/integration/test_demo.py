@@ -15,12 +15,16 @@ def test_demo_runs_end_to_end_and_shuts_serve_down(ray_cluster, tmp_path, capsys
     assert summary["mlflow_tracking_uri"] == f"sqlite:///{tmp_path / 'demo' / 'mlflow.db'}"
     assert (tmp_path / "demo" / "mlflow.db").is_file()
     preds = summary["predictions"]
-    assert len(preds) == 6 and {p["is_fraud"] for p in preds} == {0, 1}
+    assert len(preds) == 6 and {p["label"] for p in preds} == {0, 1}
+    assert summary["project"] == "fraud" and {p["decision"] for p in preds} <= {"fraud", "legit"}
     assert all(0.0 <= p["score"] <= 1.0 and p["model_version"] == "1" for p in preds)
     assert summary["bad_request_status"] == 422
     out = capsys.readouterr().out
     for expected in ("[6/6]", "Live predictions", "MLflow database", "Champion", "MLflow UI",
-                     "Ray dashboard", "Serve shut down cleanly"):
+                     "Ray dashboard", "Serve shut down cleanly", "Logs"):
         assert expected in out
+    # Quiet: Ray's and MLflow's own INFO lines went to the log file, not here.
+    assert "INFO streaming_executor" not in out and "Creating initial MLflow database" not in out
+    assert "streaming_executor" in open(summary["log_file"]).read()
     with pytest.raises(requests.ConnectionError):
         requests.get("http://127.0.0.1:8000/healthz", timeout=5)

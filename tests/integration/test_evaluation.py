@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 
 from mlplatform.datasets.transactions import CATEGORIES, COUNTRIES
-from mlplatform.features import FEATURE_COLUMNS
 from tests.integration.conftest import N_ROWS
+from tests.projects import FRAUD, fraud_columns
+
+FEATURE_COLUMNS = fraud_columns()["inputs"]
 
 PNG = b"\x89PNG\r\n\x1a\n"
 EXPECTED = [
@@ -180,7 +182,8 @@ def test_mlp_evaluate_prints_metrics_slices_and_checks(spine, platform, ray_clus
     out_json = tmp_path / "eval.json"
     out = subprocess.run(
         [str(Path(sys.executable).parent / "mlp"), "evaluate", "--model-uri",
-         spine.model_version.uri, "--data", str(spine.features_path), "--json", str(out_json)],
+         spine.model_version.uri, "--data", str(spine.features_path), "--json", str(out_json),
+         "--project", str(FRAUD)],
         env={**os.environ, "MLP_STORAGE_ROOT": str(platform.storage_root),
              "RAY_ADDRESS": ray_cluster["address"], "RAY_AUTH_MODE": "token"},
         capture_output=True, text=True, timeout=300)

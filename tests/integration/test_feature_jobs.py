@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from mlplatform.cli import app
 from mlplatform.config import PlatformConfig
-from mlplatform.datasets import RAW_DIR, make_transactions, save_transactions
+from mlplatform.datasets import RAW_DIR, make_transactions, save_transactions, write_transactions
 from mlplatform.features import FeatureStore
 from tests.integration.conftest import submit_job
+from tests.projects import FRAUD
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,12 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 def job_root(ray_cluster, tmp_path_factory):
     """Run the build job once, into its own storage root, through the real job CLI."""
     root = tmp_path_factory.mktemp("feature-job")
-    cfg = yaml.safe_load((REPO / "jobs/configs/build_features.yaml").read_text())
-    cfg["data"]["generate_rows"] = 3000
-    assert cfg["build"]["num_buckets"] is None   # the shipped default: buckets from the size
-    job_yaml = root / "job.yaml"
-    job_yaml.write_text(yaml.safe_dump(cfg))
-    out = submit_job(ray_cluster, ["python", "jobs/build_features.py", "--config", str(job_yaml)],
+    # The user's data, where the fraud project's source reads it (3,000 rows).
+    write_transactions(PlatformConfig(storage_root=root).path(*RAW_DIR), 3000, seed=0)
+    out = submit_job(ray_cluster, ["python", "jobs/build_features.py", "--project",
+                                   "examples/fraud"],
                      runtime_env={"env_vars": {"MLP_STORAGE_ROOT": str(root)}})
     return root, out.returncode, out.stdout + out.stderr
 
@@ -38,7 +36,7 @@ def test_build_job_validates_builds_and_materializes(job_root):
     root, code, log = job_root
     assert code == 0, log[-4000:]
     assert "data contract 'raw_transactions'" in log and "checks passed" in log
-    store = FeatureStore(PlatformConfig(storage_root=root))
+    store = FeatureStore(PlatformConfig(storage_root=root, project=FRAUD))
     for view in store.repo.feature_views:
         assert f"built {view.name}: version" in log
         m = store.offline.manifest(view.name)
@@ -58,6 +56,7 @@ def test_cli_show_validate_and_materialize(job_root, monkeypatch):
     root, code, _ = job_root
     assert code == 0
     monkeypatch.setenv("MLP_STORAGE_ROOT", str(root))
+    monkeypatch.setenv("MLP_PROJECT", str(FRAUD))      # the default project of every door
     runner = CliRunner()
     shown = runner.invoke(app, ["features", "show", "user_activity"])
     assert shown.exit_code == 0, shown.output
@@ -92,8 +91,7 @@ def test_build_job_refuses_bad_data_with_every_failure(ray_cluster, tmp_path):
     df.loc[4:6, "is_fraud"] = 3
     save_transactions(df, config.path(*RAW_DIR))
     out = subprocess.run(
-        [sys.executable, str(REPO / "jobs/build_features.py"), "--config",
-         str(REPO / "jobs/configs/build_features.yaml")],
+        [sys.executable, str(REPO / "jobs/build_features.py"), "--project", str(FRAUD)],
         env={**os.environ, "MLP_STORAGE_ROOT": str(tmp_path), "RAY_ADDRESS": ray_cluster["address"],
              "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1, out.stdout + out.stderr

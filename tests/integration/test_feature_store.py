@@ -11,6 +11,7 @@ from mlplatform.config import PlatformConfig
 from mlplatform.datasets import RAW_DIR, make_transactions, save_transactions
 from mlplatform.errors import DataValidationError
 from mlplatform.features import FeatureStore, FeatureStoreError, load_repo
+from tests.projects import FRAUD
 from tests.unit.test_point_in_time import brute_force
 
 N_ROWS = 6000
@@ -24,7 +25,7 @@ def raw():
 
 @pytest.fixture(scope="module")
 def store(ray_cluster, tmp_path_factory, raw):
-    config = PlatformConfig(storage_root=tmp_path_factory.mktemp("fs"))
+    config = PlatformConfig(storage_root=tmp_path_factory.mktemp("fs"), project=FRAUD)
     save_transactions(raw, config.path(*RAW_DIR))
     fs = FeatureStore(config)
     fs.build()
@@ -101,14 +102,15 @@ def test_point_in_time_join_on_ray_matches_brute_force_for_several_views(store, 
 
 def test_views_sharing_join_keys_are_joined_in_one_pass(store, raw, tmp_path):
     """Two views on user_id (different TTLs) in one partitioned pass: each as of its own TTL."""
-    data = json.loads(json.dumps(load_repo().model_dump(mode="json", exclude={"base_dir"})))
+    data = json.loads(json.dumps(load_repo(FRAUD / "mlplatform.yaml").model_dump(
+        mode="json", exclude={"base_dir"})))
     ua = next(v for v in data["feature_views"] if v["name"] == "user_activity")
     short = {**ua, "name": "user_recent", "ttl": "2h",
              "features": [{"name": "user_recent_count_1h", "agg": "count", "window": "1h"}]}
     data["feature_views"] = [ua, short]
     data["sources"][0]["path"] = str(store.source_path("transactions"))
     data["sources"][0]["contract"] = None
-    fs = FeatureStore(PlatformConfig(storage_root=tmp_path), repo=data)
+    fs = FeatureStore(PlatformConfig(storage_root=tmp_path, project=FRAUD), repo=data)
     fs.build(num_buckets=8)
     picks = raw.sample(300, random_state=5)
     entity = pd.DataFrame({"row_id": np.arange(300), "user_id": picks["user_id"].to_numpy(),
@@ -188,7 +190,8 @@ def test_partial_rebuild_carries_other_dates_unchanged(store):
 
 
 def test_failed_build_leaves_the_previous_version_current_and_intact(store, raw):
-    data = json.loads(json.dumps(load_repo().model_dump(mode="json", exclude={"base_dir"})))
+    data = json.loads(json.dumps(load_repo(FRAUD / "mlplatform.yaml").model_dump(
+        mode="json", exclude={"base_dir"})))
     data["feature_views"] = [v for v in data["feature_views"] if v["name"] == "user_activity"]
     data["feature_views"][0]["transformation"] = "tests.integration.failing_transform:explode"
     data["sources"][0]["path"] = str(store.source_path("transactions"))
@@ -208,7 +211,7 @@ def test_build_refuses_data_that_fails_the_contract(store, raw, tmp_path):
     bad = raw.copy()
     bad.loc[:9, "amount"] = -5.0
     bad.loc[10:12, "country"] = "Atlantis"
-    config = PlatformConfig(storage_root=tmp_path)
+    config = PlatformConfig(storage_root=tmp_path, project=FRAUD)
     save_transactions(bad, config.path(*RAW_DIR))
     fs = FeatureStore(config)
     with pytest.raises(DataValidationError) as exc:

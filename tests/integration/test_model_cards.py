@@ -7,7 +7,6 @@ import re
 import pandas as pd
 import pytest
 
-from mlplatform.features.transforms import VOCABULARIES
 from mlplatform.registry.cards import generate_model_card, load_evaluation, store_evaluation
 
 SAMPLE_ROWS = 3000
@@ -70,6 +69,9 @@ def test_card_holds_the_runs_numbers(spine, platform, client, spine_card, tmp_pa
     top = next(iter(json.loads(open(shap).read())["importance"]))
     assert f"| 1 | {top} |" in md
     assert "not evaluated on a holdout yet" not in md
+    # What the model answers, from its project: the fraud example's task and decision words.
+    assert "the project **fraud**" in md and "`is_fraud`" in md and "`fraud`" in md
+    assert "from a **generator** (`mlplatform.datasets:write_transactions`)" in md
 
 
 def test_card_has_slices_and_behavioural_results(spine, platform, spine_card, sample):
@@ -79,7 +81,7 @@ def test_card_has_slices_and_behavioural_results(spine, platform, spine_card, sa
     assert report is not None and report["rows"] == SAMPLE_ROWS
     assert f"Holdout evaluation ({SAMPLE_ROWS} rows" in md
     # Row counts per country, counted independently of evaluate().
-    counts = sample["country_code"].map(dict(enumerate(VOCABULARIES["country"]))).value_counts()
+    counts = sample["country"].value_counts()      # the request field, as the slices read it
     for country in (counts.index[0], counts.index[-1]):
         assert re.search(rf"^\| {re.escape(country)} \| {counts[country]} \|", md, re.M), country
     for check, result in report["checks"].items():

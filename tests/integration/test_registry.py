@@ -24,8 +24,12 @@ GATES = {"min_metrics": {"auc_pr": 0.3}, "champion": {"metric": "auc_pr", "toler
 def candidates(spine, platform, tmp_path_factory):
     """Real models on the spine's data: the spine's own (strong), a weak one, one trained
     without an input, and one trained on labels that fall with the amount (misbehaving)."""
-    from mlplatform.features.transforms import FEATURE_COLUMNS
+    import shutil
+
     from mlplatform.training import TrainConfig, train_xgboost
+    from tests.projects import fraud_columns
+
+    FEATURE_COLUMNS = fraud_columns()["inputs"]
 
     base = {"num_boost_round": 30, "early_stopping_rounds": 0, "scaling": {"num_workers": 1}}
     frame = pd.read_parquet(spine.features_path)
@@ -34,6 +38,7 @@ def candidates(spine, platform, tmp_path_factory):
     flipped = tmp_path_factory.mktemp("flipped") / "training_set"
     flipped.mkdir()
     frame.to_parquet(flipped / "part-0.parquet")
+    shutil.copy(spine.features_path / "_training_set.json", flipped)
     configs = {
         "weak": TrainConfig(
             features_path=spine.features_path, run_name="weak", **{**base, "num_boost_round": 2},

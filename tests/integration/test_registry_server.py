@@ -15,6 +15,7 @@ import requests
 import yaml
 
 from tests.conftest import free_port, wait_for
+from tests.projects import FRAUD
 
 NAME = "fraud-http"
 MLP = str(Path(sys.executable).with_name("mlp"))
@@ -67,9 +68,10 @@ def _log_model(platform, train: pd.DataFrame, rounds: int, depth: int) -> str:
     import xgboost
 
     from mlplatform import _mlflow
-    from mlplatform.features.transforms import FEATURE_COLUMNS
-    from mlplatform.training.tracking import signature_for
+    from mlplatform.models import signature_for
+    from tests.projects import fraud_columns
 
+    FEATURE_COLUMNS = fraud_columns()["inputs"]
     experiment_id = _mlflow.ensure_experiment(platform)
     x = train[FEATURE_COLUMNS]
     booster = xgboost.train({"objective": "binary:logistic", "max_depth": depth, "eta": 0.3},
@@ -107,11 +109,13 @@ def test_promote_rollback_and_history_over_http(http_platform, models, holdout, 
     assert weak.source.startswith("models:/") and int(strong.version) == int(weak.version) + 1
     gates = {"champion": {"metric": "auc_pr", "tolerance": 0.0}, "signature": True,
              "behavioural": True}
-    decision = reg.promote(NAME, strong.version, gates=gates, holdout=test, actor="ci")
+    # Models trained outside the platform name no project: the promotion is told which.
+    decision = reg.promote(NAME, strong.version, gates=gates, holdout=test, actor="ci",
+                           project=FRAUD)
     assert decision.accepted
     assert ModelRegistry(platform).resolve(f"{NAME}@champion").version == strong.version
     with pytest.raises(PromotionRefused, match="no_worse_than_champion"):
-        reg.promote(NAME, weak.version, gates=gates, holdout=test)
+        reg.promote(NAME, weak.version, gates=gates, holdout=test, project=FRAUD)
 
     # The CLI over the same server: history, a rollback, the audit chain.
     env = {**os.environ, "MLP_ACTOR": "oncall"}
@@ -161,7 +165,8 @@ def test_a_refused_promotion_from_the_cli_lists_the_gates(http_platform, models,
     reg = ModelRegistry(platform)
     before = reg.resolve(f"{NAME}@champion").version
     out = subprocess.run([MLP, "registry", "promote", NAME, strong.version, "--gates", str(gates),
-                          "--holdout", str(data), "--config", str(config_path)],
+                          "--holdout", str(data), "--config", str(config_path),
+                          "--project", str(FRAUD)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
     assert "REFUSED" in out.stdout and "FAIL min_metric:auc_pr" in out.stdout
@@ -187,7 +192,8 @@ def test_list_show_and_card_from_the_cli(http_platform, models, holdout, tmp_pat
     data = tmp_path / "holdout.parquet"
     holdout[1].head(3000).to_parquet(data)
     out = subprocess.run([MLP, "registry", "card", NAME, strong.version, "--data", str(data),
-                          "--config", str(config_path)], capture_output=True, text=True,
+                          "--project", str(FRAUD), "--config", str(config_path)],
+                         capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr
     assert f"# Model card: {NAME}" in out.stdout and strong.run_id in out.stdout

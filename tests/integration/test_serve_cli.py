@@ -9,11 +9,12 @@ from pathlib import Path
 import requests
 
 from mlplatform.demo import to_instances
-from mlplatform.features import REQUEST_COLUMNS
 from tests.conftest import wait_for
 from tests.integration.conftest import AUTH
+from tests.projects import fraud_columns
 
 REPO = Path(__file__).resolve().parents[2]
+REQUEST_COLUMNS = fraud_columns()["request"]
 
 
 def test_serve_run_cli_answers_http(spine, ray_cluster, tmp_path):

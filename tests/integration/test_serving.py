@@ -3,9 +3,10 @@
 fraud.yaml's layout: the model embedded in the Ingress replicas (``args.embed_models: true``).
 The ModelServer graph (``embed_models: false``) has its own suite: test_serving_routing.py.
 
-Requests carry raw transactions; the app looks features up in the online store. The served
-score must equal the score computed through the offline path (point-in-time join of the same
-transaction + the same model_inputs): one feature definition, offline and online.
+Requests carry raw transactions (the fraud example's request schema); the app looks features up
+in the online store. The served score must equal the score computed through the offline path
+(point-in-time join of the same transaction + the project's model inputs): one feature
+definition and one transformation, offline and online.
 """
 
 import numpy as np
@@ -14,10 +15,13 @@ import pytest
 import requests
 
 from mlplatform.demo import to_instances
-from mlplatform.features import FEATURE_COLUMNS, REQUEST_COLUMNS, VIEW_FEATURES, model_inputs
 from mlplatform.registry import ModelRegistry, load_model
-from tests.integration.conftest import AUTH
+from tests.integration.conftest import AUTH, FRAUD_SERVE
 from tests.integration.serving_models import check_burst
+from tests.projects import fraud_columns, inputs
+
+_C = fraud_columns()
+FEATURE_COLUMNS, REQUEST_COLUMNS, VIEW_FEATURES = _C["inputs"], _C["request"], _C["features"]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +30,7 @@ def url(spine, platform):
 
     from mlplatform.serving import deploy
 
-    base = deploy(args_overrides={"platform": platform.model_dump(mode="json")})
+    base = deploy(FRAUD_SERVE, args_overrides={"platform": platform.model_dump(mode="json")})
     yield base
     serve.shutdown()
 
@@ -67,8 +71,8 @@ def _offline_scores(sample, platform):
     joined = FeatureStore(platform).get_historical_features(
         entity, VIEW_FEATURES, timestamp_column="as_of").to_pandas()
     joined = joined.set_index("transaction_id").loc[sample["transaction_id"]].reset_index()
-    inputs = model_inputs(joined)
-    return load_model(ModelRegistry(platform), "fraud@champion").predict(inputs)
+    return load_model(ModelRegistry(platform), "fraud@champion").predict(
+        inputs("fraud").frame(joined))
 
 
 def test_served_scores_equal_offline_path_scores(url, sample, platform, spine):
@@ -82,7 +86,7 @@ def test_served_scores_equal_offline_path_scores(url, sample, platform, spine):
     np.testing.assert_allclose([p["score"] for p in body["predictions"]], expected, rtol=1e-6)
     np.testing.assert_allclose([s["score"] for s in single], expected[:5], rtol=1e-6)
     assert [p["transaction_id"] for p in body["predictions"]] == list(sample["transaction_id"])
-    assert not any(p["unknown_user"] for p in body["predictions"])
+    assert not any(p["unknown_entities"] for p in body["predictions"])
     for answer in single + body["predictions"]:
         assert answer["model_version"] == spine.model_version.version
         assert answer["model_name"] == "fraud" and answer["arm"] == "champion"
@@ -94,7 +98,9 @@ def test_served_scores_equal_offline_path_scores(url, sample, platform, spine):
 def test_unknown_user_is_served_with_defaults_and_flagged(url, sample):
     inst = {**_requests(sample.head(1))[0], "user_id": "never-seen"}
     r = requests.post(f"{url}/predict", json=inst, headers=AUTH, timeout=30)
-    assert r.status_code == 200 and r.json()["unknown_user"] is True
+    # Every entity keyed by the user is unknown; the merchant is known.
+    assert r.status_code == 200 and r.json()["unknown_entities"] == [
+        "user", "user_country", "user_device"]
     assert 0.0 <= r.json()["score"] <= 1.0
 
 
@@ -143,7 +149,7 @@ def test_healthz_and_models(url, spine):
             for a in m["arms"]] == [("champion", "fraud@champion", 100, True,
                                      spine.model_version.version)]
     assert [c["name"] for c in m["inputs"]] == FEATURE_COLUMNS
-    assert m["request_fields"] == REQUEST_COLUMNS
+    assert m["request_fields"] == REQUEST_COLUMNS and m["project"] == "fraud"
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
@@ -161,7 +167,7 @@ def test_deploy_of_missing_model_fails_clearly(spine, platform):
     from mlplatform.serving import deploy
 
     with pytest.raises(RuntimeError, match="no alias 'nope'"):
-        deploy(args_overrides={"models": ["fraud@nope"],
+        deploy(FRAUD_SERVE, args_overrides={"models": ["fraud@nope"],
                                "platform": platform.model_dump(mode="json")},
                router_config={"arms": [{"name": "nope", "model": "fraud@nope", "weight": 1}]},
                timeout_s=120)

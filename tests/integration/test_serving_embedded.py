@@ -16,12 +16,13 @@ import requests
 import yaml
 
 from mlplatform.demo import to_instances
-from mlplatform.features import FEATURE_COLUMNS, REQUEST_COLUMNS
 from mlplatform.registry import ModelRegistry, load_model
 from tests.conftest import free_port, wait_for
 from tests.integration.conftest import ADMIN, AUTH, REPO, serve_deploy
 from tests.integration.serving_models import as_records, log_xgboost
+from tests.projects import fraud_columns, project
 
+FEATURE_COLUMNS, REQUEST_COLUMNS = fraud_columns()["inputs"], fraud_columns()["request"]
 MODEL = "fraud_emb"
 CHAMPION, CHALLENGER, BROKEN = (f"{MODEL}@{a}" for a in ("champion", "challenger", "broken"))
 ROUTER = {"arms": [{"name": "champion", "model": CHAMPION, "weight": 50},
@@ -49,7 +50,8 @@ def _serve_yaml(tmp, platform, models: list[str], router: dict):
     assert not [d for d in app["deployments"] if d["name"].startswith("ModelServer")]
     raw["http_options"]["port"] = PORT
     app["args"].update({"models": models, "reload_interval_s": 0,
-                        "platform": platform.model_dump(mode="json")})
+                        "platform": platform.model_dump(mode="json"),
+                        "project": str(project("fraud").root)})
     next(d for d in app["deployments"] if d["name"] == "Router")["user_config"] = router
     path = tmp / f"fraud-embedded-{len(list(tmp.iterdir()))}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -113,7 +115,7 @@ def test_embedded_arms_split_traffic_and_score_exactly_their_model(url, instance
     assert set(arms) == {"champion", "challenger"} and min(arms.values()) > 20, arms
     batch = instances[:8]
     records = [{**i, "event_timestamp": pd.Timestamp(i["event_timestamp"])} for i in batch]
-    lookup = FeatureLookup(platform.model_dump(mode="json"))
+    lookup = FeatureLookup(platform.model_dump(mode="json"), project("fraud"))
     inputs = pd.DataFrame(lookup.features(records)["matrix"], columns=FEATURE_COLUMNS)
     registry = ModelRegistry(platform)
     for arm in ("champion", "challenger"):
@@ -134,15 +136,14 @@ def test_concurrent_lookups_share_one_store_read_and_equal_lone_ones(platform, i
 
     from mlplatform.serving.deployments import FeatureLookup
 
-    lookup = FeatureLookup(platform.model_dump(mode="json"), max_batch_size=32)
+    lookup = FeatureLookup(platform.model_dump(mode="json"), project("fraud"), max_batch_size=32)
     unknown = {**instances[5], "user_id": "u-nobody", "transaction_id": "t-unknown"}
     requests_ = [as_records([i]) for i in instances[:12]] + [as_records(instances[20:23]),
                                                            as_records([unknown])]
     lone = [lookup.features(r) for r in requests_]
     reads = []
-    store_read = lookup._store.get_online_features
-    lookup._store.get_online_features = lambda *a, **k: reads.append(len(a[0])) or store_read(
-        *a, **k)
+    store_read = lookup._store.lookup_online
+    lookup._store.lookup_online = lambda *a, **k: reads.append(len(a[0])) or store_read(*a, **k)
     bad = [{k: v for k, v in as_records([instances[30]])[0].items() if k != "merchant_id"}]
 
     async def burst():
@@ -154,8 +155,8 @@ def test_concurrent_lookups_share_one_store_read_and_equal_lone_ones(platform, i
     assert isinstance(out[-1], KeyError) and "merchant_id" in str(out[-1])
     for got, want in zip(out[:-1], lone, strict=True):
         np.testing.assert_array_equal(got["matrix"], want["matrix"])   # NaNs equal too
-        assert got["unknown_user"] == want["unknown_user"]
-    assert out[-2]["unknown_user"] == [True] and not any(out[0]["unknown_user"])
+        assert got["unknown"] == want["unknown"]
+    assert "user" in out[-2]["unknown"][0] and not any(out[0]["unknown"])
     reads.clear()
     asyncio.run(lookup.lookup(requests_[0]))    # alone: looked up at once, by itself
     assert reads == [1]

@@ -13,9 +13,11 @@ import pytest
 import requests
 
 from mlplatform.demo import to_instances
-from mlplatform.features import REQUEST_COLUMNS
 from tests.conftest import free_port, haproxy_serve_env, wait_for
-from tests.integration.conftest import AUTH, REPO
+from tests.integration.conftest import AUTH, FRAUD_SERVE, REPO
+from tests.projects import fraud_columns
+
+REQUEST_COLUMNS = fraud_columns()["request"]
 
 
 @pytest.fixture(scope="module", params=["haproxy", "haproxy-throughput"])
@@ -26,7 +28,7 @@ def url(request, spine, platform):
 
     serve.shutdown()
     with haproxy_serve_env(request.param == "haproxy-throughput") as env:
-        base = deploy(args_overrides={"platform": platform.model_dump(mode="json")},
+        base = deploy(FRAUD_SERVE, args_overrides={"platform": platform.model_dump(mode="json")},
                       http_port=free_port(), controller_env=env)
         yield base
         serve.shutdown()
@@ -97,7 +99,7 @@ def test_live_reconfiguration_and_metrics_behind_haproxy(url, instance, platform
         t.start()
     try:
         wait_for(lambda: len(results) >= 30, 120, "load before the change")
-        deploy(args_overrides={"platform": platform.model_dump(mode="json")},
+        deploy(FRAUD_SERVE, args_overrides={"platform": platform.model_dump(mode="json")},
                router_config={"arms": [{"name": "main", "model": "fraud@champion",
                                         "weight": 1}]})
         wait_for(lambda: results and results[-1][2] == "main", 120, "the new arm name")

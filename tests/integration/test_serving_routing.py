@@ -24,12 +24,13 @@ import requests
 import yaml
 
 from mlplatform.demo import to_instances
-from mlplatform.features import FEATURE_COLUMNS, REQUEST_COLUMNS
 from mlplatform.registry import ModelRegistry, load_model
 from tests.conftest import free_port, wait_for
 from tests.integration.conftest import ADMIN, AUTH, BIN, REPO, serve_deploy
 from tests.integration.serving_models import check_burst, log_xgboost
+from tests.projects import fraud_columns, project
 
+FEATURE_COLUMNS, REQUEST_COLUMNS = fraud_columns()["inputs"], fraud_columns()["request"]
 MODEL = "fraud_ab"
 CHAMPION, CHALLENGER, CANDIDATE, FAULTY = (f"{MODEL}@{a}" for a in
                                            ("champion", "challenger", "candidate", "faulty"))
@@ -58,7 +59,7 @@ def _serve_yaml(tmp: Path, platform, router: dict, models: list[str], **args) ->
     raw = yaml.safe_load((REPO / "serve_configs" / "fraud-ab.yaml").read_text())
     app = raw["applications"][0]
     app["args"].update({"models": models, "platform": platform.model_dump(mode="json"),
-                        "reload_interval_s": 0, **args})
+                        "reload_interval_s": 0, "project": str(project("fraud").root), **args})
     deployments = []
     for d in app["deployments"]:
         d = copy.deepcopy(d)
@@ -220,7 +221,7 @@ def test_each_arm_serves_exactly_its_model(app, instances, versions, platform):
     registry = ModelRegistry(platform)
     records = [{**i, "event_timestamp": pd.Timestamp(i["event_timestamp"])} for i in batch]
     # The lookup class itself, outside Serve (its online-equals-offline check: test_serving).
-    lookup = FeatureLookup(platform.model_dump(mode="json"))
+    lookup = FeatureLookup(platform.model_dump(mode="json"), project("fraud"))
     inputs = pd.DataFrame(lookup.features(records)["matrix"], columns=FEATURE_COLUMNS)
     for arm, alias in (("champion", "champion"), ("challenger", "challenger")):
         r = requests.post(f"{URL}/predict", json={"instances": batch},
@@ -304,6 +305,7 @@ def test_explain_adds_up_to_the_served_margin(app, instances, versions):
             e["margin"], abs=1e-3)
         assert e["additivity_ok"] and e["score"] == pytest.approx(
             1 / (1 + np.exp(-e["margin"])), rel=1e-5)
+        assert e["decision"] in ("fraud", "legit") and "explained" not in e   # binary
     predicted = requests.post(f"{URL}/predict", json=instances[0],
                               headers={**ADMIN, "X-MLP-Arm": "challenger"}, timeout=30).json()
     assert predicted["score"] == pytest.approx(r.json()["explanations"][0]["score"], rel=1e-6)

@@ -8,9 +8,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from mlplatform.features import FEATURE_COLUMNS
 from mlplatform.registry import ModelRegistry, load_model
 from tests.integration.conftest import N_ROWS
+from tests.projects import fraud_columns, project
+
+FEATURE_COLUMNS = fraud_columns()["inputs"]
+EXPERIMENT = "fraud"     # the project's name: its default MLflow experiment
 
 
 def test_raw_and_training_set_written(spine, platform):
@@ -83,6 +86,8 @@ def test_champion_alias_points_to_new_version(spine, platform):
 
 def test_rejected_dataset_creates_no_run_and_no_model(spine, platform, tmp_path):
     """A training set missing a column is refused before anything is logged."""
+    import shutil
+
     from mlflow import MlflowClient
 
     from mlplatform.errors import DataValidationError
@@ -92,8 +97,9 @@ def test_rejected_dataset_creates_no_run_and_no_model(spine, platform, tmp_path)
     bad.mkdir()
     pd.read_parquet(spine.features_path).drop(columns=["amount_z_user_7d"]).to_parquet(
         bad / "part.parquet")
+    shutil.copy(spine.features_path / "_training_set.json", bad)   # its lineage, as written
     client = MlflowClient(platform.mlflow_tracking_uri)
-    exp = client.get_experiment_by_name(platform.experiment_name)
+    exp = client.get_experiment_by_name(EXPERIMENT)
     runs_before = len(client.search_runs([exp.experiment_id]))
     versions_before = len(ModelRegistry(platform).list_versions("fraud"))
     with pytest.raises(DataValidationError, match="amount_z_user_7d"):
@@ -110,7 +116,7 @@ def test_data_failing_its_contract_stops_the_spine_before_mlflow(spine, platform
     from mlplatform.config import PlatformConfig
     from mlplatform.datasets import RAW_DIR, save_transactions
     from mlplatform.errors import DataValidationError
-    from mlplatform.pipelines import build_spine_features
+    from mlplatform.pipelines import build_features
 
     bad = pd.read_parquet(spine.raw_path)
     bad.loc[:4, "amount"] = -1.0
@@ -120,10 +126,10 @@ def test_data_failing_its_contract_stops_the_spine_before_mlflow(spine, platform
     cfg = PlatformConfig(storage_root=tmp_path, mlflow_tracking_uri=platform.mlflow_tracking_uri)
     save_transactions(bad, cfg.path(*RAW_DIR))
     client = MlflowClient(platform.mlflow_tracking_uri)
-    exp = client.get_experiment_by_name(platform.experiment_name)
+    exp = client.get_experiment_by_name(EXPERIMENT)
     runs_before = len(client.search_runs([exp.experiment_id]))
     with pytest.raises(DataValidationError) as exc:
-        build_spine_features(cfg)
+        build_features(cfg, project("fraud"))
     for name in ("amount", "is_fraud", "transaction_id"):
         assert name in str(exc.value)
     assert len(client.search_runs([exp.experiment_id])) == runs_before

@@ -15,15 +15,17 @@ MODEL_NAME = "fraud-torch"
 
 @pytest.fixture(scope="module")
 def trained(ray_cluster, platform, spine):
-    from mlplatform.training import CheckpointSpec, ScalingSpec, TorchParams, TrainConfig
+    from mlplatform.pipelines import train_config
     from mlplatform.training.torch_train import train_torch
+    from tests.projects import project
 
-    config = TrainConfig(
-        model="torch", features_path=spine.features_path, experiment_name="torch-training",
-        run_name="torch-2-workers",
-        torch=TorchParams(epochs=EPOCHS, batch_size=256, hidden_sizes=[64, 32],
-                          learning_rate=3e-3),
-        scaling=ScalingSpec(num_workers=2), checkpoint=CheckpointSpec(frequency=2))
+    # The fraud example's torch model, as its project declares it (task, inputs, embeddings).
+    config = train_config(
+        project("fraud"), "torch", features_path=str(spine.features_path),
+        experiment_name="torch-training", run_name="torch-2-workers",
+        torch={"epochs": EPOCHS, "batch_size": 256, "hidden_sizes": [64, 32],
+               "learning_rate": 3e-3},
+        scaling={"num_workers": 2}, checkpoint={"frequency": 2})
     return config, train_torch(config, platform)
 
 
@@ -102,7 +104,8 @@ def test_model_is_a_pickle_free_pyfunc_with_signature(trained, tmp_path):
     mlmodel = yaml.safe_load((local / "MLmodel").read_text())
 
     pyfunc = mlmodel["flavors"]["python_function"]
-    assert pyfunc["loader_module"] == "mlplatform.training.torch_model"
+    assert pyfunc["loader_module"] == "mlplatform.models.torch_net"
+    assert mlmodel["metadata"]["mlplatform"]["task"] == "binary"
     assert "python_model" not in pyfunc
     assert sorted(p.name for p in (local / pyfunc["data"]).iterdir()) == ["arch.json", "model.pt"]
     assert not list(local.rglob("*.pkl"))
@@ -142,8 +145,8 @@ def test_registered_version_loads_for_serving_and_scores_like_the_saved_model(
         trained, validation, platform, tmp_path):
     import mlflow
 
+    from mlplatform.models.torch_net import load_torch_model
     from mlplatform.registry import ModelRegistry, load_model
-    from mlplatform.training.torch_model import load_torch_model
 
     config, result = trained
     _, valid = validation

@@ -1,6 +1,7 @@
-"""Training straight from feature views + the label (TrainConfig.feature_views): the feature
-store joins the labelled events point-in-time on the cluster, the training set is reused while
-nothing changed, and the MLflow run records the views' versions."""
+"""Training straight from feature views (TrainConfig.feature_views): the feature store joins the
+project's labelled events point-in-time on the cluster with the project's features and any
+extra ones, the training set is reused while nothing changed, and the MLflow run records the
+views' versions."""
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -9,11 +10,14 @@ import pytest
 from mlplatform.errors import ConfigError
 
 RAW = ["user_txn_count_24h", "merchant_fraud_rate_30d", "user_amount_mean_7d"]
+LABEL_COLUMN = "is_fraud"
 
 
 def test_the_fraud_features_from_views_match_the_spine_training_set(spine, platform):
-    from mlplatform.features.transforms import FEATURE_COLUMNS, LABEL_COLUMN, VIEW_FEATURES
     from mlplatform.training import TrainConfig
+    from tests.projects import fraud_columns
+
+    FEATURE_COLUMNS, VIEW_FEATURES = fraud_columns()["inputs"], fraud_columns()["features"]
     from mlplatform.training.data import training_data
 
     config = TrainConfig(feature_views={"features": VIEW_FEATURES})
@@ -32,10 +36,11 @@ def test_the_fraud_features_from_views_match_the_spine_training_set(spine, platf
 
 
 def test_xgboost_trains_on_raw_view_features_and_logs_their_versions(spine, platform):
+    from pathlib import Path
+
     from mlflow import MlflowClient
 
     from mlplatform.features import FeatureStore
-    from mlplatform.features.transforms import LABEL_COLUMN
     from mlplatform.training import TrainConfig, train_xgboost
 
     config = TrainConfig(feature_views={"features": RAW}, feature_columns=["amount", *RAW],
@@ -43,18 +48,17 @@ def test_xgboost_trains_on_raw_view_features_and_logs_their_versions(spine, plat
                          scaling={"num_workers": 2}, run_name="from-views")
     result = train_xgboost(config, platform)
 
-    path = platform.path("training_sets")
-    (folder,) = {p for p in path.glob("views-*")
-                 if set(RAW) <= set(pq.ParquetDataset(str(p)).schema.names)
-                 and "amount_log" not in pq.ParquetDataset(str(p)).schema.names}
+    run = MlflowClient(platform.mlflow_tracking_uri).get_run(result.run_id)
+    folder = Path(run.data.tags["features_path"])
+    assert folder.name.startswith("views-")
     frame = pd.read_parquet(folder)
-    # Raw mode: keys, the event's own fields, the requested features and the label only.
+    # The request fields, the extra view features (raw, under their names: no model input has
+    # them) beside the project's model inputs, and the label.
     assert {"amount", "country", *RAW, LABEL_COLUMN} <= set(frame.columns)
+    assert set(RAW) <= set(pq.ParquetDataset(str(folder)).schema.names)
     base_rate = frame[LABEL_COLUMN].mean()
     assert result.metrics["val_auc_pr"] > 3 * base_rate, (result.metrics, base_rate)
 
-    run = MlflowClient(platform.mlflow_tracking_uri).get_run(result.run_id)
-    assert run.data.tags["features_path"] == str(folder)
     expected = FeatureStore(platform).feature_versions(RAW)
     assert len(expected) == 2          # user and merchant views
     for view, version in expected.items():
@@ -67,7 +71,7 @@ def test_an_unknown_feature_reference_fails_before_any_run(spine, platform):
     from mlplatform.training import TrainConfig, train_xgboost
 
     client = MlflowClient(platform.mlflow_tracking_uri)
-    exp = client.get_experiment_by_name(platform.experiment_name)
+    exp = client.get_experiment_by_name("fraud")
     before = len(client.search_runs([exp.experiment_id], max_results=1000))
     with pytest.raises(ConfigError, match="no_such_feature"):
         train_xgboost(TrainConfig(feature_views={"features": ["no_such_feature"]}), platform)

@@ -16,6 +16,7 @@ from mlplatform.training import TrainConfig
 from mlplatform.training.tuning import sweep
 
 REPO = Path(__file__).resolve().parents[2]
+EXPERIMENT = "fraud"       # the project's name: its default MLflow experiment
 ROUNDS = 40
 SPACE = {"params.max_depth": {"randint": [1, 8]}, "params.eta": {"loguniform": [0.02, 0.4]}}
 PARENT = "tags.`mlflow.parentRunId` = '{}'"
@@ -44,7 +45,7 @@ def test_sweep_returns_trials_sorted_best_first(swept, spine):
     assert swept["params.max_depth"].between(1, 7).all()
     assert swept["params.eta"].between(0.02, 0.4).all()
     assert swept["run_id"].notna().all() and swept["trial_id"].is_unique
-    label = TrainConfig().label
+    label = "is_fraud"
     positives = pd.read_parquet(spine.features_path, columns=[label])[label].mean()
     assert swept["val_auc_pr"].iloc[0] > 10 * positives  # far above a constant score
     assert swept.attrs["best_run_id"] == swept["run_id"].iloc[0]
@@ -96,14 +97,16 @@ def test_best_model_is_logged_as_ubj_and_loads(swept, spine, platform):
     assert Path(mlflow.artifacts.download_artifacts(uri), "model.ubj").is_file()
     booster = mlflow.xgboost.load_model(uri)
     assert booster.num_boosted_rounds() == ROUNDS
-    sample = pd.read_parquet(spine.features_path, columns=TrainConfig().feature_columns)
+    from tests.projects import fraud_columns
+
+    sample = pd.read_parquet(spine.features_path, columns=fraud_columns()["inputs"])
     scores = booster.predict(xgboost.DMatrix(sample.head(50)))
     assert ((scores >= 0) & (scores <= 1)).all() and scores.std() > 0
 
 
 def test_bad_search_space_fails_before_any_run(swept, spine, platform):
     client = _mlflow.client(platform)
-    experiment = client.get_experiment_by_name(platform.experiment_name)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
     before = len(client.search_runs([experiment.experiment_id], max_results=10_000))
     config = TrainConfig(features_path=spine.features_path, num_boost_round=20)
     with pytest.raises(ConfigError, match="'params.max_dept'"):
@@ -146,17 +149,24 @@ def test_notebook_runs_two_sweeps_in_one_kernel(ray_cluster, storage_root, spine
 
 
 def test_ray_job_submit_runs_a_sweep(ray_cluster, spine, platform, tmp_path):
+    import shutil
+
     import yaml
 
     from tests.integration.conftest import submit_job
+    from tests.projects import FRAUD
 
-    cfg = yaml.safe_load((REPO / "jobs/configs/fraud_tune.yaml").read_text())
-    cfg["train"].update(features_path=str(spine.features_path), num_boost_round=20)
-    cfg["tune"].update(num_samples=3, max_concurrent=2, scheduler="fifo", grace_period=None)
-    job_yaml = tmp_path / "tune.yaml"
-    job_yaml.write_text(yaml.safe_dump(cfg))
+    # A copy of the fraud example with a small sweep, on the spine's training set.
+    folder = tmp_path / "fraud"
+    shutil.copytree(FRAUD, folder)
+    cfg = yaml.safe_load((folder / "mlplatform.yaml").read_text())
+    model = cfg["models"]["xgboost"]
+    model["train"].update(features_path=str(spine.features_path), num_boost_round=20)
+    model["tune"].update(num_samples=3, max_concurrent=2, scheduler="fifo", grace_period=None)
+    (folder / "mlplatform.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
-    out = submit_job(ray_cluster, ["python", "jobs/tune.py", "--config", str(job_yaml)])
+    out = submit_job(ray_cluster, ["python", "jobs/tune.py", "--project", str(folder),
+                                   "--model", "xgboost"])
     log = out.stdout + out.stderr
     assert out.returncode == 0 and "succeeded" in log, log[-4000:]
     parent_id = re.search(r"parent_run_id: (\w+)", log).group(1)

@@ -11,7 +11,7 @@ from mlplatform.datasets import make_transactions, save_transactions
 from mlplatform.errors import DataValidationError
 from mlplatform.features.validation import gate, load_contract, validate
 
-SHIPPED = Path(__file__).resolve().parents[2] / "jobs/configs/features/transactions_contract.yaml"
+SHIPPED = Path(__file__).resolve().parents[2] / "examples/fraud/contracts/transactions.yaml"
 N = 2_000
 
 

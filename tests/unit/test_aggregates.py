@@ -7,8 +7,9 @@ import pytest
 from mlplatform.datasets import make_transactions
 from mlplatform.features import load_repo
 from mlplatform.features.aggregates import _Locator, window_aggregates
+from tests.projects import FRAUD
 
-REPO = load_repo()
+REPO = load_repo(FRAUD / "mlplatform.yaml")
 
 
 def _reference(df: pd.DataFrame, view, keys: list[str]) -> pd.DataFrame:

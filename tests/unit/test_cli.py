@@ -30,22 +30,35 @@ def test_bad_config_exits_2_with_message(tmp_path):
     assert "unknown key 'nope'" in out.output and "storage_root" in out.output
 
 
-def test_train_with_a_bad_job_config_exits_2_naming_the_key(tmp_path):
-    f = tmp_path / "job.yaml"
-    f.write_text("train: {model: lightgbm, num_boost_rounds: 5}\n")
-    out = runner.invoke(app, ["train", "--config", str(f)])
-    assert out.exit_code == 2
-    assert "train.model" in out.output and "train.num_boost_rounds" in out.output
+def test_train_with_a_bad_project_exits_2_naming_the_file_and_keys(tmp_path):
+    """A bad key fails before any Ray or MLflow work, naming the project file and the key."""
+    import shutil
+
+    import yaml
+
+    from tests.projects import FRAUD
+
+    shutil.copytree(FRAUD, tmp_path / "fraud")
+    file = tmp_path / "fraud" / "mlplatform.yaml"
+    data = yaml.safe_load(file.read_text())
+    data["models"]["xgboost"]["train"].update(model="lightgbm", num_boost_rounds=5)
+    file.write_text(yaml.safe_dump(data))
+    out = runner.invoke(app, ["train", "--project", str(tmp_path / "fraud")])
+    assert out.exit_code == 2, out.output
+    text = " ".join(out.output.split())
+    assert str(file) in text.replace("│", "").replace(" ", "") or "mlplatform.yaml" in text
+    assert "models.xgboost.train.model" in text and "models.xgboost.train.num_boost_rounds" in text
 
 
-def test_shipped_training_job_configs_load():
-    from mlplatform.pipelines.train_job import TrainJobConfig
+def test_the_fraud_example_s_model_configs():
+    from mlplatform.pipelines import register_spec, train_config
+    from tests.projects import project
 
-    xgb = TrainJobConfig.from_yaml("jobs/configs/fraud_xgb.yaml")
-    torch = TrainJobConfig.from_yaml("jobs/configs/fraud_torch.yaml")
-    assert (xgb.train.model, torch.train.model) == ("xgboost", "torch")
-    assert torch.train.failure.max_failures > 0 and xgb.registration.alias == "champion"
-    gpu = TrainJobConfig.from_yaml("jobs/configs/fraud_torch_gpu.yaml")
-    assert gpu.train.scaling.use_gpu and gpu.train.scaling.resources_per_worker["GPU"] == 1
-    # the GPU job is the CPU one with other scaling, nothing else
-    assert gpu.train.model_copy(update={"scaling": torch.train.scaling}) == torch.train
+    fraud = project("fraud")
+    xgb, torch = train_config(fraud, "xgboost"), train_config(fraud, "torch")
+    assert (xgb.model, torch.model) == ("xgboost", "torch")
+    assert torch.failure.max_failures > 0 and register_spec(fraud, "xgboost")[1] == "champion"
+    gpu = train_config(fraud, "torch_gpu")
+    assert gpu.scaling.use_gpu and gpu.scaling.resources_per_worker["GPU"] == 1
+    # the GPU model is the CPU one with other scaling, nothing else
+    assert gpu.model_copy(update={"scaling": torch.scaling}) == torch

@@ -416,8 +416,9 @@ def test_kuberay_manifests_parse_with_the_right_kinds():
     assert [(d["apiVersion"], d["kind"]) for d in kuberay("rayservice.yaml")] == [
         ("ray.io/v1", "RayService")]
     job = kuberay("rayjob.yaml")[0]["spec"]
-    assert job["entrypoint"] == "python jobs/train.py --config jobs/configs/fraud_xgb.yaml"
-    assert (REPO / "jobs" / "configs" / "fraud_xgb.yaml").is_file()
+    assert job["entrypoint"] == "python jobs/train.py --project examples/fraud --model xgboost"
+    assert (REPO / "examples" / "fraud" / "mlplatform.yaml").is_file()
+    assert "working_dir" in job["runtimeEnvYAML"]
     for doc in ray_docs():
         spec = ray_cluster_spec(doc)
         assert spec["authOptions"] == {"mode": "token"}, doc["kind"]

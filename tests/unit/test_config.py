@@ -13,7 +13,8 @@ def test_defaults_derive_from_storage_root(tmp_path, monkeypatch):
     assert cfg.mlflow_tracking_uri == f"sqlite:///{tmp_path / '.mlplatform' / 'mlflow.db'}"
     assert cfg.mlflow_registry_uri == cfg.mlflow_tracking_uri
     assert cfg.mlflow_artifact_location == (tmp_path / ".mlplatform" / "mlartifacts").as_uri()
-    assert cfg.ray_address is None and cfg.experiment_name == "fraud"
+    assert cfg.ray_address is None and cfg.experiment_name is None   # the project's name
+    assert cfg.project is None                                         # ./mlplatform.yaml
     assert not (tmp_path / ".mlplatform").exists(), "loading must not create folders"
 
 
@@ -32,8 +33,10 @@ def test_precedence_defaults_yaml_env_overrides(tmp_path):
 
 def test_config_path_from_env(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("model_name: from-mlp-config\n")
-    assert PlatformConfig.load(env={"MLP_CONFIG": str(f)}).model_name == "from-mlp-config"
+    f.write_text("experiment_name: from-mlp-config\n")
+    assert PlatformConfig.load(env={"MLP_CONFIG": str(f)}).experiment_name == "from-mlp-config"
+    # MLP_PROJECT names the project every door uses by default
+    assert PlatformConfig.load(env={"MLP_PROJECT": "examples/wine"}).project.name == "wine"
 
 
 def test_explicit_mlflow_uri_is_kept(tmp_path):

@@ -272,23 +272,24 @@ def test_cost_record_from_an_mlflow_run():
 
 
 # ---------------------------------------------------------------------- mlp submit args -------
-def test_submit_plan_lists_valid_jobs_and_ships_the_config_relative(tmp_path):
+def test_submit_plan_lists_valid_jobs_and_ships_the_project_relative(tmp_path):
     with pytest.raises(ConfigError) as err:
-        plan("trian", REPO / "jobs/configs/fraud_xgb.yaml", REPO)
+        plan("trian", REPO / "examples/fraud", REPO)
     assert "unknown job 'trian'" in str(err.value)
     for job in ("train", "tune", "build_features", "ci_pipeline"):
         assert job in str(err.value)
-    with pytest.raises(ConfigError, match="does not exist"):
-        plan("train", tmp_path / "missing.yaml", REPO)
-    entry, renv, warnings = plan("train", REPO / "jobs/configs/fraud_xgb.yaml", REPO,
-                                 {"env_vars": {"A": "1"}}, {"B": "2"})
-    assert entry == "python jobs/train.py --config jobs/configs/fraud_xgb.yaml"
+    with pytest.raises(ConfigError, match="no project at .*missing"):
+        plan("train", tmp_path / "missing", REPO)
+    entry, renv, warnings = plan("train", REPO / "examples/fraud", REPO,
+                                 {"env_vars": {"A": "1"}}, {"B": "2"}, model="torch")
+    assert entry == "python jobs/train.py --project examples/fraud --model torch"
     assert renv == {"working_dir": str(REPO), "env_vars": {"A": "1", "B": "2"}}
     assert warnings == []
-    outside = tmp_path / "job.yaml"
-    outside.write_text("{}\n")
+    outside = tmp_path / "mine"
+    outside.mkdir()
+    (outside / "mlplatform.yaml").write_text("name: mine\n")
     entry, _, warnings = plan("train", outside, REPO)
-    assert entry.endswith(f"--config {outside.resolve()}") and "outside" in warnings[0]
+    assert entry.endswith(f"--project {outside.resolve()}") and "outside" in warnings[0]
 
 
 def test_find_token_follows_rays_order(tmp_path):
@@ -305,7 +306,7 @@ def test_find_token_follows_rays_order(tmp_path):
 
 
 def test_submit_address_order_is_what_the_help_says():
-    from mlplatform.cli_jobs import AddressOpt
+    from mlplatform.cli.jobs import AddressOpt
 
     both = {"RAY_API_SERVER_ADDRESS": "http://api:8265", "RAY_ADDRESS": "http://addr:8265"}
     assert dashboard_address(None, both) == "http://api:8265"

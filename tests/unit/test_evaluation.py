@@ -9,10 +9,13 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
-from mlplatform.features.transforms import FEATURE_COLUMNS, VIEW_FEATURES, model_inputs
 from mlplatform.monitoring import reference_profile
 from mlplatform.training import behaviour
 from mlplatform.training.metrics import MAX_CURVE_POINTS, evaluation_report
+from tests.projects import fraud_columns, inputs, project
+
+FEATURE_COLUMNS = fraud_columns()["inputs"]
+VIEW_FEATURES = fraud_columns()["features"]
 
 
 def _scores(n=20_000, seed=0, rounded=True):
@@ -129,10 +132,13 @@ def test_reference_profile_figures():
         reference_profile(df, ["nope"])
 
 
-def _training_rows(n=3_000, seed=4):
-    """Training-set rows made the way the training set makes them: model_inputs of requests."""
+def _training_rows(n=3_000, seed=4, proj=None):
+    """Training-set rows made the way the training set makes them (request fields, looked-up
+    features, the project's model inputs, the label)."""
     from mlplatform.datasets.transactions import make_transactions
+    from mlplatform.features.training_set import _to_training_rows, stored_raw_names
 
+    proj = proj or project("fraud")
     tx = make_transactions(n, seed=seed)
     rng = np.random.default_rng(seed)
     views = {c: rng.poisson(3, n).astype(float) for c in VIEW_FEATURES}
@@ -146,10 +152,11 @@ def _training_rows(n=3_000, seed=4):
     for c in ("user_amount_mean_7d", "user_amount_std_7d", "user_last_event_at"):
         views[c][unknown] = np.nan
     raw = tx.assign(**views)
-    rows = model_inputs(raw)
-    for c in ("transaction_id", "user_id", "merchant_id", "event_timestamp", "is_fraud"):
-        rows[c] = raw[c].to_numpy()
-    return rows
+    mi = inputs("fraud") if proj is project("fraud") else proj._inputs
+    fields = proj.request_fields
+    return _to_training_rows(raw, mi, fields, VIEW_FEATURES,
+                             stored_raw_names([*fields, *VIEW_FEATURES], mi), "is_fraud",
+                             "binary", 1, [], False)
 
 
 def _logistic(weights: dict[str, float], bias: float = -4.0):
@@ -159,42 +166,55 @@ def _logistic(weights: dict[str, float], bias: float = -4.0):
     return predict
 
 
-def test_raw_requests_invert_model_inputs():
+def test_training_rows_keep_the_raw_columns_the_inputs_come_from():
+    """A model input named like a request field or feature keeps the raw value beside it
+    (``__raw_<name>``): recomputing the inputs from the raw columns gives the stored inputs."""
+    from mlplatform.features.training_set import raw_frame
+
     rows = _training_rows()
-    for frame in (rows, rows.drop(columns=["event_timestamp", "transaction_id"])):
-        rebuilt = model_inputs(behaviour.raw_requests(frame))
-        np.testing.assert_allclose(rebuilt.to_numpy(), rows[FEATURE_COLUMNS].to_numpy(),
-                                   rtol=1e-9, atol=1e-9)        # NaNs must match too
-    assert set(behaviour.decode("country", [0, -1, 99])[1:]) == {behaviour.UNKNOWN}
+    assert "__raw_amount" in rows and "__raw_user_txn_count_1h" in rows
+    assert rows["__raw_user_txn_count_1h"].isna().sum() == 0 or \
+        rows["user_txn_count_1h"].isna().sum() == 0      # inputs fill unknown counts with 0
+    raw = raw_frame(rows, inputs("fraud").raw_columns)
+    assert list(raw.columns) == inputs("fraud").raw_columns
+    np.testing.assert_allclose(inputs("fraud").frame(raw).to_numpy(),
+                               rows[FEATURE_COLUMNS].to_numpy(), rtol=1e-12, atol=1e-12)
 
 
 def test_checks_pass_for_a_sensible_model_and_catch_a_bad_one():
     rows = _training_rows()
     good = _logistic({"amount_log": 0.5, "amount_z_user_7d": 0.3, "is_night": 1.0})
-    res = behaviour.summarize(behaviour.check_batch(rows, good, FEATURE_COLUMNS))
+    res = behaviour.summarize(behaviour.check_batch(rows, good, FEATURE_COLUMNS,
+                                                    project("fraud"), "binary"), project("fraud"))
     inv, dirn = res["invariance_transaction_id"], res["directional_amount"]
     assert inv["passed"] and inv["rows"] == len(rows) and inv["changed_scores"] == 0
     assert inv["max_input_diff_vs_dataset"] < 1e-9
     assert dirn["passed"] and dirn["lowered"] == 0 and dirn["rows"] > len(rows) // 2
-    assert dirn["raised"] > 0.9 * dirn["rows"]     # the rest saturate at a score of 1.0
+    assert dirn["moved_as_expected"] > 0.9 * dirn["rows"]  # the rest saturate at a score of 1
     # A model that scores large amounts lower fails the directional check, with counts.
     bad = _logistic({"amount_log": -0.5, "is_night": 1.0})
-    dirn = behaviour.summarize(behaviour.check_batch(rows, bad, FEATURE_COLUMNS))["directional_amount"]
+    dirn = behaviour.summarize(behaviour.check_batch(rows, bad, FEATURE_COLUMNS,
+                                                     project("fraud"), "binary"),
+                               project("fraud"))["directional_amount"]
     assert not dirn["passed"] and dirn["lowered"] == dirn["rows"] and dirn["share_lowered"] == 1.0
 
 
-def test_invariance_check_catches_inputs_that_depend_on_transaction_id(monkeypatch):
-    rows = _training_rows(n=500)
-    real = behaviour.model_inputs
+def test_invariance_check_catches_inputs_that_depend_on_transaction_id():
+    from mlplatform.project import ModelInputs
 
-    def leaky(df):  # a transform that (wrongly) reads the transaction id
-        out = real(df)
-        out["amount"] = out["amount"] + df["transaction_id"].astype(str).str.len().to_numpy()
+    real = inputs("fraud")
+
+    def leaky(batch):  # a transformation that (wrongly) reads the transaction id
+        out = real.function(batch)
+        out["amount"] = out["amount"] + np.array([len(str(t)) for t in batch["transaction_id"]])
         return out
 
-    monkeypatch.setattr(behaviour, "model_inputs", leaky)
+    proj = project("fraud").model_copy()
+    proj._inputs = ModelInputs(real.columns, real.fields, real.features, leaky)
+    rows = _training_rows(n=500, proj=proj)
     inv = behaviour.summarize(behaviour.check_batch(
-        rows, _logistic({"amount": 0.01}), FEATURE_COLUMNS))["invariance_transaction_id"]
+        rows, _logistic({"amount": 0.01}), FEATURE_COLUMNS, proj, "binary"),
+        proj)["invariance_transaction_id"]
     assert not inv["passed"] and inv["changed_inputs"] == len(rows)
     assert inv["changed_scores"] == len(rows)
 

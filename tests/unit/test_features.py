@@ -8,24 +8,36 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlplatform.errors import ConfigError
-from mlplatform.features import (
-    DEFAULT_REPO,
-    FEATURE_COLUMNS,
-    VIEW_FEATURES,
-    encode,
-    load_repo,
-    model_inputs,
-    model_inputs_matrix,
-)
-from mlplatform.features.definitions import parse_duration
+from mlplatform.errors import ConfigError, DataValidationError
+from mlplatform.features import load_repo
 from mlplatform.features.pipeline import bucket_of
+from mlplatform.project import FeatureRepo, parse_duration
+from tests.projects import FRAUD, fraud_columns, inputs, module, project
 
-RAW = yaml.safe_load(DEFAULT_REPO.read_text())
+FRAUD_FILE = FRAUD / "mlplatform.yaml"
+RAW = {k: v for k, v in yaml.safe_load(FRAUD_FILE.read_text()).items()
+       if k in FeatureRepo.model_fields}
+VIEW_FEATURES = fraud_columns()["features"]
+FEATURE_COLUMNS = fraud_columns()["inputs"]
+
+
+def model_inputs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The fraud project's model inputs of request rows + looked-up features (offline path)."""
+    return inputs("fraud").frame(frame)
+
+
+def model_inputs_matrix(records, looked_up):
+    """The same from request records (the serving path)."""
+    mi = inputs("fraud")
+    return mi.matrix(mi.batch_from_records(records, looked_up))
+
+
+def encode(column, values):
+    return module("fraud", "fraud_inputs").encode(column, np.asarray(values, dtype=object))
 
 
 def test_shipped_definitions_load_and_cover_the_model():
-    repo = load_repo()
+    repo = load_repo(FRAUD_FILE)
     assert {v.name for v in repo.feature_views} == {
         "user_activity", "merchant_risk", "user_country_history", "user_device_history"}
     assert repo.join_keys("user_country_history") == ["user_id", "country"]
@@ -57,12 +69,12 @@ def test_bad_definitions_are_rejected_with_the_reason(mutate, message):
 
 
 def test_missing_file_names_the_setting(tmp_path):
-    with pytest.raises(ConfigError, match="MLP_FEATURE_REPO"):
+    with pytest.raises(ConfigError, match="nope.yaml does not exist.*mlplatform.yaml"):
         load_repo(tmp_path / "nope.yaml")
 
 
 def test_resolve_references():
-    repo = load_repo()
+    repo = load_repo(FRAUD_FILE)
     assert repo.resolve(["merchant_risk:merchant_txn_count_24h", "user_txn_count_1h"]) == {
         "merchant_risk": ["merchant_txn_count_24h"], "user_activity": ["user_txn_count_1h"]}
     assert repo.resolve(["user_device_history"]) == {
@@ -74,7 +86,7 @@ def test_resolve_references():
 
 
 def test_definition_hash_changes_only_with_the_definition():
-    a = load_repo()
+    a = load_repo(FRAUD_FILE)
     data = copy.deepcopy(RAW)
     data["feature_views"][0]["description"] = "reworded"
     data["feature_views"][1]["ttl"] = "31d"
@@ -122,7 +134,7 @@ def test_model_inputs_relate_the_amount_to_the_user():
 
 
 def test_model_inputs_names_missing_columns():
-    with pytest.raises(KeyError, match="merchant_fraud_rate_30d"):
+    with pytest.raises(DataValidationError, match="merchant_fraud_rate_30d"):
         model_inputs(_request().drop(columns=["merchant_fraud_rate_30d"]))
 
 
@@ -166,7 +178,7 @@ def test_online_lookup_applies_the_ttl_window_to_the_microsecond(tmp_path):
     from mlplatform.config import PlatformConfig
     from mlplatform.features import FeatureStore
 
-    store = FeatureStore(PlatformConfig(storage_root=tmp_path))
+    store = FeatureStore(PlatformConfig(storage_root=tmp_path), project("fraud"))
     t = pd.Timestamp("2026-01-10T12:00:00Z")
     for view in store.repo.feature_views:
         keys = store.repo.join_keys(view)
@@ -212,7 +224,7 @@ def test_a_build_uses_buckets_by_the_size_of_its_source(tmp_path, monkeypatch, r
     from mlplatform.config import PlatformConfig
     from mlplatform.features import FeatureStore
 
-    store = FeatureStore(PlatformConfig(storage_root=tmp_path))
+    store = FeatureStore(PlatformConfig(storage_root=tmp_path), project("fraud"))
     folder = tmp_path / "raw" / "transactions"
     folder.mkdir(parents=True)
     # Four one-column files: only their footers are read.

@@ -2,14 +2,11 @@ import json
 
 import pytest
 
-from mlplatform.serving.schemas import (
-    RequestRejected,
-    parse_body,
-    transaction_model,
-    validate_instances,
-)
+from mlplatform.project import request_model
+from mlplatform.serving.schemas import RequestRejected, parse_body, validate_instances
+from tests.projects import project
 
-MODEL = transaction_model()
+MODEL = request_model(project("fraud").request)
 GOOD = {"user_id": "u1", "merchant_id": "m1", "amount": 12.5, "merchant_category": "grocery",
         "country": "US", "device_type": "desktop"}
 

@@ -86,7 +86,8 @@ def test_server_names_follow_the_model_reference():
 def test_default_routing_sends_everything_to_the_first_model():
     assert default_router_config(["fraud/7", "fraud@challenger"]) == {
         "arms": [{"name": "v7", "model": "fraud/7", "weight": 100}]}
-    assert AppArgs().served == ["fraud@champion"]
+    assert AppArgs(project="examples/fraud").served == ["fraud@champion"]
+    assert AppArgs(project="examples/wine", model="wine/2").served == ["wine/2"]
     from mlplatform.serving.dispatch import CALLS_IN_FLIGHT
 
     assert AppArgs().model_calls_in_flight == CALLS_IN_FLIGHT   # one default, two places
@@ -184,7 +185,8 @@ def _served(batch_wait_s: float, max_batch_size: int, scale: float = 10.0):
 
     served = object.__new__(ServedModel)
     model = _CountingModel(scale)
-    served._state = {"model": model, "model_name": "m", "model_version": "1", "threshold": 0.5}
+    served._state = {"model": model, "model_name": "m", "model_version": "1", "threshold": 0.5,
+                     "task": "binary", "classes": None}
     served._batch = AdaptiveBatch(served._score_one, served._score_many, max_batch_size,
                                   batch_wait_s)
     return served, model

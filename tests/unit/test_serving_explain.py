@@ -10,10 +10,9 @@ import pytest
 import xgboost
 from sklearn.datasets import load_breast_cancer
 
-from mlplatform.registry.loading import LoadedModel
-from mlplatform.registry.registry import ModelVersion
+from mlplatform.models import LoadedModel, ModelVersion
+from mlplatform.models.torch_net import TorchTabularModel
 from mlplatform.serving.explain import BACKGROUND_ROWS, explain_rows
-from mlplatform.training.torch_model import TorchFraudModel
 from tests.unit.test_torch_model import make_arch, make_frame, trained_net
 
 TOL = 1e-3
@@ -37,7 +36,7 @@ def cancer():
 @pytest.fixture(scope="module")
 def torch_model():
     arch = make_arch()
-    return wrap(TorchFraudModel(trained_net(arch)), arch.feature_columns, "torch")
+    return wrap(TorchTabularModel(trained_net(arch)), arch.feature_columns, "torch")
 
 
 def sigmoid(z):
@@ -56,7 +55,7 @@ def assert_consistent(out: dict, loaded: LoadedModel, frame: pd.DataFrame) -> No
         assert row["additivity_error"] <= TOL
         magnitudes = [abs(v) for v in contribs.values()]
         assert magnitudes == sorted(magnitudes, reverse=True)
-    scores = np.array([r["score"] for r in rows])
+    scores = np.array([r["prediction"] for r in rows])
     np.testing.assert_allclose(scores, loaded.predict(frame), rtol=0, atol=1e-6)
     np.testing.assert_allclose(sigmoid([r["margin"] for r in rows]), scores, rtol=0, atol=1e-6)
 

@@ -9,9 +9,7 @@ import pytest
 import torch
 
 from mlplatform.errors import ModelNotFound
-from mlplatform.features.transforms import FEATURE_COLUMNS, VOCABULARIES
-from mlplatform.training.config import TorchParams
-from mlplatform.training.torch_model import (
+from mlplatform.models.torch_net import (
     ARCH_FILE,
     STATE_FILE,
     TabularArch,
@@ -20,8 +18,11 @@ from mlplatform.training.torch_model import (
     read_arch,
     save_torch_model,
 )
+from tests.projects import project
 
-CATEGORICAL = TorchParams().categorical  # {"merchant_category_code": 13, ...}
+#: A network over the fraud example's model inputs (any column layout would do).
+FEATURE_COLUMNS = project("fraud").input_columns
+CATEGORICAL = {c: n + 1 for c, n in project("fraud").categorical.items()}  # code c: row c + 1
 NUMERIC = [c for c in FEATURE_COLUMNS if c not in CATEGORICAL]
 
 
@@ -128,7 +129,7 @@ def test_category_codes_map_to_embedding_rows_with_row_0_for_unknown(tmp_path):
     net = TabularNet(arch)
     col = "country_code"
     rows = CATEGORICAL[col]
-    assert rows == len(VOCABULARIES["country"]) + 1
+    assert rows == len(project("fraud").request.fields["country"].enum) + 1
     codes = [-1.0, np.nan, 0.0, 3.0, rows - 2.0, rows - 1.0, 99.0, -5.0]
     frame = make_frame(len(codes))
     frame[col] = codes
@@ -205,29 +206,37 @@ def _log_and_register(registry, name: str, log_model) -> str:
     return registry.register(info.model_uri, name).uri
 
 
-def test_loader_refuses_a_pickled_pyfunc_without_unpickling_it(registry, tmp_path):
+def test_a_pickled_pyfunc_is_refused_at_registration_and_at_load_without_unpickling_it(
+        registry, tmp_path):
+    """The registry refuses to register it (nothing registered); one registered behind the
+    platform's back (plain MLflow) is refused by the loader. Neither unpickles it."""
     import mlflow
 
+    from mlplatform import _mlflow
+    from mlplatform.errors import ModelRefused
     from mlplatform.registry import load_model
 
     marker = tmp_path / "unpickled"
 
-    def log_model():
-        from mlflow.pyfunc import PythonModel
+    from mlflow.pyfunc import PythonModel
 
-        class Pickled(_PickledModel, PythonModel):
-            """A python_model MLflow stores with cloudpickle (what the loader must refuse)."""
+    class Pickled(_PickledModel, PythonModel):
+        """A python_model MLflow stores with cloudpickle (what the loader must refuse)."""
 
-        return mlflow.pyfunc.log_model(
+    experiment = _mlflow.ensure_experiment(registry.config, "unit")
+    with mlflow.start_run(experiment_id=experiment):
+        info = mlflow.pyfunc.log_model(
             name="model", python_model=Pickled(str(marker)), pip_requirements=["numpy"],
             input_example=make_frame(2))
-
-    _log_and_register(registry, "pickled", log_model)
     marker.unlink(missing_ok=True)  # input-example validation may have round-tripped it
 
-    with pytest.raises(ModelNotFound, match="pickled python_model.*never unpickles"):
+    with pytest.raises(ModelRefused, match="cloudpickled python_model.*never unpickles.*ONNX"):
+        registry.register(info.model_uri, "pickled")
+    assert registry.list_versions("pickled") == []
+    mlflow.register_model(info.model_uri, "pickled")      # around the platform's registry
+    with pytest.raises(ModelRefused, match="never unpickles"):
         load_model(registry, "pickled/1")
-    assert not marker.exists(), "the loader unpickled the python_model"
+    assert not marker.exists(), "a check unpickled the python_model"
 
 
 def test_loader_loads_a_torch_pyfunc_and_scores_like_the_saved_model(registry, tmp_path):
@@ -241,10 +250,10 @@ def test_loader_loads_a_torch_pyfunc_and_scores_like_the_saved_model(registry, t
     frame = make_frame(32)
 
     def log_model():
-        from mlplatform.training.tracking import signature_for
+        from mlplatform.models import signature_for
 
         return mlflow.pyfunc.log_model(
-            name="model", loader_module="mlplatform.training.torch_model", data_path=str(folder),
+            name="model", loader_module="mlplatform.models.torch_net", data_path=str(folder),
             signature=signature_for(frame, np.zeros(len(frame))), input_example=frame.head(2),
             pip_requirements=["torch"])
 
@@ -260,7 +269,7 @@ def test_loader_loads_a_torch_pyfunc_and_scores_like_the_saved_model(registry, t
         _ = loaded.booster
     local = registry.download("tabular/1", tmp_path / "dl")[1]
     flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
-    assert flavor["loader_module"] == "mlplatform.training.torch_model"
+    assert flavor["loader_module"] == "mlplatform.models.torch_net"
     assert "python_model" not in flavor
     assert not list(local.rglob("*.pkl"))
 
@@ -269,8 +278,8 @@ def test_loader_still_loads_xgboost_models_unchanged(registry):
     import mlflow
     import xgboost
 
+    from mlplatform.models import signature_for
     from mlplatform.registry import load_model
-    from mlplatform.training.tracking import signature_for
 
     frame = make_frame(200).fillna(0.0)
     labels = (frame["amount"] > 3.0).astype(int)

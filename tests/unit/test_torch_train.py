@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from mlplatform.models.torch_net import ARCH_FILE, STATE_FILE, TabularArch, TabularNet
 from mlplatform.training.torch_loop import (
     OPTIMIZER_FILE,
     TRAIN_STATE_FILE,
@@ -22,7 +23,7 @@ from mlplatform.training.torch_loop import (
     run_epochs,
     save_checkpoint,
 )
-from mlplatform.training.torch_model import ARCH_FILE, STATE_FILE, TabularArch, TabularNet
+from tests.projects import project
 
 FEATURES = ["amount", "count", "code"]
 ARCH = TabularArch(feature_columns=FEATURES, categorical={"code": 4}, embedding_dim=3,
@@ -172,9 +173,17 @@ def test_binary_metrics_match_scikit_learn():
 
 # --- the sweep's trial contract (mlplatform.training.tuning) -----------------------------------
 
-def frames():
-    from mlplatform.features.transforms import FEATURE_COLUMNS
+FEATURE_COLUMNS = project("fraud").input_columns
 
+
+def torch_config(**torch_params):
+    """A torch TrainConfig as a project makes it (task, label, inputs and embeddings filled)."""
+    from mlplatform.pipelines import train_config
+
+    return train_config(project("fraud"), "torch", torch=torch_params)
+
+
+def frames():
     rng = np.random.default_rng(1)
     frame = pd.DataFrame(rng.normal(size=(600, len(FEATURE_COLUMNS))), columns=FEATURE_COLUMNS)
     for col in ("merchant_category_code", "country_code", "device_type_code"):
@@ -184,12 +193,10 @@ def frames():
 
 
 def test_tune_trial_reports_every_epoch_and_hands_over_the_model(tmp_path):
-    from mlplatform.training import TorchParams, TrainConfig
-    from mlplatform.training.torch_model import load_torch_model
+    from mlplatform.models.torch_net import load_torch_model
     from mlplatform.training.torch_train import tune_trial
 
-    config = TrainConfig(model="torch", torch=TorchParams(epochs=3, batch_size=32,
-                                                          hidden_sizes=[16], learning_rate=0.02))
+    config = torch_config(epochs=3, batch_size=32, hidden_sizes=[16], learning_rate=0.02)
     train, valid = frames()
     calls = []
 
@@ -216,8 +223,7 @@ def test_log_tuned_model_logs_the_pickle_free_pyfunc(tmp_path):
 
     from mlplatform import _mlflow
     from mlplatform.config import PlatformConfig
-    from mlplatform.training import TrainConfig
-    from mlplatform.training.torch_model import load_torch_model, save_torch_model
+    from mlplatform.models.torch_net import load_torch_model, save_torch_model
     from mlplatform.training.torch_train import log_tuned_model
     from tests.unit.test_torch_model import make_arch, make_frame, trained_net
 
@@ -226,11 +232,11 @@ def test_log_tuned_model_logs_the_pickle_free_pyfunc(tmp_path):
     (trial_dir / "extra.json").write_text("{}")  # a Tune checkpoint may hold more files
     platform = PlatformConfig(storage_root=tmp_path / "mlp")
     with mlflow.start_run(experiment_id=_mlflow.ensure_experiment(platform, "sweep")):
-        info = log_tuned_model(trial_dir, TrainConfig(model="torch"), make_frame(5))
+        info = log_tuned_model(trial_dir, torch_config(), make_frame(5))
 
     local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "dl")))
     flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
-    assert flavor["loader_module"] == "mlplatform.training.torch_model"
+    assert flavor["loader_module"] == "mlplatform.models.torch_net"
     assert sorted(p.name for p in (local / flavor["data"]).iterdir()) == ["arch.json", "model.pt"]
     frame = make_frame(20)
     np.testing.assert_array_equal(mlflow.pyfunc.load_model(info.model_uri).predict(frame),

@@ -13,12 +13,19 @@ from ray import tune
 from ray.tune.search.sample import Categorical, Float, Integer, LogUniform
 
 from mlplatform.errors import ConfigError
-from mlplatform.training import TrainConfig
 from mlplatform.training._xgb_trial import tune_trial
 from mlplatform.training.search_space import apply_overrides, largest_value, to_tune_space
 from mlplatform.training.tuning import check_sweep
+from tests.projects import FRAUD, project
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def fraud_config(model: str = "xgboost", **overrides):
+    """A training config of the fraud example, as a project makes it (task, label, inputs)."""
+    from mlplatform.pipelines import train_config
+
+    return train_config(project("fraud"), model, **overrides)
 
 
 def test_plain_search_space_becomes_tune_domains():
@@ -30,7 +37,7 @@ def test_plain_search_space_becomes_tune_domains():
         "num_boost_round": {"choice": [50, 100]},
         "early_stopping_rounds": {"grid_search": [0, 10]},
         "params.tree_method": "hist",
-    }, TrainConfig())
+    }, fraud_config())
     depth, eta, sub = space["params.max_depth"], space["params.eta"], space["params.subsample"]
     assert isinstance(depth, Integer) and (depth.lower, depth.upper) == (3, 9)
     assert isinstance(eta, Float) and isinstance(eta.get_sampler(), LogUniform)
@@ -50,17 +57,18 @@ def test_plain_search_space_becomes_tune_domains():
 def test_torch_keys_translate_for_the_torch_model():
     space = to_tune_space({"torch.learning_rate": {"loguniform": [1e-4, 1e-2]},
                            "torch.hidden_sizes": {"choice": [[64], [128, 64]]}},
-                          TrainConfig(model="torch"))
+                          fraud_config("torch"))
     assert space["torch.hidden_sizes"].categories == [[64], [128, 64]]
 
 
 def test_overrides_apply_dotted_keys_and_revalidate():
-    base = TrainConfig()
+    base = fraud_config(params={"max_depth": 6, "subsample": 0.7})
     cfg = apply_overrides(base, {"params.max_depth": np.int64(4), "params.eta": np.float64(0.05),
                                  "num_boost_round": 30, "torch.dropout": 0.3})
     assert cfg.params["max_depth"] == 4 and type(cfg.params["max_depth"]) is int
     assert cfg.params["eta"] == 0.05 and cfg.num_boost_round == 30 and cfg.torch.dropout == 0.3
-    assert cfg.params["objective"] == base.params["objective"]  # other params untouched
+    assert cfg.params["subsample"] == 0.7  # other params untouched
+    assert cfg.xgb_params()["objective"] == "binary:logistic"   # the task's, under them
     assert base.params["max_depth"] == 6  # the base config is not changed
 
 
@@ -93,14 +101,14 @@ def test_largest_value_of_the_round_count():
 ])
 def test_bad_search_space_names_the_key(space, names):
     with pytest.raises(ConfigError) as err:
-        check_sweep(TrainConfig(), space, num_samples=2)
+        check_sweep(fraud_config(), space, num_samples=2)
     for name in names:
         assert name in str(err.value)
 
 
 def test_empty_search_space_is_refused():
     with pytest.raises(ConfigError, match="non-empty mapping"):
-        to_tune_space({}, TrainConfig())
+        to_tune_space({}, fraud_config())
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -116,25 +124,25 @@ def test_empty_search_space_is_refused():
 def test_bad_sweep_arguments_are_named(kwargs, message):
     args = {"num_samples": 2, **kwargs}
     with pytest.raises(ConfigError, match=message):
-        check_sweep(TrainConfig(num_boost_round=50), {"params.eta": {"uniform": [0.1, 0.2]}},
+        check_sweep(fraud_config(num_boost_round=50), {"params.eta": {"uniform": [0.1, 0.2]}},
                     **args)
 
 
 def test_base_params_rejected_by_xgboost():
     with pytest.raises(ConfigError, match="config is rejected.*max_depth"):
-        check_sweep(TrainConfig(params={"objective": "binary:logistic", "max_depth": -1,
+        check_sweep(fraud_config(params={"objective": "binary:logistic", "max_depth": -1,
                                         "eval_metric": ["aucpr"]}),
                     {"params.eta": {"uniform": [0.1, 0.2]}}, num_samples=1)
 
 
 def test_settings_resolve_search_alg_and_asha():
-    settings = check_sweep(TrainConfig(num_boost_round=50),
+    settings = check_sweep(fraud_config(num_boost_round=50),
                            {"num_boost_round": {"choice": [50, 120]},
                             "params.eta": {"uniform": [0.1, 0.2]}}, num_samples=4)
     assert settings["max_rounds"] == 120 and settings["grace_period"] == 12
     expected = next((n for n in ("optuna", "hyperopt") if importlib.util.find_spec(n)), "random")
     assert settings["search_alg"] == expected
-    grid = check_sweep(TrainConfig(), {"params.max_depth": {"grid_search": [3, 5]}},
+    grid = check_sweep(fraud_config(), {"params.max_depth": {"grid_search": [3, 5]}},
                        num_samples=1, scheduler="fifo")
     assert grid["search_alg"] == "random" and "grace_period" not in grid
 
@@ -144,10 +152,10 @@ def test_missing_search_package_or_grid_is_explained(alg):
     space = {"params.max_depth": {"grid_search": [3, 5]}}
     if importlib.util.find_spec(alg) is None:
         with pytest.raises(ConfigError, match=f"pip install {alg}"):
-            check_sweep(TrainConfig(), space, num_samples=1, search_alg=alg)
+            check_sweep(fraud_config(), space, num_samples=1, search_alg=alg)
     else:
         with pytest.raises(ConfigError, match="cannot expand grid_search"):
-            check_sweep(TrainConfig(), space, num_samples=1, search_alg=alg)
+            check_sweep(fraud_config(), space, num_samples=1, search_alg=alg)
 
 
 def test_torch_sweep_names_the_missing_entry_point():
@@ -164,7 +172,7 @@ def test_torch_sweep_names_the_missing_entry_point():
 
 def _frames(n=600, seed=0):
     rng = np.random.default_rng(seed)
-    cfg = TrainConfig()
+    cfg = fraud_config()
     x = pd.DataFrame(rng.normal(size=(n, len(cfg.feature_columns))), columns=cfg.feature_columns)
     y = (x.iloc[:, 0] + 0.5 * rng.normal(size=n) > 1.0).astype(int)
     return cfg, x.assign(**{cfg.label: y})
@@ -205,29 +213,48 @@ def test_xgboost_trial_reports_every_round_and_hands_over_the_kept_model(patienc
     assert booster.num_boosted_rounds() == last["best_round"]
 
 
-def _run_job(tmp_path, text: str) -> subprocess.CompletedProcess:
-    cfg = tmp_path / "tune.yaml"
-    cfg.write_text(text)
-    return subprocess.run([sys.executable, str(REPO / "jobs/tune.py"), "--config", str(cfg)],
+def _project_copy(tmp_path, edit) -> Path:
+    """The fraud example copied, with its xgboost model's tune section edited."""
+    import shutil
+
+    import yaml
+
+    folder = tmp_path / "fraud"
+    shutil.copytree(FRAUD, folder)
+    data = yaml.safe_load((folder / "mlplatform.yaml").read_text())
+    edit(data["models"]["xgboost"]["tune"])
+    (folder / "mlplatform.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return folder
+
+
+def _run_job(tmp_path, folder: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "jobs/tune.py"), "--project", str(folder)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
 
 
 def test_tune_job_rejects_bad_configs_with_exit_2(tmp_path):
-    shipped = (REPO / "jobs/configs/fraud_tune.yaml").read_text()
-    bad_key = _run_job(tmp_path, shipped.replace("params.eta:", "params.etaa:"))
-    assert bad_key.returncode == 2, bad_key.stderr
-    assert "params.etaa" in bad_key.stderr and "does not know" in bad_key.stderr
-    bad_section = _run_job(tmp_path, shipped.replace("num_samples:", "num_sample:"))
-    assert bad_section.returncode == 2 and "num_sample" in bad_section.stderr
-    assert not (tmp_path / ".mlplatform").exists(), "a rejected config must change nothing"
+    def bad_key(tune):
+        tune["search_space"]["params.etaa"] = tune["search_space"].pop("params.eta")
+
+    out = _run_job(tmp_path, _project_copy(tmp_path / "a", bad_key))
+    assert out.returncode == 2, out.stderr
+    assert "params.etaa" in out.stderr and "does not know" in out.stderr
+    assert "models.xgboost.tune" in out.stderr
+
+    def bad_section(tune):
+        tune["num_sample"] = tune.pop("num_samples")
+
+    out = _run_job(tmp_path, _project_copy(tmp_path / "b", bad_section))
+    assert out.returncode == 2 and "models.xgboost.tune.num_sample" in out.stderr
+    assert not (tmp_path / ".mlplatform").exists(), "a rejected project must change nothing"
 
 
 def test_shipped_tune_config_is_valid():
-    from mlplatform.pipelines.tune_job import TuneJobConfig
+    from mlplatform.pipelines.tune_job import tune_section
 
-    job = TuneJobConfig.from_yaml(REPO / "jobs/configs/fraud_tune.yaml")
-    settings = check_sweep(job.train, **job.tune.model_dump(exclude={"seed"}))
-    assert settings["scheduler"] == "asha" and settings["max_rounds"] == 200
+    tune = tune_section(project("fraud"), "xgboost")
+    settings = check_sweep(fraud_config(), **tune.model_dump(exclude={"seed"}))
+    assert settings["scheduler"] == "asha" and settings["max_rounds"] == 300
 
 
 def test_mlp_tune_rejects_a_bad_search_space_with_exit_2(tmp_path):
@@ -235,8 +262,8 @@ def test_mlp_tune_rejects_a_bad_search_space_with_exit_2(tmp_path):
 
     from mlplatform.cli import app
 
-    cfg = tmp_path / "tune.yaml"
-    cfg.write_text((REPO / "jobs/configs/fraud_tune.yaml").read_text()
-                   .replace("params.eta:", "params.etaa:"))
-    out = CliRunner().invoke(app, ["tune", "--config", str(cfg)])
+    def bad_key(tune):
+        tune["search_space"]["params.etaa"] = tune["search_space"].pop("params.eta")
+
+    out = CliRunner().invoke(app, ["tune", "--project", str(_project_copy(tmp_path, bad_key))])
     assert out.exit_code == 2 and "params.etaa" in out.output

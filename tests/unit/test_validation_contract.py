@@ -16,7 +16,7 @@ from mlplatform.features.validation import (
     load_contract,
 )
 
-SHIPPED = Path(__file__).resolve().parents[2] / "jobs/configs/features/transactions_contract.yaml"
+SHIPPED = Path(__file__).resolve().parents[2] / "examples/fraud/contracts/transactions.yaml"
 VALID = {
     "name": "tx",
     "columns": {
