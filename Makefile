@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/mlp demo
+	$(BIN)/mlp demo --project examples/fraud
 
 test: install redis
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)

@@ -101,7 +101,6 @@ class _TorchScorer:
 
     def __init__(self, folder: str):
         import torch
-
         from mlplatform.training.torch_model import load_torch_model
 
         torch.set_num_threads(PREDICT_THREADS)
@@ -294,7 +293,6 @@ def make_torch_model(folder: Path) -> int:
     trained: a cost stand-in for a medium-size neural model, whose scores mean nothing.
     """
     import torch
-
     from mlplatform.training.torch_model import TabularArch, TabularNet, save_torch_model
 
     arch = TabularArch(feature_columns=COLUMNS, embedding_dim=TORCH_EMBEDDING_DIM,

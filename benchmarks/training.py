@@ -146,13 +146,13 @@ def cmd_torch(args, work: Path) -> None:
     import ray
     import torch
     from mlflow import MlflowClient
+    from mlplatform.training.torch_model import TabularNet
 
     from mlplatform._ray import init_ray
     from mlplatform.config import PlatformConfig
     from mlplatform.training import TrainConfig, train_torch
     from mlplatform.training.data import time_split
     from mlplatform.training.torch_loop import epoch_seed, fit_epoch, make_optimizer
-    from mlplatform.training.torch_model import TabularNet
     from mlplatform.training.torch_train import _arch, _frame_stats, _numeric_columns, _tensors
 
     cores = os.cpu_count() or 1

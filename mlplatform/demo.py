@@ -3,7 +3,7 @@
 example data -> Ray Data features -> Ray Train XGBoost -> MLflow run -> registry @champion ->
 Ray Serve app (``serve_configs/<project>.yaml``) -> real HTTP requests replaying the newest
 rows (the online store holds only what came before them) -> summary -> clean shutdown.
-``make demo`` runs it on ``examples/fraud``.
+``make demo`` runs it on the example project the Makefile names.
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def _show(project, prediction: dict[str, Any]) -> str:
 def run_demo(config: PlatformConfig | None = None, project=None, n_rows: int | None = None,
              seed: int | None = None, keep_running: bool = False, http_port: int | None = None,
              verbose: bool = False) -> dict[str, Any]:
-    """Run the demo end to end on ``project`` (default: ``examples/fraud``) and print a
+    """Run the demo end to end on ``project`` (default: ``platform.project``,
+    ``$MLP_PROJECT``, ``./mlplatform.yaml``) and print a
     summary; return the summary as a dict."""
     import requests
     from ray import serve
@@ -101,7 +102,7 @@ def run_demo(config: PlatformConfig | None = None, project=None, n_rows: int | N
 
     console = Console()
     config = config or PlatformConfig.load()
-    project = load(project or "examples/fraud", config)
+    project = load(project, config)
     started = time.perf_counter()
     steps_n = iter(range(1, 7))
     log = setup_output(config, "demo", verbose)

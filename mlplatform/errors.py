@@ -82,7 +82,7 @@ def validation_lines(exc: Any, model: type | None = None, prefix: str = "") -> l
 def config_error(where: str, exc: Any, model: type | None = None, prefix: str = "",
                  cls: type[ConfigError] = ConfigError) -> ConfigError:
     """A :class:`ConfigError` (or ``cls``) listing every problem of ``exc`` under a header
-    naming ``where`` (e.g. ``"project file examples/fraud/mlplatform.yaml"``)."""
+    naming ``where`` (e.g. ``"project file examples/my_project/mlplatform.yaml"``)."""
     lines = validation_lines(exc, model, prefix)
     return cls(f"invalid {where}:\n  - " + "\n  - ".join(lines))
 

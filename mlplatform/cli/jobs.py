@@ -1,6 +1,6 @@
 """``mlp submit`` and ``mlp cost`` (top-level commands).
 
-    mlp submit train --project examples/fraud [--model xgboost] [--address http://head:8265]
+    mlp submit train --project examples/<name> [--model xgboost] [--address http://head:8265]
     mlp cost --since 7d [--by model|job]
 """
 
@@ -12,7 +12,7 @@ import typer
 
 JobArg = typer.Argument(..., help="A job in jobs/: train, tune, build_features, ci_pipeline.")
 SubmitProjectOpt = typer.Option(..., "--project", "-p", help="The project folder (holding "
-                                "mlplatform.yaml), e.g. examples/fraud.")
+                                "mlplatform.yaml), e.g. examples/<name>.")
 SubmitModelOpt = typer.Option(None, "--model", help="One of the project's models (default: "
                               "its first).")
 AddressOpt = typer.Option(None, "--address", help="Ray dashboard URL (default: "

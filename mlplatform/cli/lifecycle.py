@@ -18,8 +18,6 @@ from mlplatform.cli._common import (
     load_project,
 )
 
-DemoProjectOpt = typer.Option(Path("examples/fraud"), "--project", "-p",
-                              help="The project the demo runs.")
 DataOpt = typer.Option(None, "--data", help="Labelled rows in the training-set layout (Parquet); "
                        "default: the project's training set.")
 JsonOpt = typer.Option(None, "--json", help="Also write the full result as JSON here.")
@@ -30,9 +28,9 @@ def demo(
                                     "the project's data.generate)."),
     seed: int | None = typer.Option(None, help="Data seed (default: the project's)."),
     config: Path | None = ConfigOpt,
-    project: Path = DemoProjectOpt,
+    project: Path | None = ProjectOpt,
     keep_running: bool = typer.Option(False, help="Keep the endpoint up until Ctrl-C."),
-    port: int | None = typer.Option(None, help="HTTP port (default: serve_configs/fraud.yaml's)."),
+    port: int | None = typer.Option(None, help="HTTP port (default: serve_configs/<project>.yaml's)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs here "
                                  "instead of in the log file."),
 ) -> None:

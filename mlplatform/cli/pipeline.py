@@ -1,7 +1,7 @@
 """``mlp pipeline``: the model CI/CD pipeline from the command line (a thin call into
 :class:`mlplatform.pipelines.ci.ModelCIPipeline`).
 
-    mlp pipeline run --project examples/fraud [--model xgboost] [--promote] [--config ci.yaml]
+    mlp pipeline run --project examples/<name> [--model xgboost] [--promote] [--config ci.yaml]
 
 Exit status: 0 every stage passed, 1 a stage failed (the table says which and why), 2 the
 project or config is invalid. The same pipeline runs on a cluster as

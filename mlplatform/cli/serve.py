@@ -1,7 +1,7 @@
 """``mlp serve``: deploy the Serve app from its YAML (validated first) and reload models.
 
-    mlp serve deploy serve_configs/fraud.yaml [--address auto]
-    mlp serve reload [--app fraud] [--address auto]
+    mlp serve deploy serve_configs/<project>.yaml [--address auto]
+    mlp serve reload [--app <name>] [--address auto]
 
 ``mlp serve deploy`` makes a relative ``args.project`` absolute (relative to where you run it),
 so the cluster builds the app from the same project folder.
@@ -21,7 +21,7 @@ serve_app = typer.Typer(help="Serve: deploy the app (validated), reload models a
                         "moved.", no_args_is_help=True)
 
 ServeConfigArg = typer.Argument(..., exists=True, dir_okay=False,
-                                help="Serve YAML (serve_configs/fraud.yaml).")
+                                help="Serve YAML (e.g. serve_configs/<project>.yaml).")
 AddressOpt = typer.Option("auto", help="Ray cluster address (RAY_AUTH_MODE=token is set "
                           "for you when ~/.ray/auth_token exists).")
 AppOpt = typer.Option(None, "--app", help="Serve application name (default: the only one "

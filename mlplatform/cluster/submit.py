@@ -1,9 +1,9 @@
 """``mlp submit``: what a user types by hand, with the token handled.
 
     RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
-        python jobs/train.py --project examples/fraud --model xgboost
+        python jobs/train.py --project examples/<name> --model xgboost
 
-is the same as ``mlp submit train --project examples/fraud --model xgboost``: the folder
+is the same as ``mlp submit train --project examples/<name> --model xgboost``: the folder
 holding ``jobs/`` is uploaded as the job's working directory (with the project inside it), the
 job's entrypoint is ``python jobs/<job>.py --project <dir> [--model <name>]``, the job id is
 printed, its logs are followed until it ends, and the exit status is the job's (0: SUCCEEDED,
@@ -19,7 +19,7 @@ launcher YAMLs of ``cluster/`` ship the one made on the laptop to every node, or
 
 Example:
     >>> from mlplatform.cluster.submit import submit_job
-    >>> code = submit_job("train", Path("examples/fraud"), model="xgboost")   # doctest: +SKIP
+    >>> code = submit_job("train", Path("examples/my_project"), model="xgboost")   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def plan(job: str, project: Path, root: Path, runtime_env: Mapping[str, Any] | N
     folder = project if project.is_dir() else project.parent
     if not (folder / "mlplatform.yaml").is_file():
         raise ConfigError(f"no project at {project}: pass --project <folder holding "
-                          "mlplatform.yaml> (e.g. examples/fraud)")
+                          "mlplatform.yaml> (e.g. examples/<name>)")
     warnings = []
     try:   # the job runs in the uploaded copy of `root`: name the project relative to it
         project_arg = folder.resolve().relative_to(root).as_posix()

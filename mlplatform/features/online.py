@@ -12,18 +12,18 @@ values. Timestamps are stored as integer microseconds since the epoch; naive one
 
 Entity keys: the join key values, taken in the order of the *sorted join key names*, each
 normalised to a string (numpy scalars to Python, integral floats to ints, then ``str``) and
-encoded as a JSON list, e.g. ``["42","FR"]`` for ``{"country": "FR", "user_id": 42}``. A row
+encoded as a JSON list, e.g. ``["42","FR"]`` for ``{"region": "FR", "customer_id": 42}``. A row
 written from pandas (``numpy.int64(42)``) and a JSON request (``42`` or ``"42"``) thus name the
 same entity, and the order in which a caller lists the join keys does not matter.
 
 Example:
     >>> store = SQLiteOnlineStore("/tmp/online.db")
-    >>> df = pd.DataFrame({"user_id": [1], "event_timestamp": [pd.Timestamp("2024-01-01", tz="UTC")],
-    ...                    "txn_count_1h": [3]})
-    >>> store.write("user_activity", df, join_keys=["user_id"])
+    >>> df = pd.DataFrame({"customer_id": [1], "event_timestamp": [pd.Timestamp("2024-01-01",
+    ...                    tz="UTC")], "orders_1h": [3]})
+    >>> store.write("customer_stats", df, join_keys=["customer_id"])
     1
-    >>> store.read("user_activity", ["user_id"], [{"user_id": 1}, {"user_id": 2}])
-    [{'txn_count_1h': 3, 'event_timestamp': Timestamp('2024-01-01 00:00:00+0000', tz='UTC')}, None]
+    >>> store.read("customer_stats", ["customer_id"], [{"customer_id": 1}, {"customer_id": 2}])
+    [{'orders_1h': 3, 'event_timestamp': Timestamp('2024-01-01 00:00:00+0000', tz='UTC')}, None]
 """
 
 from mlplatform.features.online_base import OnlineStore, open_online_store

@@ -3,11 +3,11 @@
 Example:
     >>> from mlplatform.config import PlatformConfig
     >>> from mlplatform.features import FeatureStore
-    >>> fs = FeatureStore(PlatformConfig.load())
+    >>> fs = FeatureStore(PlatformConfig.load(), "examples/my_project")   # doctest: +SKIP
     >>> fs.build()                                               # doctest: +SKIP
-    >>> train = fs.get_historical_features(events, ["user_activity", "merchant_risk"])  # +SKIP
+    >>> train = fs.get_historical_features(events, ["customer_stats"])    # doctest: +SKIP
     >>> fs.materialize_incremental(end="2026-03-01")             # doctest: +SKIP
-    >>> fs.get_online_features([{"user_id": "u000001"}], ["user_txn_count_24h"])  # +SKIP
+    >>> fs.get_online_features([{"customer_id": "c01"}], ["orders_24h"])  # doctest: +SKIP
 """
 
 from __future__ import annotations

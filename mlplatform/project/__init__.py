@@ -6,9 +6,9 @@ way offline and online), :func:`request_model` (the request's pydantic model).
 
 Example:
     >>> from mlplatform.project import load_project, model_inputs    # doctest: +SKIP
-    >>> project = load_project("examples/fraud")                      # doctest: +SKIP
+    >>> project = load_project("examples/my_project")                 # doctest: +SKIP
     >>> project.task.type, project.input_columns[:2]                  # doctest: +SKIP
-    ('binary', ['amount', 'amount_log'])
+    ('binary', ['amount', 'amount_per_item'])
 """
 
 from mlplatform.project.definitions import (

@@ -75,7 +75,7 @@ class _Strict(BaseModel):
 
 
 class Entity(_Strict):
-    """Something features describe, identified by one or more join keys (e.g. user_id)."""
+    """Something features describe, identified by one or more join keys (e.g. customer_id)."""
 
     name: str = Field(min_length=1, description="Entity name, referenced by feature views.")
     join_keys: list[str] = Field(min_length=1, description="Columns that identify the entity.")

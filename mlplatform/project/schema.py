@@ -62,7 +62,7 @@ class DecisionSpec(_Strict):
         "maximises F1 on the validation rows, chosen by each training run.")
     labels: list[str] | None = Field(
         default=None, min_length=2, max_length=2, description="Binary: the decision's words for "
-        "[negative, positive], e.g. [legit, fraud]. Default [negative, positive].")
+        "[negative, positive], e.g. [kept, churned]. Default [negative, positive].")
 
 
 class TaskSpec(_Strict):
@@ -184,7 +184,7 @@ class RequestSpec(_Strict):
     fields: dict[str, RequestField] = Field(min_length=1, description="Field name -> spec, in "
                                             "the order the model-inputs function sees them.")
     id: str | None = Field(default=None, description="A field echoed back in every answer "
-                           "(e.g. transaction_id).")
+                           "(e.g. request_id).")
     timestamp: str | None = Field(
         default=None, description="A timestamp field: the time features are looked up as of "
         "(when the request omits it: now). None: always now.")

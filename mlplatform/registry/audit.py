@@ -9,7 +9,7 @@ are fsync'd before the call returns.
 
 Example:
     >>> log = AuditLog(PlatformConfig.load())                             # doctest: +SKIP
-    >>> log.append("alias_set", model="fraud", version="3", alias="champion")  # doctest: +SKIP
+    >>> log.append("alias_set", model="churn", version="3", alias="champion")  # doctest: +SKIP
     >>> log.verify().ok                                                    # doctest: +SKIP
     True
 """

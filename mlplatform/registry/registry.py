@@ -65,7 +65,7 @@ def check_model_uri(uri: str) -> str:
 
 
 def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
-    """Split ``"fraud@champion"`` / ``"fraud/3"`` / ``"fraud"`` into (name, alias, version).
+    """Split ``"churn@champion"`` / ``"churn/3"`` / ``"churn"`` into (name, alias, version).
 
     A bare name means alias ``champion``.
 
@@ -74,8 +74,8 @@ def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
     """
     m = _REF.match(ref.strip()) if isinstance(ref, str) else None
     if not m:
-        raise ValueError(f"invalid model reference {ref!r}: use 'name@alias' (e.g. fraud@champion) "
-                         "or 'name/version' (e.g. fraud/3)")
+        raise ValueError(f"invalid model reference {ref!r}: use 'name@alias' (e.g. churn@champion) "
+                         "or 'name/version' (e.g. churn/3)")
     check_model_name(m["name"])
     alias, version = m["alias"], m["version"]
     if alias is None and version is None:
@@ -88,8 +88,8 @@ class ModelRegistry:
 
     Example:
         >>> reg = ModelRegistry(PlatformConfig.load())            # doctest: +SKIP
-        >>> mv = reg.register(result.model_uri, "fraud", alias="champion")  # doctest: +SKIP
-        >>> reg.resolve("fraud@champion").version                  # doctest: +SKIP
+        >>> mv = reg.register(result.model_uri, "churn", alias="champion")  # doctest: +SKIP
+        >>> reg.resolve("churn@champion").version                  # doctest: +SKIP
         '1'
     """
 

@@ -1,6 +1,6 @@
 """Adaptive ``@serve.batch``: a call alone is served at once, concurrent calls together.
 
-Both per-request steps of the fraud app that have a fixed cost per call use it: the feature
+Both per-request steps of the composed app that have a fixed cost per call use it: the feature
 lookup in the Ingress (one online-store read and one model-inputs transform for every request
 that arrived together) and the model (one XGBoost or torch call per batch, in a ModelServer or
 embedded in the Ingress). Under load this is what keeps a replica's CPU per request low; a lone

@@ -37,7 +37,7 @@ _RESYNC_S = 1.0
 #: c=32): the composed app's rps goes from ~725 (one call per request) to ~1,450-1,530 with 4-16
 #: calls in flight; 1 gives ~520 (the calls queue behind each other). It also caps what the
 #: ModelServer's autoscaler sees: one Ingress replica keeps at most ``calls_in_flight /
-#: target_ongoing_requests`` ModelServer replicas busy (8 / 4 = fraud.yaml's max_replicas).
+#: target_ongoing_requests`` ModelServer replicas busy (8 / 4 = the shipped serve configs' max_replicas).
 CALLS_IN_FLIGHT = 8
 #: Seconds between two flushes of a :class:`SummedCounter` (per-request counts summed here).
 COUNT_FLUSH_S = 1.0

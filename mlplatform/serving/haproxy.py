@@ -5,7 +5,7 @@ the environment that turns them on for one Serve instance.
 Measured on a 2-core machine (``benchmarks/serving.py``, ``benchmarks/results/serving.md``):
 behind HAProxy a no-op app answers ~4x the requests of Serve's default proxy at concurrency 32
 (2,588 vs 622 rps) and its p50 at concurrency 1 drops from 3.8 to 1.0 ms; the
-throughput-optimized mode on top adds ~25-40% (3,583 rps; the composed fraud app with embedded
+throughput-optimized mode on top adds ~25-40% (3,583 rps; the composed app with embedded
 models: 1,852 rps, p50 1.50 ms, vs 352 rps and 6.6 ms behind the default proxy). Together they
 are the recommended production setting (the cluster YAMLs and KubeRay set them on every
 node): pass ``haproxy_env(..., throughput_optimized=True)`` to :func:`mlplatform.serving.deploy`

@@ -7,9 +7,9 @@ validation raises :class:`~mlplatform.errors.ConfigError` and the running Splitt
 
 Example:
     >>> cfg = RouterConfig.from_user_config({"arms": [
-    ...     {"name": "champion", "model": "fraud@champion", "weight": 90},
-    ...     {"name": "challenger", "model": "fraud@challenger", "weight": 10}],
-    ...     "sticky_key": "user_id"})
+    ...     {"name": "champion", "model": "churn@champion", "weight": 90},
+    ...     {"name": "challenger", "model": "churn@challenger", "weight": 10}],
+    ...     "sticky_key": "customer_id"})
     >>> Splitter(cfg).choose("u-42") in ("champion", "challenger")
     True
 """
@@ -41,7 +41,7 @@ class ArmSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$", description="Arm name.")
-    model: str = Field(description="fraud@champion, fraud@challenger or fraud/3.")
+    model: str = Field(description="churn@champion, churn@challenger or churn/3.")
     weight: NonNegativeFloat = Field(description="Relative share of traffic (0: none).")
 
     @model_validator(mode="after")
@@ -102,8 +102,8 @@ class RouterConfig(BaseModel):
             else:
                 details = str(exc)
             raise ConfigError(f"invalid router user_config: {details}. Example: arms: "
-                              "[{name: champion, model: fraud@champion, weight: 90}, "
-                              "{name: challenger, model: fraud@challenger, weight: 10}]"
+                              "[{name: champion, model: churn@champion, weight: 90}, "
+                              "{name: challenger, model: churn@challenger, weight: 10}]"
                               ) from None
 
     @property

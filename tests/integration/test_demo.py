@@ -7,8 +7,10 @@ import requests
 def test_demo_runs_end_to_end_and_shuts_serve_down(ray_cluster, tmp_path, capsys):
     from mlplatform.config import PlatformConfig
     from mlplatform.demo import run_demo
+    from tests.projects import FRAUD
 
-    cfg = PlatformConfig(storage_root=tmp_path / "demo", experiment_name="demo-test")
+    cfg = PlatformConfig(storage_root=tmp_path / "demo", experiment_name="demo-test",
+                         project=FRAUD)
     summary = run_demo(cfg, n_rows=10_000, seed=3)
 
     assert summary["champion"] == "fraud version 1"
