@@ -15,8 +15,9 @@ DataFrame of the same arrays):
 - ``string`` fields: ``object`` arrays of ``str``, ``None`` where missing;
 - ``timestamp`` fields: ``datetime64[us]`` in UTC, ``NaT`` where missing.
 
-The project's Python module is imported from the project folder and registered with
-cloudpickle to travel *by value*: Ray Data tasks and Serve replicas get the function's code with
+The project's Python modules are imported from the project folder (as one private package, so
+they import each other relatively: ``from .helpers import x``) and registered with cloudpickle
+to travel *by value*: Ray Data tasks and Serve replicas get the function's code with
 the task, so they run it wherever they run, with no copy of the folder on their node.
 """
 
@@ -74,6 +75,11 @@ def import_function(ref: str, root: Path | None, where: str, in_project: bool | 
         module = importlib.import_module(
             f"{_project_package(root)}.{module_name}" if local else module_name)
     except ModuleNotFoundError as exc:
+        if local and exc.name and _in_folder(Path(root), exc.name):
+            raise ProjectError(
+                f"{where}: {module_name}.py imports {exc.name!r} as a top-level module; modules "
+                f"of a project folder import each other relatively: `from .{exc.name} import "
+                "...`") from None
         raise ProjectError(f"{where}: cannot import module {module_name!r} ({exc}); put "
                            f"{module_name.replace('.', '/')}.py in the project folder {root}"
                            ) from None
@@ -85,7 +91,7 @@ def import_function(ref: str, root: Path | None, where: str, in_project: bool | 
         raise ProjectError(f"{where}: module {module_name!r} ({module.__file__}) has no function "
                            f"{attr!r}")
     if local:
-        _by_value(module)
+        _by_value(sys.modules[_project_package(root)])
     return fn
 
 
@@ -108,7 +114,8 @@ def _project_package(root: Path) -> str:
 
 
 def _by_value(module: Any) -> None:
-    """Pickle the module's functions by value (Ray's cloudpickle and the plain one)."""
+    """Pickle the functions of ``module`` and its submodules by value (Ray's cloudpickle and
+    the plain one): a project package, so helpers its modules import travel too."""
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(module)
