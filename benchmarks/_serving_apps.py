@@ -7,8 +7,9 @@
 - :func:`make_torch_model`: the torch MLP (the platform's ``TabularNet``, random init, untrained:
   a cost stand-in for a medium-size neural model), saved without pickle;
 - :func:`model_call_costs`: each model's call alone, 1 row vs a full batch, in-process;
-- :func:`prepare_fraud`: the real registered model and online store (``run_spine``), and one
-  transaction: its raw request body for the composed app and its 21 model inputs for the rest;
+- :func:`prepare_fraud`: the real registered model and online store (``run_spine`` of the fraud
+  example project, ``examples/fraud``), and one transaction: its raw request body for the
+  composed app and its 21 model inputs for the rest;
 - :func:`router_overhead`: the arm choice (done in the Ingress), timed in-process;
 - the servers: :func:`uvicorn_server` (a process) and :func:`serve_instance` (Serve behind its
   default proxy or HAProxy), and what proves which ingress answered (:func:`listener`,
@@ -44,7 +45,10 @@ HERE = Path(__file__).parent
 
 N_FEATURES = 21
 COLUMNS = [f"f{i}" for i in range(N_FEATURES)]
-#: The fraud job's booster (jobs/configs/fraud_xgb.yaml + training.config.DEFAULT_XGB_PARAMS).
+#: The fraud example's booster (examples/fraud/mlplatform.yaml ``models.xgboost.train``: its
+#: ``params`` over training.config.DEFAULT_XGB_PARAMS and the binary task's objective, i.e.
+#: ``train_config(project, "xgboost").xgb_params()``), without the evaluation metrics (nothing is
+#: evaluated here) and min_child_weight (1.0, XGBoost's default).
 XGB_PARAMS = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": 6, "eta": 0.1,
               "subsample": 0.8, "colsample_bytree": 0.8, "seed": 0}
 XGB_ROUNDS = 300
@@ -101,7 +105,8 @@ class _TorchScorer:
 
     def __init__(self, folder: str):
         import torch
-        from mlplatform.training.torch_model import load_torch_model
+
+        from mlplatform.models.torch_net import load_torch_model
 
         torch.set_num_threads(PREDICT_THREADS)
         self._net = load_torch_model(folder).net
@@ -293,9 +298,11 @@ def make_torch_model(folder: Path) -> int:
     trained: a cost stand-in for a medium-size neural model, whose scores mean nothing.
     """
     import torch
-    from mlplatform.training.torch_model import TabularArch, TabularNet, save_torch_model
 
-    arch = TabularArch(feature_columns=COLUMNS, embedding_dim=TORCH_EMBEDDING_DIM,
+    from mlplatform.models.torch_net import TabularArch, TabularNet, save_torch_model
+
+    arch = TabularArch(task="binary", num_outputs=1,
+                       feature_columns=COLUMNS, embedding_dim=TORCH_EMBEDDING_DIM,
                        hidden_sizes=TORCH_HIDDEN, dropout=TORCH_DROPOUT,
                        numeric_means=dict.fromkeys(COLUMNS, 0.0),
                        numeric_stds=dict.fromkeys(COLUMNS, 1.0))
@@ -310,8 +317,9 @@ class FraudTarget:
     """The registered model, saved as a booster file, and one transaction to score."""
 
     platform: dict[str, Any]       # PlatformConfig (JSON) for deploy()'s args.platform
+    project: str                   # the project folder (absolute) for deploy()'s args.project
     model_path: Path               # the registered version's booster
-    columns: list[str]             # its inputs (FEATURE_COLUMNS)
+    columns: list[str]             # its inputs (the project's model_inputs.columns)
     version: str                   # e.g. models:/fraud/1
     instance: dict[str, Any]       # the composed app's request body: one raw transaction
     features: list[float]          # that transaction's model inputs (FeatureLookup's output)
@@ -320,37 +328,44 @@ class FraudTarget:
 
 
 def prepare_fraud(work: Path, say) -> FraudTarget:
-    """Run the spine into ``work/store`` (needs the connected Ray), load ``fraud@champion``
-    and compute the model inputs of the last transaction as the composed app's FeatureLookup
-    does (same online store, same code); time that lookup."""
+    """Run the spine of the fraud example into ``work/store`` (needs the connected Ray), load
+    ``fraud@champion`` and compute the model inputs of the last transaction as the composed
+    app's FeatureLookup does (same online store, same code: the project's features looked up
+    online, then its model-inputs function); time that lookup."""
     import pandas as pd
+    from _common import fraud_project
 
     from mlplatform.config import PlatformConfig
     from mlplatform.demo import to_instances
-    from mlplatform.features import REQUEST_COLUMNS
     from mlplatform.pipelines import run_spine
+    from mlplatform.project import request_model
     from mlplatform.registry import ModelRegistry, load_model
     from mlplatform.serving.deployments import FeatureLookup
-    from mlplatform.serving.schemas import transaction_model, validate_instances
+    from mlplatform.serving.schemas import validate_instances
     from mlplatform.training import TrainConfig
 
-    platform = PlatformConfig(storage_root=work / "store")
-    spine = run_spine(platform, n_rows=SPINE_ROWS, seed=SPINE_SEED, on_step=say,
+    project = fraud_project()
+    platform = PlatformConfig(storage_root=work / "store", project=project.root)
+    spine = run_spine(platform, project, n_rows=SPINE_ROWS, seed=SPINE_SEED, on_step=say,
                       train_config=TrainConfig(num_boost_round=SPINE_ROUNDS,
                                                early_stopping_rounds=SPINE_ROUNDS))
     loaded = load_model(ModelRegistry(platform), MODEL_REF)
     model_path = work / "fraud.ubj"
     loaded.booster.save_model(model_path)
-    raw = pd.read_parquet(spine.raw_path, columns=REQUEST_COLUMNS).tail(1)
-    raw["event_timestamp"] = raw["event_timestamp"].map(lambda t: t.isoformat())
+    raw = pd.read_parquet(spine.raw_path, columns=project.request_fields).tail(1)
+    ts = project.request.timestamp
+    raw[ts] = raw[ts].map(lambda t: t.isoformat())
     instance = to_instances(raw)[0]
     plat = platform.model_dump(mode="json")
-    records = validate_instances(transaction_model(), [instance], True)
-    lookup = FeatureLookup(plat)
+    # The Ingress's request model and validation, then its FeatureLookup (built the same way).
+    schema = request_model(project.request, f"{project.name}_request")
+    records = validate_instances(schema, [instance], True)
+    lookup = FeatureLookup(plat, project)
     matrix = lookup.features(records)["matrix"]
     times = sorted(timeit.repeat(lambda: lookup.features(records), number=1, repeat=50))
-    return FraudTarget(plat, model_path, loaded.feature_names, loaded.version.uri, instance,
-                       [float(v) for v in matrix[0]], times[len(times) // 2] * 1000,
+    return FraudTarget(plat, str(project.root), model_path, loaded.feature_names,
+                       loaded.version.uri, instance, [float(v) for v in matrix[0]],
+                       times[len(times) // 2] * 1000,
                        {k: round(v, 1) for k, v in spine.timings_s.items()})
 
 

@@ -9,7 +9,8 @@ The cluster and the data are those of ``tests/cluster/test_colocation.py`` (the 
 cpu_worker (``CPU: 2, serve_cpu: 2, cpu_node: 1000``) and a fake gpu_worker (``CPU: 2, GPU: 1``),
 with the resources cluster/local-fake.yaml declares, all processes of this machine; the fraud
 app of ``serve_configs/fraud-cluster.yaml`` (replicas: ``num_cpus: 0`` + ``serve_cpu``) with a
-registered ``fraud@champion``; Ray Data tasks ask for ``cpu_node``
+registered ``fraud@champion``, all on the fraud example project (``examples/fraud``: the platform
+config's ``project`` and the app's ``args.project``); Ray Data tasks ask for ``cpu_node``
 (``PlatformConfig.data_placement_resource``).
 
 Phases, each under the same bounded load (one request in flight, ``POST /predict`` of one raw
@@ -81,9 +82,11 @@ def measure_phase(load, name: str, jobs: dict, stop_file: Path, say) -> dict:
 def run(args: argparse.Namespace, say) -> dict:
     import ray
     import yaml
+    from _common import FRAUD, fraud_project
     from ray import serve
 
     from mlplatform.config import PlatformConfig
+    from mlplatform.pipelines import register_spec
     from mlplatform.registry import ModelRegistry
     from mlplatform.serving import deploy
     from mlplatform.training import TrainConfig, train_xgboost
@@ -106,19 +109,24 @@ def run(args: argparse.Namespace, say) -> dict:
     from tests.integration.serving_models import log_xgboost
 
     facts: dict = {"phases": []}
+    project = fraud_project()
+    model_name = register_spec(project, "xgboost")[0]      # "fraud"
     say("starting the cluster: head (CPU 0), cpu_worker, gpu_worker")
     with multinode_cluster([cpu_worker(), gpu_worker()]):
-        platform = PlatformConfig(storage_root=storage_root(), data_placement_resource="cpu_node")
+        platform = PlatformConfig(storage_root=storage_root(), data_placement_resource="cpu_node",
+                                  project=FRAUD)
         say(f"data: {args.rows:,} transactions -> feature store -> training set (Ray Data)")
         tset = training_set(platform, args.rows)
         ModelRegistry(platform).register(log_xgboost(platform, tset.path, rounds=40, seed=3),
-                                         platform.model_name, alias="champion")
+                                         model_name, alias="champion")
         raw = yaml.safe_load((REPO / "serve_configs" / "fraud-cluster.yaml").read_text())
         raw["http_options"]["host"] = "127.0.0.1"
         config_path = storage_root() / "fraud-cluster.yaml"
         config_path.write_text(yaml.safe_dump(raw))
         say("deploying serve_configs/fraud-cluster.yaml")
-        url = deploy(config_path, args_overrides={"platform": platform.model_dump(mode="json")},
+        # args.project absolute: the copied YAML is not beside examples/ any more.
+        url = deploy(config_path, args_overrides={"platform": platform.model_dump(mode="json"),
+                                                  "project": str(FRAUD)},
                      http_port=free_port()) + "/predict"
         placed = replica_nodes()
         facts["replicas_on_cpu_worker"] = all(

@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/feature_shuffle.py --rows 50000 --repeats 2
 
-Builds the same feature views (FeatureStore.build) with each strategy on the same local Ray
+Builds the same feature views (FeatureStore.build of the fraud example's 4 views,
+examples/fraud/mlplatform.yaml) with each strategy on the same local Ray
 (8 logical CPUs), checks the outputs are identical, and prints wall time per strategy and the
 ratio to the fastest.
 Results are appended to benchmarks/results/feature_shuffle.jsonl.
@@ -30,6 +31,7 @@ def main() -> None:
 
     import pandas as pd
     import ray
+    from _common import fraud_project
     from rich.console import Console
     from rich.table import Table
 
@@ -37,6 +39,7 @@ def main() -> None:
     from mlplatform.datasets import RAW_DIR, make_transactions, save_transactions
     from mlplatform.features import FeatureStore
 
+    project = fraud_project()
     ray.init(address="local", num_cpus=8, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     work = Path(tempfile.mkdtemp(prefix="bench-shuffle-"))
@@ -44,7 +47,7 @@ def main() -> None:
     for strategy in ["warmup", *STRATEGIES]:
         cfg = PlatformConfig(storage_root=work / strategy)
         save_transactions(make_transactions(args.rows, seed=0), cfg.path(*RAW_DIR))
-        stores[strategy] = FeatureStore(cfg, shuffle="sort_shuffle_pull_based"
+        stores[strategy] = FeatureStore(cfg, project, shuffle="sort_shuffle_pull_based"
                                         if strategy == "warmup" else strategy)
     stores.pop("warmup").build(validate=False, num_buckets=args.buckets)  # start workers once
 

@@ -2,10 +2,11 @@
 
     .venv/bin/python benchmarks/online_lookup.py --rows 200000 --batch 32 --repeats 500
 
-Fills both online stores with the same latest values of the four fraud feature views (computed
-in-process with the build's own kernel), then times ``FeatureStore.get_online_features`` for
-batches of ``--batch`` transactions: the 13 features the model reads, from 4 views (one read per
-view), with the TTL check - exactly what the Serve app does per request. Values from the two
+Fills both online stores with the same latest values of the four feature views of the fraud
+example (examples/fraud/mlplatform.yaml; computed in-process with the build's own kernel), then
+times ``FeatureStore.get_online_features`` for batches of ``--batch`` transactions: the 13
+features the model inputs read (the project's ``features``), from 4 views (one read per view),
+with the TTL check - the online-store read the Serve app makes per request. Values from the two
 stores are checked equal. Results are appended to benchmarks/results/online_lookup.jsonl.
 """
 
@@ -30,14 +31,19 @@ def main() -> None:
     args = parser.parse_args()
 
     import numpy as np
+    from _common import fraud_project
     from rich.console import Console
     from rich.table import Table
 
     from mlplatform.config import PlatformConfig
     from mlplatform.datasets import make_transactions
-    from mlplatform.features import VIEW_FEATURES, FeatureStore
+    from mlplatform.features import FeatureStore
     from mlplatform.features.aggregates import window_aggregates
+    from mlplatform.project import feature_names
 
+    project = fraud_project()
+    refs = list(project.features)          # what the Serve app's FeatureLookup asks for
+    names = feature_names(project)         # the 13 looked-up features those refs name
     console = Console()
     work = Path(tempfile.mkdtemp(prefix="bench-online-"))
     redis_proc, redis_url = _start_redis(work)
@@ -47,7 +53,7 @@ def main() -> None:
                                           redis_url=redis_url)
     try:
         raw = make_transactions(args.rows, seed=0)
-        stores = {name: FeatureStore(cfg) for name, cfg in configs.items()}
+        stores = {name: FeatureStore(cfg, project) for name, cfg in configs.items()}
         repo = next(iter(stores.values())).repo
         with console.status("computing and writing the latest values of every view"):
             for view in repo.feature_views:
@@ -62,15 +68,15 @@ def main() -> None:
                    for p in picks]
         timings, answers = {}, {}
         for name, store in stores.items():
-            store.get_online_features(batches[0], VIEW_FEATURES, as_of=as_of)   # warm up
+            store.get_online_features(batches[0], refs, as_of=as_of)   # warm up
             ms = []
             for rows in batches:
                 t0 = time.perf_counter()
-                out = store.get_online_features(rows, VIEW_FEATURES, as_of=as_of)
+                out = store.get_online_features(rows, refs, as_of=as_of)
                 ms.append((time.perf_counter() - t0) * 1000)
             timings[name], answers[name] = ms, out
         if len(answers) == 2:
-            for f in VIEW_FEATURES:
+            for f in names:
                 a, b = (np.array(answers[n][f], dtype=float) for n in answers)
                 np.testing.assert_allclose(a, b, err_msg=f)
     finally:
@@ -79,7 +85,7 @@ def main() -> None:
             redis_proc.wait(timeout=10)
         shutil.rmtree(work, ignore_errors=True)
 
-    table = Table(title=f"get_online_features: {args.batch} transactions x {len(VIEW_FEATURES)} "
+    table = Table(title=f"get_online_features: {args.batch} transactions x {len(names)} "
                         f"features from 4 views, {args.repeats} batches, {args.rows:,} rows "
                         "materialized" + (", values equal" if len(timings) == 2 else ""))
     for col in ("store", "p50 ms", "p95 ms", "p99 ms", "lookups/s (x batch)"):

@@ -21,7 +21,8 @@ Targets (apps in ``_serving_apps.py``), each on:
   replicas as fraud.yaml's Ingress scales out to, at concurrency > 1: the like-for-like baseline
   of the composed apps' throughput goal;
 - ``XGBoost``: ``POST /predict``, the score of one row of 21 features by a booster with the
-  fraud job's parameters (300 rounds, depth 6) trained here on synthetic data;
+  fraud example's parameters (examples/fraud/mlplatform.yaml: 300 rounds, depth 6) trained here
+  on synthetic data;
 - ``fraud model``: ``POST /fraud``, the score of one transaction's 21 model inputs (computed once,
   as the app's FeatureLookup computes them) by the registered ``fraud@champion`` itself;
 - ``torch MLP``: ``POST /torch``, the score of the synthetic XGBoost row by the platform's
@@ -48,19 +49,20 @@ Targets (apps in ``_serving_apps.py``), each on:
   composed app the load runs, untimed, until it has its ``max_replicas``; every row records how
   many replicas answered HTTP.
 
-The registered model and online store come from ``run_spine`` (5,000 rows, 300 rounds) into a
-temporary storage root, once per run. Every server must return the same score for the same row
-(synthetic XGBoost, fraud or torch MLP). The load comes from ``_http_load.py`` in another
-process (aiohttp, closed loop: ``--warmup`` untimed requests, then ``--requests`` timed ones, at
-each ``--concurrency``; at concurrency > 1, ``--rounds`` such measurements back to back, the
-median-rps one being the row). The host's speed drifts by 10-25% over a run, and the no-op and
-a composed app are measured minutes apart: so each composed app is measured once more at the
-highest concurrency with the scaled-out no-op deployed beside it (``/bench``), in ``--rounds``
-alternating pairs of rounds, and the throughput goal shows both ratios, the rows' and the
-median pair's (with the cores the idle composed app's replicas use, which the no-op's rounds
-pay). The arm choice (``Splitter.choose``, ``RouteTable.arms_for``) is timed
-in-process, and so is each model's call alone (1 row vs a batch of 32). The goals of both
-composed apps, and @serve.batch's speed-up for each model, are checked at the end (``GOALS``).
+The registered model and online store come from ``run_spine`` of the fraud example project
+(``examples/fraud``; 5,000 rows, 300 rounds) into a temporary storage root, once per run. Every
+server must return the same score for the same row (synthetic XGBoost, fraud or torch MLP). The
+load comes from ``_http_load.py`` in another process (aiohttp, closed loop: ``--warmup`` untimed
+requests, then ``--requests`` timed ones, at each ``--concurrency``; at concurrency > 1,
+``--rounds`` such measurements back to back, the median-rps one being the row). The host's speed
+drifts by 10-25% over a run, and the no-op and a composed app are measured minutes apart: so
+each composed app is measured once more at the highest concurrency with the scaled-out no-op
+deployed beside it (``/bench``), in ``--rounds`` alternating pairs of rounds, and the throughput
+goal shows both ratios, the rows' and the median pair's (with the cores the idle composed app's
+replicas use, which the no-op's rounds pay). The arm choice (``Splitter.choose``,
+``RouteTable.arms_for``) is timed in-process, and so is each model's call alone (1 row vs a
+batch of 32). The goals of both composed apps, and @serve.batch's speed-up for each model, are
+checked at the end (``GOALS``).
 
 Results: benchmarks/results/serving.json and serving.md (overwritten by each run).
 """
@@ -83,6 +85,10 @@ import _serving_apps as apps
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
+#: The Serve config of the fraud example's endpoint, and the A/B one whose ModelServer options
+#: the ModelServer graph borrows.
+SERVE_CONFIG = HERE.parent / "serve_configs" / "fraud.yaml"
+AB_SERVE_CONFIG = HERE.parent / "serve_configs" / "fraud-ab.yaml"
 LABELS = {"noop": "no-op", "noop-scaled": "no-op, scaled out", "xgb": "XGBoost",
           "xgb-batched": "XGBoost @serve.batch",
           "fraud": "fraud model", "fraud-batched": "fraud model @serve.batch",
@@ -647,7 +653,8 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
                 serve.delete("hop")
                 say(f"deploying the composed app's ModelServer graph on {ingress}")
                 base = deploy(_graph_config(work), args_overrides={"models": [apps.MODEL_REF],
-                                                                   "platform": fraud.platform},
+                                                                   "platform": fraud.platform,
+                                                                   "project": fraud.project},
                               router_config={"arms": [{"name": "champion",
                                                        "model": apps.MODEL_REF, "weight": 100}]},
                               http_port=port, controller_env=env)   # env: Serve already started
@@ -658,8 +665,9 @@ def measure_all(args: argparse.Namespace, progress, work: Path) -> tuple[_Runner
                     beside_noop(ingress, "composed", url, base, stats)
                 serve.delete("fraud")
                 say(f"deploying it as serve_configs/fraud.yaml does (embedded models) on {ingress}")
-                base = deploy(args_overrides={"models": [apps.MODEL_REF],
-                                              "platform": fraud.platform},
+                base = deploy(SERVE_CONFIG, args_overrides={"models": [apps.MODEL_REF],
+                                                            "platform": fraud.platform,
+                                                            "project": fraud.project},
                               router_config={"arms": [{"name": "champion",
                                                        "model": apps.MODEL_REF, "weight": 100}]},
                               http_port=port, controller_env=env)
@@ -679,9 +687,7 @@ def _fraud_app() -> dict:
     """The application of serve_configs/fraud.yaml."""
     import yaml
 
-    from mlplatform.serving.app import DEFAULT_SERVE_CONFIG
-
-    return yaml.safe_load(DEFAULT_SERVE_CONFIG.read_text())["applications"][0]
+    return yaml.safe_load(SERVE_CONFIG.read_text())["applications"][0]
 
 
 def _model_server_entry() -> dict:
@@ -689,9 +695,7 @@ def _model_server_entry() -> dict:
     shipped single-node config with ModelServers; fraud.yaml embeds its model)."""
     import yaml
 
-    from mlplatform.serving.app import DEFAULT_SERVE_CONFIG
-
-    raw = yaml.safe_load((DEFAULT_SERVE_CONFIG.parent / "fraud-ab.yaml").read_text())
+    raw = yaml.safe_load(AB_SERVE_CONFIG.read_text())
     return next(d for d in raw["applications"][0]["deployments"]
                 if d["name"] == "ModelServer-fraud-champion")
 
@@ -701,9 +705,7 @@ def _graph_config(work: Path) -> Path:
     ModelServer sized as fraud-ab.yaml sizes it: the composed app's ModelServer graph."""
     import yaml
 
-    from mlplatform.serving.app import DEFAULT_SERVE_CONFIG
-
-    raw = yaml.safe_load(DEFAULT_SERVE_CONFIG.read_text())
+    raw = yaml.safe_load(SERVE_CONFIG.read_text())
     app = raw["applications"][0]
     app["args"]["embed_models"] = False
     app["deployments"].append(_model_server_entry())
@@ -757,7 +759,7 @@ def notes(rows: list[dict], scores: dict[str, dict[str, float]], facts: dict) ->
         f"over those rows (warm-up included): {total}. serve-haproxy-tput: the same plus "
         "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 in that env (the replicas inherit it).",
         f"Scores of the same row from each server (must be equal within a model): {scores}.",
-        f"torch MLP: the platform's TabularNet (mlplatform.training.torch_model) over the 21 "
+        f"torch MLP: the platform's TabularNet (mlplatform.models.torch_net) over the 21 "
         f"synthetic columns, all numeric (means 0, stds 1; each also gets a missing-value flag: "
         f"42 inputs), hidden layers {apps.TORCH_HIDDEN} with ReLU, no dropout, one logit -> "
         f"sigmoid; {facts['torch_model']['params']:,} parameters, random init "
@@ -814,7 +816,8 @@ def notes(rows: list[dict], scores: dict[str, dict[str, float]], facts: dict) ->
         "RouteTable.arms_for() of one request (what the Ingress calls), 90/10 split, best of 5 "
         "timeit runs in this process: " + ", ".join(
             f"{k} {v:.2f}" for k, v in facts["router_overhead"].items()) + " us/call. "
-        "FeatureLookup.features (the online-store lookup and model_inputs of one transaction, "
+        "FeatureLookup.features (the online-store lookup of the project's features and its "
+        "model-inputs function, ModelInputs.batch_from_records + matrix, for one transaction, "
         f"in-process, median of 50): {facts['fraud_model']['lookup_ms']:.2f} ms.",
         f"{os.cpu_count()} cores shared by the client, the server(s) and Ray, and with whatever "
         "else runs on the host (see load average): client-bound rows (uvicorn no-op) "

@@ -5,13 +5,14 @@
     .venv/bin/python benchmarks/training.py tune --trials 100 --seconds 0.5 --cpus 2
 
 ``xgboost``: ``XGBoostTrainer`` (1 worker holding all cores, our ``_train_loop``: shard ingest,
-DMatrix, boosting with per-round bookkeeping) vs native ``xgboost.train`` with the same params,
-rounds and threads on the same rows (a training set built by the feature store, repeated to
-``--rows``). The ratio is Ray's boosting time / native's; Ray's start-up (worker group, dataset
-split, ingest) is reported apart, as is the whole ``fit()``.
+DMatrix, boosting with per-round bookkeeping) vs native ``xgboost.train`` with the same params
+(the fraud example's xgboost model, examples/fraud/mlplatform.yaml ``models.xgboost.train``),
+rounds and threads on the same rows (the fraud example's training set built by the feature
+store, repeated to ``--rows``). The ratio is Ray's boosting time / native's; Ray's start-up
+(worker group, dataset split, ingest) is reported apart, as is the whole ``fit()``.
 
 ``torch``: ``TorchTrainer`` (1 worker) samples/s vs a plain torch loop over the same model,
-data, batch size and epochs (``mlplatform.training.torch_model``); CPU here, GPU on the GPU
+data, batch size and epochs (``mlplatform.models.torch_net``); CPU here, GPU on the GPU
 machine (``--device cuda``).
 
 ``tune``: ``--trials`` trials of a function that takes ``--seconds`` (sleeps), on a Ray with
@@ -56,22 +57,25 @@ def table(title: str, rows: list[tuple[str, ...]], columns: tuple[str, ...]) -> 
 
 
 def training_frame(work: Path, rows: int):
-    """Model inputs + label: a real training set (feature store build + point-in-time join) of
-    up to 200k transactions, repeated to ``rows``."""
+    """Model inputs + label: a real training set of the fraud example (feature store build +
+    point-in-time join + its model inputs) of up to 200k transactions, repeated to ``rows``."""
     import pandas as pd
+    from _common import fraud_project
 
     from mlplatform.config import PlatformConfig
-    from mlplatform.features import FEATURE_COLUMNS, LABEL_COLUMN, FeatureStore, build_training_set
-    from mlplatform.pipelines import generate_data
+    from mlplatform.features import FeatureStore, build_training_set
+    from mlplatform.pipelines import ensure_data
 
+    project = fraud_project()
+    columns, label = project.input_columns, project.task.label
     cfg = PlatformConfig(storage_root=work)
-    generate_data(cfg, min(rows, 200_000), seed=0)
-    store = FeatureStore(cfg)
+    ensure_data(cfg, project, min(rows, 200_000), seed=0, force=True, echo=lambda _line: None)
+    store = FeatureStore(cfg, project)
     store.build(validate=False)
-    tset = build_training_set(store)
-    df = pd.read_parquet(tset.path, columns=[*FEATURE_COLUMNS, LABEL_COLUMN])
+    tset = build_training_set(project, store)
+    df = pd.read_parquet(tset.path, columns=[*columns, label])
     reps = -(-rows // len(df))
-    return pd.concat([df] * reps, ignore_index=True).iloc[:rows], FEATURE_COLUMNS, LABEL_COLUMN
+    return pd.concat([df] * reps, ignore_index=True).iloc[:rows], columns, label
 
 
 # ----------------------------------------------------------------------------- xgboost -------
@@ -80,11 +84,13 @@ def cmd_xgboost(args, work: Path) -> None:
     import ray.data
     import ray.train
     import xgboost
+    from _common import fraud_project
     from ray.train.xgboost import XGBoostTrainer
 
     from mlplatform._ray import init_ray
     from mlplatform.config import PlatformConfig
-    from mlplatform.training import DEFAULT_XGB_PARAMS, TrainConfig
+    from mlplatform.pipelines import train_config
+    from mlplatform.training import TrainConfig
     from mlplatform.training.data import train_run_config
     from mlplatform.training.xgb import STATE_FILE, _train_loop
 
@@ -94,7 +100,9 @@ def cmd_xgboost(args, work: Path) -> None:
         df, feats, label = training_frame(work, args.rows)
     cut = int(len(df) * 0.8)
     train, valid = df.iloc[:cut], df.iloc[cut:]
-    params = {**DEFAULT_XGB_PARAMS, "nthread": cores}
+    # The fraud example's booster: DEFAULT_XGB_PARAMS, the binary task's objective and metrics,
+    # and its models.xgboost.train.params (examples/fraud/mlplatform.yaml).
+    params = {**train_config(fraud_project(), "xgboost").xgb_params(), "nthread": cores}
 
     with console.status(f"native xgboost.train, {args.rounds} rounds"):
         t0 = time.perf_counter()
@@ -145,11 +153,12 @@ def cmd_torch(args, work: Path) -> None:
 
     import ray
     import torch
+    from _common import fraud_project
     from mlflow import MlflowClient
-    from mlplatform.training.torch_model import TabularNet
 
     from mlplatform._ray import init_ray
     from mlplatform.config import PlatformConfig
+    from mlplatform.models.torch_net import TabularNet
     from mlplatform.training import TrainConfig, train_torch
     from mlplatform.training.data import time_split
     from mlplatform.training.torch_loop import epoch_seed, fit_epoch, make_optimizer
@@ -157,16 +166,26 @@ def cmd_torch(args, work: Path) -> None:
 
     cores = os.cpu_count() or 1
     gpu = args.device == "cuda"
+    project = fraud_project()
     platform_cfg = PlatformConfig(storage_root=work)
     init_ray(platform_cfg, log_to_driver=False, include_dashboard=False)
     with console.status("building a training set"):
         df, _, _ = training_frame(work, args.rows)
         path = work / "bench_set"
         path.mkdir()
-        df.assign(event_timestamp=pd_range(len(df))).to_parquet(path / "part-0.parquet")
+        df.assign(**{project.data.timestamp: pd_range(len(df))}).to_parquet(
+            path / "part-0.parquet")
     per_worker = {"CPU": cores, **({"GPU": 1} if gpu else {})}
+    # The bench set has no lineage file: what the fraud example's training set would say (task,
+    # label, inputs, time column, validation share, embedded code columns) is given here.
+    categorical = {c: n + 1 for c, n in project.categorical.items()}
     config = TrainConfig(model="torch", features_path=path, run_name="bench-torch",
-                         torch={"epochs": args.epochs, "batch_size": args.batch_size},
+                         task=project.task.type, label=project.task.label,
+                         feature_columns=project.input_columns,
+                         timestamp_column=project.data.timestamp,
+                         validation_fraction=project.data.validation_fraction,
+                         torch={"epochs": args.epochs, "batch_size": args.batch_size,
+                                "categorical": categorical},
                          checkpoint={"frequency": args.epochs},
                          scaling={"num_workers": 1, "use_gpu": gpu, "resources_per_worker": per_worker})
     with console.status(f"TorchTrainer, 1 worker, {args.epochs} epochs on {args.device}"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from mlplatform.cli._common import ConfigOpt, load_config
+from mlplatform.cli._common import ConfigOpt, ProjectOpt, fail, load_config
 
 registry_app = typer.Typer(help="The model registry: versions, aliases, promotion through gates, "
                            "rollback, history, approvals, model cards.", no_args_is_help=True)
@@ -34,6 +34,7 @@ DatasetOpt = typer.Option(None, "--data", help="Evaluate on these labelled rows 
 ModelOpt = typer.Option(None, "--model", help="Only events of this model.")
 PromoteProjectOpt = typer.Option(None, "--project", "-p", help="The model's project (its gates, "
                                  "slices and checks; default: the one its training run names).")
+OnnxArg = typer.Argument(..., help="The model, exported to ONNX (.onnx).")
 LastOpt = typer.Option(20, "--last", "-n", min=1, help="Show the last N events.")
 
 
@@ -117,6 +118,41 @@ def promote(name: str = NameArg, version: str = VersionArg, to: str = ToOpt,
             raise typer.Exit(1) from None
 
     typer.secho(_guard(attempt).summary(), fg="green")
+
+
+@registry_app.command("import")
+def import_model(model: Path = OnnxArg,
+                 project: Path | None = ProjectOpt,
+                 name: str | None = typer.Option(None, "--name", help="Registered model name "
+                                                 "(default: the project's name)."),
+                 alias: str | None = typer.Option(None, "--alias", help="Alias to set (default: "
+                                                  "none: promote it through the gates)."),
+                 config: Path | None = ConfigOpt) -> None:
+    """Bring a model trained elsewhere: score it on the project's validation rows, log it as a
+    run of the project and register it. It must be ONNX (skl2onnx, onnxmltools,
+    torch.onnx.export): a pickle is refused."""
+    from mlplatform._ray import init_ray
+    from mlplatform.cli._common import load_project
+    from mlplatform.errors import MLPlatformError
+    from mlplatform.models.onnx_model import load_graph
+    from mlplatform.pipelines.import_job import run_import_job
+
+    if not model.is_file():
+        fail(f"{model} does not exist; export your model to a .onnx file first", 2)
+    cfg = load_config(config, project)
+    loaded = load_project(project, cfg)
+    try:
+        load_graph(model)       # not ONNX (a pickle): refused before Ray or MLflow start
+    except MLPlatformError as exc:
+        fail(exc)
+    init_ray(cfg)
+    try:
+        _, mv = run_import_job(loaded, cfg, model, name=name, alias=alias, echo=typer.echo)
+    except MLPlatformError as exc:
+        fail(exc)
+    typer.secho(f"registered: models:/{mv.name}/{mv.version}"
+                + (f" (aliases {', '.join('@' + a for a in mv.aliases)})" if mv.aliases else "")
+                + f"; next: mlp registry promote {mv.name} {mv.version}", fg="green")
 
 
 @registry_app.command("rollback")

@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mlplatform.errors import ConfigError
+from mlplatform.errors import ConfigError, validation_lines
 
 TypeName = Literal["int", "float", "string", "timestamp", "bool"]
 
@@ -147,25 +147,8 @@ def _parse(data: Any, where: str) -> Contract:
     try:
         return Contract.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "<root>"
-            if err["type"] == "extra_forbidden":
-                allowed = ", ".join(_model_at(err["loc"][:-1]).model_fields)
-                lines.append(f"unknown key '{key}'; allowed there: {allowed}")
-            elif err["type"] == "missing":
-                lines.append(f"missing required key '{key}'")
-            else:
-                msg = err["msg"].removeprefix("Value error, ")
-                lines.append(f"invalid value for '{key}': {msg}; got {err.get('input')!r:.120}")
+        lines = validation_lines(exc, Contract)
         raise ConfigError(f"{where} is not a valid contract:\n  - " + "\n  - ".join(lines)) from None
-
-
-def _model_at(loc: tuple) -> type[BaseModel]:
-    """The model that owns the keys at ``loc`` (``("columns", "amount")`` -> ColumnRule)."""
-    if not loc:
-        return Contract
-    return {"columns": ColumnRule, "row_count": RowCount, "label": LabelRule}.get(str(loc[0]), Contract)
 
 
 # ----------------------------------------------------------------------------- the report

@@ -26,8 +26,19 @@ Example:
     [{'orders_1h': 3, 'event_timestamp': Timestamp('2024-01-01 00:00:00+0000', tz='UTC')}, None]
 """
 
-from mlplatform.features.online_base import OnlineStore, open_online_store
+from pathlib import Path
+from typing import Any
+
+from mlplatform.features.online_base import OnlineStore
 from mlplatform.features.online_redis import RedisOnlineStore
 from mlplatform.features.online_sqlite import SQLiteOnlineStore
 
 __all__ = ["OnlineStore", "RedisOnlineStore", "SQLiteOnlineStore", "open_online_store"]
+
+
+def open_online_store(config: Any) -> OnlineStore:
+    """The online store a :class:`~mlplatform.config.PlatformConfig` names (``online_store``:
+    ``sqlite`` under ``storage_root``, or ``redis`` at ``redis_url``)."""
+    if config.online_store == "redis":
+        return RedisOnlineStore(config.redis_url)
+    return SQLiteOnlineStore(Path(config.storage_root) / "online.db")

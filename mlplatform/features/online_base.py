@@ -6,7 +6,6 @@ import datetime as dt
 import decimal
 import json
 import re
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -98,17 +97,6 @@ class OnlineStore(Protocol):
     def close(self) -> None:
         """Release the connection."""
         ...
-
-
-def open_online_store(config: Any) -> OnlineStore:
-    """The online store a :class:`~mlplatform.config.PlatformConfig` names."""
-    if config.online_store == "redis":
-        from mlplatform.features.online_redis import RedisOnlineStore
-
-        return RedisOnlineStore(config.redis_url)
-    from mlplatform.features.online_sqlite import SQLiteOnlineStore
-
-    return SQLiteOnlineStore(Path(config.storage_root) / "online.db")
 
 
 # ----------------------------------------------------------------------------- shared helpers

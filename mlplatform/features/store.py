@@ -171,7 +171,7 @@ class FeatureStore:
         return list(dict.fromkeys(cols))
 
     def contract_path(self, source_name: str) -> Path | None:
-        """The data contract of a source (relative paths: next to the definitions file)."""
+        """The data contract of a source (relative paths: from the project folder)."""
         contract = self.repo.source(source_name).contract
         if contract is None:
             return None

@@ -181,11 +181,11 @@ def check_flavors(mlmodel: Mapping[str, Any], uri: str) -> None:
                for f in flavors if f in PICKLED_FLAVORS]
     if pyfunc.get("python_model") or pyfunc.get("cloudpickle_version"):
         pickled.append("python_function (a cloudpickled python_model)")
-    how = ("convert it to ONNX and log that: for scikit-learn, "
+    how = ("convert it to ONNX: for scikit-learn, "
            "`onx = skl2onnx.to_onnx(model, X[:1].astype('float32'), options={'zipmap': False})`"
-           " then `mlplatform.models.log_onnx_model(onx, sample_frame, task)` (or "
-           "mlflow.onnx.log_model with a column signature); LightGBM through onnxmltools, "
-           "PyTorch through torch.onnx.export")
+           " (LightGBM through onnxmltools, PyTorch through torch.onnx.export), write "
+           "`onx.SerializeToString()` to model.onnx, then `mlp registry import model.onnx "
+           "--project <dir>` (or log it with `mlplatform.models.log_onnx_model`)")
     what = (f"is stored in a format that runs code when loaded ({', '.join(pickled)})"
             if pickled else
             f"is of a kind the platform does not load (flavors: {list(flavors)}, pyfunc "

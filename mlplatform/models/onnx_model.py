@@ -263,25 +263,11 @@ def log_onnx_model(onnx_model: onnx.ModelProto | bytes | str | os.PathLike[str],
         ModelRefused: The graph is one the platform does not run (see :func:`load_onnx`).
     """
     import mlflow
-    import onnx
 
     from mlplatform.models.loading import model_metadata
     from mlplatform.models.signature import signature_for
 
-    if isinstance(onnx_model, bytes):
-        proto = onnx.load_from_string(onnx_model)
-    elif isinstance(onnx_model, (str, os.PathLike)):
-        proto = onnx.load(str(onnx_model))
-    else:
-        # A copy: MLflow moves large tensors of the proto it saves into an external file,
-        # emptying them in the caller's proto.
-        proto = onnx.ModelProto()
-        proto.CopyFrom(onnx_model)
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as exc:
-        raise ModelRefused(f"the ONNX model is not valid: {exc}") from None
-    _check_operators(proto, "the ONNX model")
+    proto = load_graph(onnx_model)
     model = OnnxModel(proto, list(sample.columns), task, classes, source="the ONNX model")
     predictions = model.predict(sample)
     classes = model.classes if task == "multiclass" else classes
@@ -298,6 +284,41 @@ def log_onnx_model(onnx_model: onnx.ModelProto | bytes | str | os.PathLike[str],
             onnx_execution_providers=["CPUExecutionProvider"])
     finally:
         mlflow_log.removeFilter(_drop_pyfunc_check_warning)
+
+
+def load_graph(onnx_model: onnx.ModelProto | bytes | str | os.PathLike[str]) -> onnx.ModelProto:
+    """A checked copy of an ONNX graph given as a proto, its serialized bytes or a file path.
+
+    Raises:
+        ModelRefused: The file is missing or not ONNX, the graph is not valid, or it needs
+            operators onnxruntime's CPU build does not have.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        if isinstance(onnx_model, bytes):
+            proto = onnx.load_from_string(onnx_model)
+        elif isinstance(onnx_model, (str, os.PathLike)):
+            if not Path(onnx_model).is_file():
+                raise ModelRefused(f"{onnx_model} does not exist; export your model to a .onnx "
+                                   "file first (e.g. skl2onnx.to_onnx)")
+            proto = onnx.load(str(onnx_model))
+        else:
+            # A copy: MLflow moves large tensors of the proto it saves into an external file,
+            # emptying them in the caller's proto.
+            proto = onnx.ModelProto()
+            proto.CopyFrom(onnx_model)
+    except (DecodeError, ValueError) as exc:
+        raise ModelRefused(f"{onnx_model if isinstance(onnx_model, (str, os.PathLike)) else 'the model'}"
+                           f" is not an ONNX model ({exc}); a pickle cannot be imported: export "
+                           "the model to ONNX (skl2onnx, onnxmltools, torch.onnx.export)") from None
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise ModelRefused(f"the ONNX model is not valid: {exc}") from None
+    _check_operators(proto, "the ONNX model")
+    return proto
 
 
 def _drop_pyfunc_check_warning(record: logging.LogRecord) -> bool:

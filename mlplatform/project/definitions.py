@@ -90,7 +90,7 @@ class Source(_Strict):
     timestamp_field: str = Field(default="event_timestamp", description="Event time column.")
     contract: str | None = Field(
         default=None, description="Data contract YAML the source must pass before a build "
-        "(relative paths: next to this definitions file).")
+        "(relative paths: from the project folder).")
 
 
 class Feature(_Strict):

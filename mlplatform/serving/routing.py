@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from mlplatform.errors import ConfigError
+from mlplatform.errors import ConfigError, validation_lines
 from mlplatform.registry.registry import parse_model_ref
 
 
@@ -96,11 +96,8 @@ class RouterConfig(BaseModel):
         try:
             return cls(**user_config)
         except (ValidationError, ValueError) as exc:
-            if isinstance(exc, ValidationError):
-                details = "; ".join(f"'{'.'.join(map(str, e['loc'])) or 'user_config'}': "
-                                    f"{e['msg']}" for e in exc.errors())
-            else:
-                details = str(exc)
+            details = ("; ".join(validation_lines(exc, cls)) if isinstance(exc, ValidationError)
+                       else str(exc))
             raise ConfigError(f"invalid router user_config: {details}. Example: arms: "
                               "[{name: champion, model: churn@champion, weight: 90}, "
                               "{name: challenger, model: churn@challenger, weight: 10}]"

@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mlplatform.errors import ConfigError
+from mlplatform.errors import ConfigError, validation_lines
 from mlplatform.training.config import TorchParams, TrainConfig
 
 #: Sampler name -> number of numeric arguments (None: a non-empty list of values).
@@ -186,7 +186,7 @@ def _check_value(key: str, value: Any, config: TrainConfig,
     try:
         trial_config = apply_overrides(config, {key: value})
     except ValidationError as exc:
-        why = "; ".join(e["msg"] for e in exc.errors())
+        why = "; ".join(validation_lines(exc, TrainConfig))
         raise ConfigError(f"search space key '{key}': value {value!r} is invalid: {why}.") from None
     if check is not None:
         try:

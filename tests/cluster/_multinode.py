@@ -342,7 +342,7 @@ def request_bodies(raw_path: Path, n: int = 20) -> list[dict]:
     import pandas as pd
 
     from mlplatform.demo import to_instances
-    from mlplatform.features import REQUEST_COLUMNS
+    from tests.projects import fraud_columns
 
     raw = pd.read_parquet(raw_path)
     end = raw["event_timestamp"].max()
@@ -350,7 +350,7 @@ def request_bodies(raw_path: Path, n: int = 20) -> list[dict]:
     rows = rows.head(n).copy()
     rows["transaction_id"] = [f"live-{i}" for i in range(len(rows))]
     rows["event_timestamp"] = (end + pd.Timedelta(minutes=30)).isoformat()
-    return to_instances(rows[REQUEST_COLUMNS])
+    return to_instances(rows[fraud_columns()["request"]])
 
 
 def replica_nodes(app: str = "fraud") -> dict[str, set[tuple[str, str]]]:

@@ -70,7 +70,7 @@ def test_without_failure_budget_a_killed_worker_fails_the_run_and_logs_nothing(
     from mlplatform.training import train_xgboost
 
     client = MlflowClient(platform.mlflow_tracking_uri)
-    exp = client.get_experiment_by_name(platform.experiment_name)
+    exp = client.get_experiment_by_name(platform.experiment_name or "fraud")  # the project's
     runs_before = len(client.search_runs([exp.experiment_id], max_results=1000))
     with pytest.raises(TrainingError, match="max_failures=0"):
         train_xgboost(_config(spine, run_name="killed-no-retry",

@@ -1,6 +1,7 @@
 """The notebook door: `sweep()` on the shared Ray cluster, tracked in MLflow, and the shipped
 notebook executed against the same cluster."""
 
+import ast
 import os
 import re
 from pathlib import Path
@@ -114,12 +115,17 @@ def test_bad_search_space_fails_before_any_run(swept, spine, platform):
     assert len(client.search_runs([experiment.experiment_id], max_results=10_000)) == before
 
 
-def test_notebook_runs_two_sweeps_in_one_kernel(ray_cluster, storage_root, spine, platform):
+def test_notebook_runs_two_sweeps_in_one_kernel(ray_cluster, storage_root, platform):
+    """The notebook on another task than its default: the wine example (multiclass, one
+    table), its metric (val_logloss, lower is better) from the project's tune section."""
     nbformat = pytest.importorskip("nbformat", reason="notebook tests need the dev extras")
     NotebookClient = pytest.importorskip("nbclient").NotebookClient
     pytest.importorskip("ipykernel")
 
     nb = nbformat.read(REPO / "notebooks/tune_sweep.ipynb", as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert "PROJECT = 'examples/fraud'" in params.source
+    params.source = params.source.replace("'examples/fraud'", "'examples/wine'")
     env = {**os.environ, "RAY_ADDRESS": ray_cluster["address"],
            "MLP_STORAGE_ROOT": str(storage_root)}
     NotebookClient(nb, timeout=300, kernel_name="python3",
@@ -132,7 +138,7 @@ def test_notebook_runs_two_sweeps_in_one_kernel(ray_cluster, storage_root, spine
 
     table_1, table_2 = output("table-1"), output("table-2")
     for table, trials in ((table_1, 4), (table_2, 3)):
-        assert "val_auc_pr" in table and "stopped_early" in table
+        assert "val_logloss" in table and "stopped_early" in table
         assert len(re.findall(r"^\d+\s+[0-9a-f]{5,}(_\d{5})?\s", table, re.M)) == trials
     assert "params.eta" in table_1 and "params.min_child_weight" in table_2
     assert "best params: {'params.max_depth': " in output("best-1")
@@ -145,7 +151,12 @@ def test_notebook_runs_two_sweeps_in_one_kernel(ray_cluster, storage_root, spine
         children = client.search_runs([parent.info.experiment_id],
                                       filter_string=PARENT.format(parent_id))
         assert len(children) == trials
-    assert re.search(r"scores: \[(0\.\d+, ){2}0\.\d+\]", output("load"))
+    # three rows of three class probabilities each, summing to 1
+    rows = ast.literal_eval(re.search(r"predictions: (\[.*\])", output("load")).group(1))
+    assert len(rows) == 3 and all(len(r) == 3 and abs(sum(r) - 1) < 1e-3 for r in rows)
+    best = float(re.search(r"best val_logloss: ([0-9.]+)", output("best-1")).group(1))
+    assert best == pytest.approx(min(float(v) for v in re.findall(
+        r"\s(\d+\.\d+)\s+\d+\s+(?:True|False)\s*$", table_1, re.M)), abs=1e-4)
 
 
 def test_ray_job_submit_runs_a_sweep(ray_cluster, spine, platform, tmp_path):

@@ -109,3 +109,26 @@ def test_strict_build_fails_on_a_broken_link(tmp_path: Path) -> None:
 
     assert result.returncode != 0, "a broken link passed mkdocs build --strict"
     assert "no-such-page.md" in result.stdout + result.stderr
+
+
+def test_the_project_reference_names_every_key():
+    """docs/projects.md lists every key of mlplatform.yaml (and no key the schema lacks)."""
+    from mlplatform.errors import _model_in
+    from mlplatform.project.schema import Project
+
+    def keys(model, prefix=""):
+        for name, f in model.model_fields.items():
+            if f.exclude:
+                continue
+            key = prefix + (f.alias or name)
+            sub = _model_in(f.annotation, [None, None])
+            yield key
+            if sub is not None:
+                yield from keys(sub, key + ".")
+
+    schema = set(keys(Project))
+    documented = set(re.findall(r"^\| `([a-z_.]+)` \|", (ROOT / "docs/projects.md").read_text(),
+                                re.M))
+    parents = {k for k in schema if any(o.startswith(k + ".") for o in schema)}
+    assert schema - parents <= documented, f"undocumented keys: {sorted(schema - documented - parents)}"
+    assert documented <= schema, f"documented keys the schema lacks: {sorted(documented - schema)}"

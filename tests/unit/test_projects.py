@@ -172,7 +172,7 @@ def test_pandas_and_numpy_functions_give_the_same_inputs(scaffolded):
     pd.testing.assert_frame_equal(pandas_inputs.frame(frame), expected)
     records = frame.to_dict("records")
     for r in records:
-        r["event_timestamp"] = r["event_timestamp"].to_pydatetime()
+        r["event_timestamp"] = r["event_timestamp"].floor("us").to_pydatetime()
     looked_up = {f: [None if np.isnan(r[f]) else r[f] for r in records]
                  for f in numpy_inputs.features}
     for inputs in (numpy_inputs, pandas_inputs):
