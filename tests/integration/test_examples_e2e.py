@@ -35,7 +35,7 @@ import yaml
 from mlplatform.errors import ModelRefused, PromotionRefused
 from mlplatform.registry import ModelRegistry, load_model
 from tests.conftest import free_port, wait_for
-from tests.integration.conftest import AUTH, REPO, serve_deploy, submit_job
+from tests.integration.conftest import ADMIN, AUTH, REPO, serve_deploy, submit_job
 from tests.projects import EXAMPLES
 
 BIN = Path(sys.executable).parent
@@ -165,13 +165,48 @@ def delivery(ray_cluster, platform, tmp_path_factory):
     serve.shutdown()
 
 
+def _artifacts(registry, run_id: str) -> set[str]:
+    client = registry._client
+    return {a.path for top in ("evaluation", "explain", "profile")
+            for a in client.list_artifacts(run_id, top)}
+
+
 def test_delivery_job_trains_a_regression_model(delivery):
-    run = delivery["registry"]._client.get_run(delivery["champion"].run_id)
+    registry = delivery["registry"]
+    run = registry._client.get_run(delivery["champion"].run_id)
     assert run.data.tags["mlplatform.task"] == "regression"
     assert run.data.tags["mlplatform.project"] == "delivery"
     m = run.data.metrics
     assert 0 < m["val_mae"] <= m["val_rmse"] < 30          # minutes
     assert m["eval_rmse"] > 0 and "eval_auc_pr" not in m
+    assert m["cost.cpu_hours"] > 0 and run.data.tags["mlplatform.job"] == "train"
+    assert {"evaluation/metrics.json", "explain/shap_importance.json",
+            "profile/reference_profile.json"} <= _artifacts(registry, run.info.run_id)
+    assert any(p.startswith("evaluation/") and p.endswith(".png")
+               for p in _artifacts(registry, run.info.run_id))
+
+
+def test_delivery_model_card_speaks_regression(delivery):
+    from mlplatform.registry.cards import generate_model_card
+
+    registry, mv = delivery["registry"], delivery["champion"]
+    card = generate_model_card("delivery", mv.version, registry.config,
+                               dataset=delivery["holdout"], project=delivery["project"]).read_text()
+    assert "rmse" in card and "mae" in card and "auc_pr" not in card
+    assert "### By vehicle" in card and "### Behavioural tests" in card
+
+
+def test_delivery_explains_the_value(delivery):
+    bodies = _requests(delivery["project"], delivery["holdout"].head(2))
+    r = requests.post(f"{delivery['base']}/explain", json={"instances": bodies},
+                      headers={**ADMIN, "X-MLP-Arm": "xgb"}, timeout=120)
+    assert r.status_code == 200, r.text
+    for e in r.json()["explanations"]:
+        assert set(e["contributions"]) == set(delivery["project"].input_columns)
+        assert e["additivity_ok"] and "explained" not in e
+        # TreeSHAP of a squared-error booster adds up to the value itself
+        assert e["base_value"] + sum(e["contributions"].values()) == pytest.approx(
+            e["value"], abs=1e-2)
 
 
 def test_delivery_is_gated_lower_is_better(delivery):
@@ -276,6 +311,25 @@ def test_wine_ci_pipeline_trains_registers_and_gates_the_torch_model(wine):
     holder = registry.resolve("wine@champion").version
     assert holder == (report.version if promote.status == "ok" else wine["champion"].version)
     assert "log_loss" in promote.message
+    assert {"evaluation/metrics.json", "explain/shap_importance.json"} <= _artifacts(
+        registry, mv.run_id)
+
+
+def test_wine_model_card_and_explanations_speak_multiclass(wine):
+    from mlplatform.registry.cards import generate_model_card
+
+    registry, project = wine["registry"], wine["project"]
+    card = generate_model_card("wine", wine["champion"].version, registry.config,
+                               dataset=wine["holdout"], project=project).read_text()
+    assert "accuracy" in card and "log_loss" in card and "auc_pr" not in card
+    bodies = _requests(project, wine["holdout"].head(2))
+    for arm in ("xgb", "onnx"):       # TreeSHAP; kernel SHAP of a model trained elsewhere
+        r = requests.post(f"{wine['base']}/explain", json={"instances": bodies},
+                          headers={**ADMIN, "X-MLP-Arm": arm}, timeout=180)
+        assert r.status_code == 200, r.text
+        for e in r.json()["explanations"]:
+            assert e["arm"] == arm and set(e["contributions"]) == set(project.input_columns)
+            assert e["explained"] == e["class"] and e["explained"] in project.task.classes
 
 
 def test_onnx_model_is_registered_gated_and_scored_like_the_original(wine):
