@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -37,9 +38,23 @@ def setup_output(platform, job: str, verbose: bool = False) -> Path:
 
 def quiet_libraries(path: Path, verbose: bool = False) -> None:
     """Route :data:`NOISY` loggers to ``path``; their console handlers keep WARNING and up."""
-    # Ray Data installs its console handler when imported: import it first, then quiet it.
+    # Ray Data and MLflow install their console handlers when imported (MLflow replaces the
+    # handlers of its logger then): import them first, then quiet them.
     with contextlib.suppress(ImportError):
         import ray.data  # noqa: F401
+    with contextlib.suppress(ImportError):
+        import mlflow  # noqa: F401
+    if not verbose and not sys.stderr.isatty():
+        # Off a terminal (CI logs, `ray job submit` logs, pipes) every refresh of Ray Data's
+        # tqdm bars is a new line ("Parquet dataset sampling" per read); its progress is in the
+        # log file as Ray Data's own INFO lines.
+        with contextlib.suppress(ImportError):
+            from ray.data import DataContext
+
+            DataContext.get_current().enable_progress_bars = False
+            for h in logging.getLogger("ray.data").handlers:
+                if not isinstance(h, logging.FileHandler):
+                    h.addFilter(_not_the_bars_notice)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(_FORMAT))
     handler.setLevel(logging.INFO)
@@ -60,3 +75,8 @@ def quiet_libraries(path: Path, verbose: bool = False) -> None:
         # Loggers without a console handler of their own print through the root's.
         logging.getLogger().handlers[:] = [h for h in logging.getLogger().handlers
                                            if isinstance(h, logging.FileHandler)] or []
+
+
+def _not_the_bars_notice(record: logging.LogRecord) -> bool:
+    """Drop Ray Data's notice that its progress bars are off (we turned them off)."""
+    return not str(record.msg).startswith("Progress bars disabled")
