@@ -128,3 +128,23 @@ def test_the_guide_trains_gates_serves_and_imports(guide_run, platform):
     listed = _find(guide_run, "mlp registry list").stdout
     assert re.search(r"^v1\s.*@champion", listed, re.M), listed
     assert re.search(r"^v2\s.*@candidate", listed, re.M), listed
+
+
+def test_the_tabular_template_trains_and_passes_its_gates(ray_cluster, platform, tmp_path):
+    """The other template, as scaffolded: its example table, a training job, its gates. (Its
+    serving path is the wine example's: request fields are the model inputs.)"""
+    from mlplatform.pipelines import load
+    from mlplatform.pipelines.train_job import run_train_job
+    from mlplatform.project.scaffold import scaffold
+    from mlplatform.registry import ModelRegistry
+
+    folder = tmp_path / "rows"
+    scaffold(folder, "tabular")
+    cfg = platform.model_copy(update={"project": folder})
+    result, mv = run_train_job(load(folder, cfg), cfg, echo=lambda _l: None)
+    assert mv.name == "rows" and mv.aliases == ["challenger"]
+    assert result.metrics["val_auc_roc"] > 0.6
+    decision = ModelRegistry(cfg).promote("rows", mv.version)     # the project its run names
+    assert decision.accepted, decision.summary()
+    assert {g.name for g in decision.gates} >= {"min_metric:auc_roc", "data_validation",
+                                                "signature"}

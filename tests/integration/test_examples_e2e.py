@@ -141,6 +141,8 @@ def _predict(base: str, body: dict) -> requests.Response:
 @pytest.fixture(scope="module")
 def delivery(ray_cluster, platform, tmp_path_factory):
     from mlplatform.pipelines import load, steps
+    from mlplatform.pipelines.ci import ModelCIPipeline
+    from mlplatform.pipelines.ci_config import CIConfig
     from mlplatform.registry.promotion import default_holdout
 
     cfg = platform.model_copy(update={"project": EXAMPLES / "delivery"})
@@ -150,6 +152,9 @@ def delivery(ray_cluster, platform, tmp_path_factory):
     champion = _train_job(ray_cluster, "delivery", registry)
     small = _copy("delivery", tmp_path_factory.mktemp("delivery") / "delivery", _small_sweep)
     df = _sweep(small, cfg, "val_rmse")
+    # The model CI pipeline on a regression project: its own version, @challenger, no promotion.
+    report = ModelCIPipeline(cfg, echo=lambda _l: None).run(
+        CIConfig(project=str(small), model="xgboost", train={"num_boost_round": 40}))
     challenger = registry.register(df.attrs["best_model_uri"], "delivery", alias="challenger")
     holdout = default_holdout(registry, champion)
     decision = _promote(registry, "delivery", challenger.version, project, holdout)
@@ -159,7 +164,7 @@ def delivery(ray_cluster, platform, tmp_path_factory):
                     ("tuned", f"delivery/{challenger.version}", 50)], tmp)
     yield {"project": project, "registry": registry, "champion": champion,
            "challenger": challenger, "decision": decision, "holdout": holdout, "base": base,
-           "sweep": df}
+           "sweep": df, "report": report}
     from ray import serve
 
     serve.shutdown()
@@ -207,6 +212,20 @@ def test_delivery_explains_the_value(delivery):
         # TreeSHAP of a squared-error booster adds up to the value itself
         assert e["base_value"] + sum(e["contributions"].values()) == pytest.approx(
             e["value"], abs=1e-2)
+
+
+def test_delivery_ci_pipeline_runs_every_stage(delivery):
+    report, registry = delivery["report"], delivery["registry"]
+    assert report.ok, [(s.name, s.status, s.message) for s in report.stages]
+    stages = {s.name: s.status for s in report.stages}
+    assert stages["promote"] == "skipped"
+    assert {stages[n] for n in ("validate", "features", "train", "evaluate", "behavioural",
+                                "register", "challenger")} == {"ok"}
+    # (the fixture then moved @challenger on to the sweep's best model)
+    mv = registry.resolve(f"delivery/{report.version}")
+    assert mv.version not in (delivery["champion"].version, delivery["challenger"].version)
+    run = registry._client.get_run(mv.run_id)
+    assert run.data.tags["mlplatform.task"] == "regression" and "val_rmse" in run.data.metrics
 
 
 def test_delivery_is_gated_lower_is_better(delivery):

@@ -64,6 +64,18 @@ def test_every_template_loads_and_checks_as_written(tmp_path, template):
 
     out = inputs.transform(sample_batch(p.request.fields, inputs.features))
     assert list(out) == p.input_columns and all(v.dtype == np.float64 for v in out.values())
+    # Its Serve YAML is valid as written and names this folder and this project's model.
+    from mlplatform.serving.app import absolute_project, check_serve_config, project_name
+
+    raw = yaml.safe_load((folder / "serve.yaml").read_text())
+    (app,) = raw["applications"]
+    absolute_project(app, folder)
+    check_serve_config(raw)
+    assert Path(app["args"]["project"]) == folder.resolve()
+    assert project_name(app["args"]["project"]) == p.name == app["name"]
+    assert app["args"]["models"] == [f"{p.name}@champion"]
+    # ... and it registers a new version under an alias that is not champion (gates move it).
+    assert all(m.registration.alias != "champion" for m in p.models.values())
 
 
 def test_scaffold_refuses_a_folder_in_use_and_bad_names(tmp_path, scaffolded):
