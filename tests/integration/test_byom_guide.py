@@ -142,7 +142,7 @@ def test_the_tabular_template_trains_and_passes_its_gates(ray_cluster, platform,
     scaffold(folder, "tabular")
     cfg = platform.model_copy(update={"project": folder})
     result, mv = run_train_job(load(folder, cfg), cfg, echo=lambda _l: None)
-    assert mv.name == "rows" and mv.aliases == ["challenger"]
+    assert mv.name == "rows" and list(mv.aliases) == ["challenger"]
     assert result.metrics["val_auc_roc"] > 0.6
     decision = ModelRegistry(cfg).promote("rows", mv.version)     # the project its run names
     assert decision.accepted, decision.summary()
